@@ -1,0 +1,299 @@
+"""Helpers shared by the built-in monitors: parameter checks, TLS, certificates,
+bounded socket reads. Nothing here blocks the event loop once warmed up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import os
+import re
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID, NameOID
+from pydantic import AfterValidator, Field
+
+# --------------------------------------------------------------------------- params
+
+
+def check_regex(value: str | None) -> str | None:
+    """Validator: ``value`` must compile as a Python regular expression."""
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+    return value
+
+
+def check_abs_path(value: str | None) -> str | None:
+    """Validator: ``value`` must be an absolute filesystem path (checked on the minion later)."""
+    if value is not None and not os.path.isabs(value):
+        raise ValueError("must be an absolute path (it is read on the minion)")
+    return value
+
+
+def check_ip(value: str | None) -> str | None:
+    """Validator: ``value`` must be an IPv4 or IPv6 address (monitors never resolve names)."""
+    if value is not None:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address") from None
+    return value
+
+
+#: A regular expression, checked when the service is configured.
+Regex = Annotated[str, AfterValidator(check_regex)]
+#: An IPv4 or IPv6 address.
+IpAddress = Annotated[str, AfterValidator(check_ip)]
+#: An absolute path on the minion.
+AbsPath = Annotated[str, AfterValidator(check_abs_path)]
+#: A TCP/UDP port number.
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?$"
+)
+
+
+def check_hostname(value: str | None) -> str | None:
+    """Validator: a DNS host name or an IP address (used for SNI, ``Host`` and matching)."""
+    if value is None:
+        return None
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(value):
+        raise ValueError(f"{value!r} is not a valid host name")
+    return value
+
+
+HostName = Annotated[str, AfterValidator(check_hostname)]
+
+
+def host_literal(address: str) -> str:
+    """``address`` as it goes in a URL authority: IPv6 in brackets."""
+    try:
+        if ipaddress.ip_address(address).version == 6:
+            return f"[{address}]"
+    except ValueError:
+        pass
+    return address
+
+
+def is_ipv6(address: str) -> bool:
+    """True when ``address`` is an IPv6 literal."""
+    try:
+        return ipaddress.ip_address(address).version == 6
+    except ValueError:
+        return False
+
+
+_SNAKE_BAD = re.compile(r"[^0-9a-zA-Z]+")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def snake_case(label: str) -> str:
+    """``"Free Space /var"`` → ``"free_space_var"``; ``"rtaMax"`` → ``"rta_max"``."""
+    s = _CAMEL.sub("_", label.strip())
+    s = _SNAKE_BAD.sub("_", s).strip("_").lower()
+    return s or "value"
+
+
+def shorten(data: bytes | str, limit: int = 80) -> str:
+    """A printable, bounded excerpt of what a peer sent, for a reason text."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    text = text.strip()
+    text = "".join(ch if ch.isprintable() else "." for ch in text)
+    if not text:
+        return "<nothing>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------- TLS
+
+#: How long a cached SSL context is kept before its CA file is read again.
+TLS_CONTEXT_TTL_S = 300.0
+
+TlsMode = Literal["none", "full", "chain"]
+
+_tls_cache: dict[tuple[TlsMode, str | None], tuple[float, ssl.SSLContext]] = {}
+
+
+def _make_context(mode: TlsMode, ca_file: str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca_file if mode != "none" else None)
+    if mode != "full":
+        ctx.check_hostname = False
+    if mode == "none":
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def tls_context(mode: TlsMode, ca_file: str | None = None) -> ssl.SSLContext:
+    """A cached client :class:`ssl.SSLContext`.
+
+    ``mode``: ``"none"`` verifies nothing, ``"full"`` the chain and the host
+    name (the ``server_hostname`` of the connection), ``"chain"`` the chain
+    only (for callers that match the name themselves). Loading a CA bundle
+    reads files, so it happens in a worker thread and the result is kept for
+    :data:`TLS_CONTEXT_TTL_S` (a replaced CA file is picked up after that).
+    Raises ``OSError``/``ssl.SSLError`` when the CA file cannot be used.
+    """
+    key = (mode, ca_file)
+    now = time.monotonic()
+    hit = _tls_cache.get(key)
+    if hit is not None and now - hit[0] < TLS_CONTEXT_TTL_S:
+        return hit[1]
+    ctx = await asyncio.to_thread(_make_context, mode, ca_file)
+    _tls_cache[key] = (now, ctx)
+    return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class CertInfo:
+    """What the monitors report about a peer certificate."""
+
+    subject: str
+    issuer: str
+    not_after: dt.datetime
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+
+    def days_to_expiry(self, now: dt.datetime | None = None) -> float:
+        """Days (fractional) until ``notAfter``; negative once expired."""
+        now = now or dt.datetime.now(dt.UTC)
+        return (self.not_after - now).total_seconds() / 86400.0
+
+    def matches(self, name: str) -> bool:
+        """RFC 6125 matching of ``name`` (host name or IP) against the SANs.
+
+        Wildcards only in the left-most label and only for a whole label
+        (``*.example.com``), as browsers do. The subject CN is used only
+        when there is no SAN at all (legacy certificates).
+        """
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            ip = None
+        if ip is not None:
+            return any(ipaddress.ip_address(a) == ip for a in self.ip_addresses)
+        want = name.rstrip(".").lower()
+        names = self.dns_names
+        if not names and not self.ip_addresses:
+            names = (self.subject_cn,) if self.subject_cn else ()
+        for pattern in names:
+            pat = pattern.rstrip(".").lower()
+            if pat == want:
+                return True
+            if pat.startswith("*.") and "." in want:
+                head, _, rest = want.partition(".")
+                if head and rest == pat[2:] and rest.count(".") >= 1:
+                    return True
+        return False
+
+    @property
+    def subject_cn(self) -> str:
+        """The subject's common name (may be empty)."""
+        m = re.search(r"CN=([^,]+)", self.subject)
+        return m.group(1) if m else ""
+
+
+def cert_info(der: bytes) -> CertInfo:
+    """Parse a DER certificate (as ``SSLObject.getpeercert(binary_form=True)`` returns)."""
+    cert = x509.load_der_x509_certificate(der)
+    dns: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
+    try:
+        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        dns = tuple(san.get_values_for_type(x509.DNSName))
+        ips = tuple(str(a) for a in san.get_values_for_type(x509.IPAddress))
+    except x509.ExtensionNotFound:
+        pass
+    # rfc4514_string is stable and readable: "CN=example.com,O=Example"
+    subject = cert.subject.rfc4514_string()
+    issuer = cert.issuer.rfc4514_string()
+    if not cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME) and dns:
+        subject = subject or f"(SAN {dns[0]})"
+    return CertInfo(subject, issuer, cert.not_valid_after_utc, dns, ips)
+
+
+# --------------------------------------------------------------------------- streams
+
+
+async def read_until_match(
+    reader: asyncio.StreamReader, pattern: re.Pattern[str] | None, limit: int
+) -> tuple[bytes, bool]:
+    """Read until ``pattern`` matches what was read, EOF, or ``limit`` bytes.
+
+    Returns what was read (at most ``limit`` bytes) and whether it matched.
+    With no pattern, returns the first chunk the peer sends.
+    """
+    seen = b""
+    while len(seen) < limit:
+        chunk = await reader.read(limit - len(seen))
+        if not chunk:
+            break
+        seen += chunk
+        if pattern is None:
+            return seen, True
+        if pattern.search(seen.decode("utf-8", "replace")):
+            return seen, True
+    return seen, False
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close a stream without waiting long for a peer that does not cooperate."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), timeout=1.0)
+    except (OSError, TimeoutError, ssl.SSLError):
+        pass
+
+
+def first_line(text: str, limit: int = 200) -> str:
+    """The first non-empty line of ``text``, bounded."""
+    for line in text.splitlines():
+        if line.strip():
+            return shorten(line, limit)
+    return ""
+
+
+def unique(items: Sequence[str]) -> list[str]:
+    """``items`` without duplicates, order kept."""
+    return list(dict.fromkeys(items))
+
+
+async def tls_peer_certificate(
+    address: str, port: int, ctx: ssl.SSLContext, server_name: str | None, timeout: float
+) -> tuple[bytes, str]:
+    """Open a TLS connection, return the peer's DER certificate and the TLS version.
+
+    The connection is closed again at once. Raises ``OSError``,
+    ``ssl.SSLError`` (``ssl.SSLCertVerificationError`` when ``ctx`` verifies
+    and the certificate is refused) or ``TimeoutError``.
+    """
+    _, writer = await asyncio.open_connection(
+        address,
+        port,
+        ssl=ctx,
+        server_hostname=server_name or "",
+        ssl_handshake_timeout=max(timeout, 0.1),
+    )
+    try:
+        obj = writer.get_extra_info("ssl_object")
+        der = obj.getpeercert(binary_form=True) if obj is not None else None
+        version = (obj.version() or "") if obj is not None else ""
+    finally:
+        await close_writer(writer)
+    if not der:
+        raise ssl.SSLError("the server sent no certificate")
+    return der, version

@@ -1,0 +1,340 @@
+"""``http``: one HTTP(S) request; UP when the status is expected, the body
+matches, the response came fast enough and the certificate is not about to
+expire.
+
+Response time: from sending the request (including the TCP connect and TLS
+handshake when no pooled connection can be reused, and any redirects
+followed) to having read the body, bounded by ``max_body_bytes``.
+Connections are pooled per minion and reused (keep-alive); the pool keeps
+connections with different TLS settings or virtual hosts apart.
+
+Measured values: ``http_status``, ``response_bytes`` (body bytes read) and,
+for HTTPS, ``days_to_expiry`` of the server certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import time
+from typing import Annotated, ClassVar, Literal
+
+import aiohttp
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
+
+from minion.monitors._common import (
+    AbsPath,
+    Regex,
+    cert_info,
+    check_hostname,
+    host_literal,
+    tls_context,
+)
+from minion.monitors.base import (
+    Monitor,
+    MonitorParams,
+    PollContext,
+    PollOutcome,
+    Target,
+    elapsed_ms,
+)
+
+StatusSpec = str
+
+#: RFC 9110 token characters: what a header name may contain.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def parse_status_ranges(spec: str) -> list[tuple[int, int]]:
+    """``"200-299,301"`` → ``[(200, 299), (301, 301)]`` (raises ``ValueError``)."""
+    ranges = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            low, high = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise ValueError(f"{part!r} is not a status code or range like 200-299") from None
+        if not (100 <= low <= high <= 599):
+            raise ValueError(f"{part!r} is outside 100-599 or reversed")
+        ranges.append((low, high))
+    if not ranges:
+        raise ValueError("no status codes given")
+    return ranges
+
+
+def _check_vhost(value: str) -> str:
+    name, sep, port = value.rpartition(":") if not value.endswith("]") else (value, "", "")
+    if sep and port.isdigit() and not name.endswith(":"):
+        if not 1 <= int(port) <= 65535:
+            raise ValueError(f"port {port} is outside 1-65535")
+        check_hostname(name.strip("[]"))
+    else:
+        check_hostname(value.strip("[]"))
+    return value
+
+
+#: ``host`` or ``host:port`` for the ``Host`` header.
+VirtualHost = Annotated[str, AfterValidator(_check_vhost)]
+
+
+class HttpParams(MonitorParams):
+    """Parameters of the HTTP monitor."""
+
+    scheme: Literal["http", "https"] = "http"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    path: str = Field(default="/", max_length=8192)
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
+    #: Extra request headers.
+    headers: dict[str, str] = Field(default_factory=dict)
+    #: Request body (for POST/PUT/PATCH…); set ``Content-Type`` in ``headers``.
+    request_body: str | None = Field(default=None, max_length=1 << 20)
+    #: Expected status codes: ``"200-399"``, ``"200,204"``.
+    status: StatusSpec = "200-399"
+    #: Regular expression the body must contain.
+    body: Regex | None = None
+    #: ``Host`` header (virtual host, ``name`` or ``name:port``); with HTTPS
+    #: also the TLS server name (SNI) and the name the certificate must match.
+    host: VirtualHost | None = None
+    max_body_bytes: int = Field(default=1 << 20, ge=0, le=64 << 20)
+    #: DOWN when the response took longer than this.
+    max_response_time_ms: float | None = Field(default=None, gt=0)
+    #: Follow redirects (the status checked is the final one).
+    follow_redirects: bool = False
+    max_redirects: int = Field(default=5, ge=1, le=30)
+    #: HTTPS: verify the certificate chain and name.
+    verify_tls: bool = True
+    #: HTTPS with ``verify_tls``: CA bundle (PEM) on the minion instead of the system store.
+    ca_file: AbsPath | None = None
+    #: HTTPS: DOWN when the server certificate expires in fewer days than this.
+    min_days_to_expiry: float | None = Field(default=None, ge=0)
+    #: Basic authentication.
+    username: str | None = Field(default=None, min_length=1)
+    password: SecretStr | None = None
+
+    @field_validator("status")
+    @classmethod
+    def _status(cls, v: str) -> str:
+        parse_status_ranges(v)
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        if any(c in v for c in "\r\n \t"):
+            raise ValueError("must not contain spaces or line breaks (percent-encode them)")
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not _TOKEN.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"header {name!r}: value must not contain line breaks")
+            if name.lower() == "host":
+                raise ValueError("set the Host header with the 'host' parameter")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HttpParams:
+        if self.method == "HEAD" and self.body is not None:
+            raise ValueError("body: a HEAD response has no body to match")
+        if self.method in ("GET", "HEAD") and self.request_body is not None:
+            raise ValueError(f"request_body: not sent with {self.method}")
+        if self.scheme != "https":
+            for key in ("ca_file", "min_days_to_expiry"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: only for scheme https")
+        if self.ca_file is not None and not self.verify_tls:
+            raise ValueError("ca_file: needs verify_tls: true")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+
+def _url(target: Target, params: HttpParams) -> str:
+    port = f":{params.port}" if params.port else ""
+    return f"{params.scheme}://{host_literal(target.address)}{port}{params.path}"
+
+
+def _sni_name(host: str) -> str:
+    if host.startswith("["):
+        return host[1 : host.index("]")]
+    name, sep, port = host.rpartition(":")
+    return name if sep and port.isdigit() else host
+
+
+class HttpMonitor(Monitor[HttpParams]):
+    """Sends one request through a pooled client session."""
+
+    name: ClassVar[str] = "http"
+    params_model = HttpParams
+    description = "HTTP(S) request: status codes, body regex, response time, certificate expiry"
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            self._loop = loop
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=512, limit_per_host=16, keepalive_timeout=15),
+                timeout=aiohttp.ClientTimeout(total=None),  # the runner owns the deadline
+                headers={"User-Agent": "vigil-minion"},
+                auto_decompress=True,
+                # each poll stands alone: no cookies carried from one to the next
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+            )
+        return self._session
+
+    async def poll(self, target: Target, params: HttpParams, ctx: PollContext) -> PollOutcome:
+        """Send the request to ``target.address`` and check the response."""
+        url = _url(target, params)
+        headers = dict(params.headers)
+        ssl_arg: ssl.SSLContext | bool = False
+        server_hostname: str | None = None
+        if params.host:
+            headers["Host"] = params.host
+        if params.scheme == "https":
+            try:
+                ssl_arg = await tls_context(
+                    "full" if params.verify_tls else "none", params.ca_file
+                )
+            except (OSError, ssl.SSLError) as exc:
+                return PollOutcome.unknown(f"cannot load ca_file {params.ca_file}: {exc}")
+            if params.host:
+                server_hostname = _sni_name(params.host)
+        auth = (
+            aiohttp.BasicAuth(params.username, params.password.get_secret_value())
+            if params.username is not None and params.password is not None
+            else None
+        )
+        start = time.perf_counter()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._request(
+                    url, params, headers, ssl_arg, server_hostname, auth, start
+                )
+            except aiohttp.ServerDisconnectedError as exc:
+                # A pooled keep-alive connection the server closed meanwhile:
+                # retry once on a fresh one rather than report a false DOWN.
+                if attempt == 1 and ctx.remaining() > 0:
+                    continue
+                return PollOutcome.down(f"HTTP request failed: server disconnected: {exc}",
+                                        elapsed_ms(start))
+            except aiohttp.ClientConnectorCertificateError as exc:
+                return PollOutcome.down(
+                    f"TLS certificate not accepted: {_cert_reason(exc)}", elapsed_ms(start)
+                )
+            except aiohttp.ClientConnectorSSLError as exc:
+                return PollOutcome.down(f"TLS handshake failed: {exc}", elapsed_ms(start))
+            except aiohttp.ClientConnectorError as exc:
+                return PollOutcome.down(
+                    f"connect failed: {exc.os_error.strerror or exc}", elapsed_ms(start)
+                )
+            except aiohttp.TooManyRedirects:
+                return PollOutcome.down(
+                    f"more than {params.max_redirects} redirects", elapsed_ms(start)
+                )
+            except (aiohttp.ClientError, OSError) as exc:
+                return PollOutcome.down(
+                    f"HTTP request failed: {exc.__class__.__name__}: {exc}", elapsed_ms(start)
+                )
+
+    async def _request(
+        self,
+        url: str,
+        params: HttpParams,
+        headers: dict[str, str],
+        ssl_arg: ssl.SSLContext | bool,
+        server_hostname: str | None,
+        auth: aiohttp.BasicAuth | None,
+        start: float,
+    ) -> PollOutcome:
+        days: float | None = None
+        async with self._client().request(
+            params.method,
+            url,
+            headers=headers,
+            data=params.request_body.encode() if params.request_body is not None else None,
+            allow_redirects=params.follow_redirects,
+            max_redirects=params.max_redirects,
+            ssl=ssl_arg,
+            server_hostname=server_hostname,
+            auth=auth,
+        ) as resp:
+            conn = resp.connection
+            transport = conn.transport if conn is not None else None
+            ssl_obj = transport.get_extra_info("ssl_object") if transport is not None else None
+            if ssl_obj is not None:
+                der = ssl_obj.getpeercert(binary_form=True)
+                if der:
+                    days = cert_info(der).days_to_expiry()
+            body = bytearray()
+            # StreamReader.read(n) returns what is buffered; loop to the bound
+            while len(body) < params.max_body_bytes:
+                chunk = await resp.content.read(params.max_body_bytes - len(body))
+                if not chunk:
+                    break
+                body += chunk
+            rt = elapsed_ms(start)
+            code = resp.status
+            reason_phrase = resp.reason or ""
+            # leaving the block without reading the rest closes the connection
+            # instead of returning a half-read one to the pool
+        values: dict[str, float] = {"http_status": float(code), "response_bytes": float(len(body))}
+        if days is not None:
+            values["days_to_expiry"] = round(days, 3)
+        if not any(lo <= code <= hi for lo, hi in parse_status_ranges(params.status)):
+            return PollOutcome.down(
+                f"HTTP {code} {reason_phrase}".rstrip() + f" (expected {params.status})",
+                rt,
+                **values,
+            )
+        if params.body is not None and not re.search(params.body, body.decode("utf-8", "replace")):
+            return PollOutcome.down(
+                f"HTTP {code}: body does not match /{params.body}/"
+                + (f" (first {len(body)} bytes read)" if len(body) >= params.max_body_bytes else ""),
+                rt,
+                **values,
+            )
+        if params.max_response_time_ms is not None and rt > params.max_response_time_ms:
+            return PollOutcome.down(
+                f"HTTP {code} in {rt:.0f} ms, above the {params.max_response_time_ms:g} ms threshold",
+                rt,
+                **values,
+            )
+        if params.min_days_to_expiry is not None and days is not None:
+            if days < params.min_days_to_expiry:
+                return PollOutcome.down(
+                    f"certificate expires in {days:.1f} days "
+                    f"(threshold {params.min_days_to_expiry:g})",
+                    rt,
+                    **values,
+                )
+        return PollOutcome.up(rt, **values)
+
+    async def close(self) -> None:
+        """Close the pooled session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _cert_reason(exc: aiohttp.ClientConnectorCertificateError) -> str:
+    err = exc.certificate_error
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return str(err.verify_message or err.reason)
+    return str(err)

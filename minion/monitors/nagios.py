@@ -1,0 +1,306 @@
+"""``nagios``: run a Monitoring Plugins (Nagios) executable and map its result.
+
+Exit codes (Monitoring Plugins guidelines): 0 OK → UP; 1 WARNING → UP with the
+value ``warning`` = 1 and the plugin's text as reason; 2 CRITICAL → DOWN;
+3 UNKNOWN or anything else (or killed) → UNKNOWN. Performance data
+(``label=value[UOM];warn;crit;min;max``) becomes measured values, the label
+in snake_case, the number as the plugin printed it (units not converted).
+
+The plugin runs directly (never through a shell) in its own process group
+with a minimal environment; it is killed, with everything it started, when
+``timeout`` or the attempt's deadline passes or the poll is cancelled. Only
+the first ``max_output_bytes`` of its output are kept.
+
+A plugin is named by an absolute path or by a relative name looked up in the
+plugin directories (:func:`set_plugin_dirs`; default
+``/usr/lib/nagios/plugins`` and ``/usr/lib/monitoring-plugins``).
+
+Arguments may use ``{address}`` (the target address) and ``{timeout}`` (whole
+seconds the plugin has, at least 1; pass it to the plugin's ``-t``).
+
+Response time: the plugin's run time. Measured values: the performance data
+plus ``exit_code`` and, on WARNING, ``warning``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import time
+from collections.abc import Sequence
+from typing import ClassVar
+
+from pydantic import Field, field_validator
+
+from minion.monitors._common import first_line, snake_case
+from minion.monitors.base import (
+    Monitor,
+    MonitorParams,
+    PollContext,
+    PollOutcome,
+    Target,
+    elapsed_ms,
+)
+
+DEFAULT_PLUGIN_DIRS: tuple[str, ...] = ("/usr/lib/nagios/plugins", "/usr/lib/monitoring-plugins")
+_plugin_dirs: tuple[str, ...] = DEFAULT_PLUGIN_DIRS
+_resolved: dict[str, tuple[float, str | None]] = {}
+_RESOLVE_TTL = 60.0
+#: Seconds kept back from the deadline to kill the plugin and report.
+_MARGIN = 0.2
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+STATE_NAMES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
+
+
+def set_plugin_dirs(dirs: Sequence[str]) -> None:
+    """Where relative plugin names are looked up, in order (minion configuration)."""
+    global _plugin_dirs
+    for d in dirs:
+        if not os.path.isabs(d):
+            raise ValueError(f"plugin directory {d!r} must be an absolute path")
+    _plugin_dirs = tuple(dirs)
+    _resolved.clear()
+
+
+def plugin_dirs() -> tuple[str, ...]:
+    """The plugin directories in force."""
+    return _plugin_dirs
+
+
+def _resolve(plugin: str) -> str | None:
+    if os.path.isabs(plugin):
+        return plugin if os.path.isfile(plugin) and os.access(plugin, os.X_OK) else None
+    for d in _plugin_dirs:
+        path = os.path.join(d, plugin)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+async def resolve_plugin(plugin: str) -> str | None:
+    """The executable for ``plugin``, or ``None``; looked up off the loop, cached."""
+    now = time.monotonic()
+    hit = _resolved.get(plugin)
+    if hit is not None and now - hit[0] < _RESOLVE_TTL:
+        return hit[1]
+    path = await asyncio.to_thread(_resolve, plugin)
+    if len(_resolved) > 1024:  # bounded: plugin names come from configuration
+        _resolved.clear()
+    _resolved[plugin] = (now, path)
+    return path
+
+
+_PERF_ITEM = re.compile(r"\s*('(?:[^']|'')+'|[^'=\s][^=\s]*)=(\S*)")
+_PERF_VALUE = re.compile(r"^([-+]?(?:\d+(?:[.,]\d*)?|[.,]\d+)(?:[eE][-+]?\d+)?)([a-zA-Z%]*)$")
+
+
+def parse_perfdata(text: str) -> dict[str, float]:
+    """``"time=0.01s;;;0 'free space'=80%;90;95"`` → ``{"time": 0.01, "free_space": 80.0}``.
+
+    Items that do not parse (or whose value is ``U``, undetermined) are skipped.
+    """
+    values: dict[str, float] = {}
+    pos = 0
+    while pos < len(text):
+        m = _PERF_ITEM.match(text, pos)
+        if m is None:
+            # skip a malformed token and go on with the next one
+            nxt = text.find(" ", pos + 1)
+            if nxt < 0:
+                break
+            pos = nxt
+            continue
+        pos = m.end()
+        label = m.group(1)
+        if label.startswith("'"):
+            label = label[1:-1].replace("''", "'")
+        first = m.group(2).split(";", 1)[0]
+        vm = _PERF_VALUE.match(first)
+        if vm is None:
+            continue
+        try:
+            number = float(vm.group(1).replace(",", "."))
+        except ValueError:
+            continue
+        values[snake_case(label)] = number
+    return values
+
+
+def parse_output(text: str) -> tuple[str, dict[str, float]]:
+    """Split plugin output into its first-line text and all performance data.
+
+    Per the guidelines, perfdata follows ``|`` on the first line and, for
+    multi-line output, follows the first ``|`` of the remaining lines.
+    """
+    lines = text.splitlines()
+    if not lines:
+        return "", {}
+    head, _, perf = lines[0].partition("|")
+    rest = "\n".join(lines[1:])
+    _, bar, more = rest.partition("|")
+    perf_text = perf + (" " + more.replace("\n", " ") if bar else "")
+    return head.strip(), parse_perfdata(perf_text)
+
+
+class NagiosParams(MonitorParams):
+    """Parameters of the Nagios plugin adapter."""
+
+    #: Plugin name in a plugin directory (``check_tcp``) or absolute path.
+    plugin: str = Field(min_length=1, max_length=4096)
+    #: Arguments, each one argv entry (no shell); ``{address}`` and ``{timeout}`` are replaced.
+    args: list[str] = Field(default_factory=list, max_length=200)
+    #: Seconds the plugin may run; default: the attempt's whole time.
+    timeout: float | None = Field(default=None, gt=0, le=3600)
+    #: Output bytes kept (stdout; stderr is kept up to 4 KiB).
+    max_output_bytes: int = Field(default=64 * 1024, ge=256, le=1 << 20)
+    #: Extra environment variables for the plugin.
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("plugin")
+    @classmethod
+    def _plugin(cls, v: str) -> str:
+        if "\0" in v:
+            raise ValueError("must not contain NUL")
+        parts = v.split("/")
+        if ".." in parts:
+            raise ValueError("must not contain '..'")
+        if not os.path.isabs(v) and (v.startswith("./") or v.startswith("~")):
+            raise ValueError("a relative name is looked up in the plugin directories: "
+                             "give a plain name like check_tcp or an absolute path")
+        return v
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v: list[str]) -> list[str]:
+        for i, a in enumerate(v):
+            if "\0" in a:
+                raise ValueError(f"args[{i}] contains NUL")
+            if len(a) > 8192:
+                raise ValueError(f"args[{i}] is longer than 8192 characters")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not _ENV_NAME.match(k):
+                raise ValueError(f"{k!r} is not a valid environment variable name")
+            if "\0" in val:
+                raise ValueError(f"{k}: value contains NUL")
+        return v
+
+
+async def _read_bounded(stream: asyncio.StreamReader | None, limit: int) -> bytes:
+    """Read to EOF, keeping only the first ``limit`` bytes (the rest is drained so
+    the plugin never blocks on a full pipe)."""
+    if stream is None:
+        return b""
+    kept = bytearray()
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            return bytes(kept)
+        if len(kept) < limit:
+            kept += chunk[: limit - len(kept)]
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+class NagiosMonitor(Monitor[NagiosParams]):
+    """Runs one plugin process per poll."""
+
+    name: ClassVar[str] = "nagios"
+    params_model = NagiosParams
+    description = "Monitoring Plugins (Nagios) adapter: exit code and performance data"
+
+    async def poll(self, target: Target, params: NagiosParams, ctx: PollContext) -> PollOutcome:
+        """Run the plugin against ``target`` and translate its result."""
+        path = await resolve_plugin(params.plugin)
+        if path is None:
+            where = "" if os.path.isabs(params.plugin) else f" in {', '.join(_plugin_dirs)}"
+            return PollOutcome.unknown(f"plugin {params.plugin} not found or not executable{where}")
+        budget = ctx.remaining() - _MARGIN
+        if params.timeout is not None:
+            budget = min(budget, params.timeout)
+        if budget <= 0:
+            return PollOutcome.unknown("no time left to run the plugin")
+        macro_timeout = str(max(1, int(budget - 0.5)))
+        argv = [
+            a.replace("{address}", target.address).replace("{timeout}", macro_timeout)
+            for a in params.args
+        ]
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LC_ALL": "C", **params.env}
+        start = time.perf_counter()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                path,
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                start_new_session=True,  # own process group: kill it and its children
+                close_fds=True,
+            )
+        except OSError as exc:
+            return PollOutcome.unknown(f"cannot run {path}: {exc.strerror or exc}")
+        try:
+            async with asyncio.timeout(budget):
+                out, err, code = await asyncio.gather(
+                    _read_bounded(proc.stdout, params.max_output_bytes),
+                    _read_bounded(proc.stderr, 4096),
+                    proc.wait(),
+                )
+        except TimeoutError:
+            _kill_group(proc)
+            await self._reap(proc)
+            return PollOutcome.down(
+                f"plugin {os.path.basename(path)} timed out after {budget:.1f}s", elapsed_ms(start)
+            )
+        except BaseException:
+            # cancelled (the runner's deadline) or anything else: leave nothing running
+            _kill_group(proc)
+            await self._reap(proc)
+            raise
+        rt = elapsed_ms(start)
+        # The plugin may have left children holding the group; they have no business
+        # outliving the check.
+        _kill_group(proc)
+        return self._judge(path, code, out, err, rt)
+
+    @staticmethod
+    async def _reap(proc: asyncio.subprocess.Process) -> None:
+        with contextlib.suppress(TimeoutError, ProcessLookupError):
+            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=2.0)
+
+    @staticmethod
+    def _judge(path: str, code: int, out: bytes, err: bytes, rt: float) -> PollOutcome:
+        text, values = parse_output(out.decode("utf-8", "replace"))
+        values["exit_code"] = float(code)
+        name = os.path.basename(path)
+        if not text:
+            text = first_line(err.decode("utf-8", "replace")) or f"{name} printed nothing"
+        text = first_line(text, 300)
+        if code == 0:
+            outcome = PollOutcome.up(rt, **values)
+            outcome.reason = text
+            return outcome
+        if code == 1:
+            values["warning"] = 1.0
+            outcome = PollOutcome.up(rt, **values)
+            outcome.reason = text
+            return outcome
+        if code == 2:
+            return PollOutcome.down(text, rt, **values)
+        if code < 0:
+            return PollOutcome.unknown(f"{name} killed by signal {-code}: {text}", **values)
+        state = STATE_NAMES.get(code, f"exit code {code}")
+        prefix = "" if text.upper().startswith(state) else f"{state}: "
+        return PollOutcome.unknown(f"{prefix}{text}", **values)

@@ -1,0 +1,156 @@
+"""The ``vigil`` command: run the components, watch events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from services.common.config import ConfigError, VigilConfig, load_config
+from services.common.logs import setup_logging
+
+app = typer.Typer(
+    name="vigil",
+    help="Vigil: distributed service-assurance poller.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML configuration file.", show_default=False)
+]
+NatsOpt = Annotated[
+    str | None,
+    typer.Option("--nats", help="NATS URL (default: $VIGIL_NATS_URL, .vigil/nats-url, nats://127.0.0.1:4222)."),
+]
+LogOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
+
+
+def _config(path: Path | None) -> VigilConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        typer.echo(f"vigil: invalid configuration: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _nats(explicit: str | None, cfg: VigilConfig) -> str:
+    """``--nats``, else the config's (or ``$VIGIL_NATS_URL``), else ``.vigil/nats-url``, else the default."""
+    from services.common.natsconn import discover_nats_url
+
+    if explicit:
+        return explicit
+    if "url" in cfg.nats.model_fields_set:
+        return cfg.nats.url
+    return discover_nats_url(None)
+
+
+@app.command()
+def up(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML configuration file.")] = Path(
+        "examples/demo.yaml"
+    ),
+    state_dir: Annotated[Path, typer.Option(help="Where NATS data, ids and the SQLite stores live.")] = Path(
+        ".vigil"
+    ),
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Run everything on this machine: embedded nats-server, event service, scheduler, minions."""
+    from services.cli.up import run_up
+
+    cfg = _config(config)
+    raise typer.Exit(run_up(cfg, config, state_dir, log_level))
+
+
+@app.command()
+def scheduler(config: ConfigOpt = None, nats: NatsOpt = None, log_level: LogOpt = "INFO") -> None:
+    """Run the scheduler: schedules polls, keeps service state and outages (gRPC :50051)."""
+    from services.cli.runtime import serve
+    from services.scheduler.app import Scheduler
+
+    cfg = _config(config)
+    setup_logging(log_level, "scheduler")
+    url = _nats(nats, cfg)
+    raise typer.Exit(asyncio.run(serve(lambda: Scheduler(cfg, nats_url=url))))
+
+
+@app.command()
+def events(config: ConfigOpt = None, nats: NatsOpt = None, log_level: LogOpt = "INFO") -> None:
+    """Run the event service: normalizes, stores and publishes events (gRPC :50052)."""
+    from services.cli.runtime import serve
+    from services.events.app import EventService
+
+    cfg = _config(config)
+    setup_logging(log_level, "events")
+    url = _nats(nats, cfg)
+    raise typer.Exit(asyncio.run(serve(lambda: EventService(cfg, nats_url=url))))
+
+
+@app.command()
+def minion(
+    config: ConfigOpt = None,
+    nats: NatsOpt = None,
+    location: Annotated[str | None, typer.Option(help="Location served (default: config, else Default).")] = None,
+    system_id: Annotated[str | None, typer.Option(help="Stable id (default: generated once, kept on disk).")] = None,
+    scheduler_address: Annotated[
+        str | None, typer.Option("--scheduler", help="Scheduler gRPC host:port.")
+    ] = None,
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Run a minion: takes poll requests for its location from NATS, returns results over gRPC."""
+    from pydantic import ValidationError
+
+    from minion.app import Minion
+    from services.cli.runtime import serve
+    from services.common.config import MinionSettings
+    from services.common.validation import describe
+
+    cfg = _config(config)
+    overrides = {
+        k: v
+        for k, v in {"location": location, "system_id": system_id, "scheduler": scheduler_address}.items()
+        if v is not None
+    }
+    try:
+        settings = MinionSettings.model_validate(cfg.minion.model_dump() | overrides)
+    except ValidationError as exc:
+        typer.echo(f"vigil: invalid minion option: {describe(exc)}", err=True)
+        raise typer.Exit(2) from None
+    setup_logging(log_level, f"minion[{settings.location}]")
+    url = _nats(nats, cfg)
+    raise typer.Exit(asyncio.run(serve(lambda: Minion(settings, nats_url=url))))
+
+
+@app.command()
+def sniff(
+    subject: Annotated[str, typer.Argument(help="Subject to watch.")] = "vigil.events.>",
+    nats: NatsOpt = None,
+    pretty: Annotated[bool, typer.Option(help="One readable line per event instead of JSON.")] = False,
+    count: Annotated[int, typer.Option(help="Exit after this many messages (0: never).")] = 0,
+) -> None:
+    """Print events as they are published, one JSON line each (like RackHD's sniff.js)."""
+    from services.cli.sniff import run_sniff
+    from services.common.natsconn import discover_nats_url
+
+    raise typer.Exit(asyncio.run(run_sniff(discover_nats_url(nats), subject, pretty=pretty, count=count)))
+
+
+@app.command()
+def check(config: Annotated[Path, typer.Argument(help="YAML configuration file.")]) -> None:
+    """Validate a configuration file and summarise it."""
+    cfg = _config(config)
+    services = sum(len(i.services) for n in cfg.nodes for i in n.interfaces)
+    typer.echo(json.dumps({"ok": True, "nodes": len(cfg.nodes), "services": services}))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

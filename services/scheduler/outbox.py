@@ -1,0 +1,80 @@
+"""Hands events from the store's outbox to the event service through JetStream.
+
+At-least-once: an event leaves the outbox only after JetStream acknowledged
+it; a publish repeated after a crash is discarded by JetStream's duplicate
+window (``Nats-Msg-Id`` = event id) and by the event service's id check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+from nats.js import JetStreamContext
+
+from services.common.events import INGEST_SUBJECT_PREFIX
+from services.scheduler import metrics
+from services.scheduler.store import SchedulerStore
+
+log = logging.getLogger(__name__)
+
+BATCH = 256
+
+
+class OutboxRelay:
+    """Publishes outbox events in order of creation."""
+
+    def __init__(self, store: SchedulerStore, js: JetStreamContext, source: str = "scheduler") -> None:
+        self.store = store
+        self.js = js
+        self.subject = f"{INGEST_SUBJECT_PREFIX}.{source}"
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    def wake(self) -> None:
+        """New events are in the outbox."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Relay for ever; backs off while NATS or the store is unavailable."""
+        delay = 0.5
+        while True:
+            try:
+                sent = await self.relay_once()
+                delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("event relay: %s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2) * random.uniform(0.8, 1.2)
+                continue
+            if sent < BATCH:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=5.0)
+                except TimeoutError:
+                    pass
+
+    async def relay_once(self) -> int:
+        """Publish one batch; returns how many events left the outbox."""
+        rows = await self.store.outbox_batch(BATCH)
+        if not rows:
+            metrics.OUTBOX.set(0)
+            return 0
+        acks = await asyncio.gather(
+            *(
+                self.js.publish(self.subject, payload, timeout=5.0, headers={"Nats-Msg-Id": event_id})
+                for _, event_id, payload in rows
+            ),
+            return_exceptions=True,
+        )
+        done = [seq for (seq, _, _), ack in zip(rows, acks, strict=True) if not isinstance(ack, BaseException)]
+        await self.store.outbox_done(done)
+        self.published += len(done)
+        failed = [a for a in acks if isinstance(a, BaseException)]
+        if failed:
+            raise ConnectionError(f"{len(failed)} of {len(rows)} event(s) not acknowledged: {failed[0]!r}")
+        metrics.OUTBOX.set(await self.store.outbox_size())
+        return len(done)

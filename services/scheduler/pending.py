@@ -1,0 +1,57 @@
+"""Polls sent and not yet answered, with their TTL deadlines."""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+from services.scheduler.model import ServiceKey
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPoll:
+    request_id: str
+    key: ServiceKey
+    location: str
+    #: Loop-clock time at which the request expires.
+    expires: float
+    ttl: float
+
+
+class PendingPolls:
+    """Requests in flight. At most one per service, so its size is bounded by the inventory."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, PendingPoll] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def add(self, poll: PendingPoll) -> None:
+        """Track a request until its result arrives or it expires."""
+        self._by_id[poll.request_id] = poll
+        heapq.heappush(self._heap, (poll.expires, poll.request_id))
+
+    def pop(self, request_id: str) -> PendingPoll | None:
+        """Claim a request for its result; ``None`` if unknown or already expired."""
+        return self._by_id.pop(request_id, None)
+
+    def next_expiry(self) -> float | None:
+        """When the earliest live request expires."""
+        while self._heap:
+            expires, rid = self._heap[0]
+            if rid in self._by_id:
+                return expires
+            heapq.heappop(self._heap)
+        return None
+
+    def expire(self, now: float) -> list[PendingPoll]:
+        """Remove and return every request whose deadline has passed."""
+        out = []
+        while self._heap and self._heap[0][0] <= now:
+            _, rid = heapq.heappop(self._heap)
+            poll = self._by_id.pop(rid, None)
+            if poll is not None:
+                out.append(poll)
+        return out
