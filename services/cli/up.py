@@ -10,7 +10,6 @@ nothing is left behind.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -20,21 +19,10 @@ import time
 from pathlib import Path
 
 from services.common.config import DEFAULT_LOCATION, VigilConfig
-from services.common.natsserver import NatsServer
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-
+from services.common.natsserver import NatsServer, die_with_parent
 
 def _popen_options() -> dict[str, object]:
-    return {"start_new_session": True, "preexec_fn": _die_with_parent}
+    return {"start_new_session": True, "preexec_fn": die_with_parent}
 
 
 def _stop(proc: subprocess.Popen[bytes], name: str, timeout: float) -> None:

@@ -8,14 +8,30 @@ them never race for a port.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import time
 from pathlib import Path
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: the kernel sends SIGTERM to the child when its parent dies.
+
+    So a killed ``vigil up`` (or test run) never leaves a server behind.
+    """
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def nats_server_binary() -> str:
@@ -71,6 +87,7 @@ class NatsServer:
             "-l", str(self.log_file),
             *self.extra_args,
         ]
+        popen.setdefault("preexec_fn", die_with_parent)
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, **popen)  # type: ignore[call-overload]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -22,7 +22,7 @@ UNKNOWN = Counter(
 DISPATCH_LAG = Histogram(
     "vigil_scheduler_dispatch_lag_seconds",
     "Delay between a poll's due time and its dispatch",
-    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
 )
 IN_FLIGHT = Gauge("vigil_scheduler_polls_in_flight", "Poll requests awaiting a result")
 SERVICES = Gauge("vigil_scheduler_services", "Monitored services by assured state", ["status"])

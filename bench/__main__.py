@@ -1,0 +1,29 @@
+"""``make bench``: prints throughput and latency figures. Never pass/fail."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import sys
+
+from bench import pipeline
+from bench.common import table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument("--only", default="", help="comma-separated sections: pipeline")
+    ns = parser.parse_args()
+    only = {s for s in ns.only.split(",") if s}
+    print(f"vigil bench — Python {platform.python_version()}, {platform.machine()}, cores: {__import__('os').cpu_count()}")
+    if not only or "pipeline" in only:
+        print("\n## pipeline (scheduler → NATS → minion → gRPC → state)")
+        rows = asyncio.run(pipeline.main(quick=ns.quick))
+        print(table(rows))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Shared bench plumbing: processes, histogram quantiles, printing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import psutil
+from prometheus_client import Histogram
+
+from services.common.natsserver import die_with_parent
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def python_env() -> dict[str, str]:
+    """Environment for child processes that import the project from the checkout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "protos")])
+    return env
+
+
+def spawn(args: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+    """A child Python process (``-m`` args), logging to ``log``."""
+    out = log.open("wb")
+    return subprocess.Popen(
+        [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, env=python_env(), cwd=ROOT,
+        preexec_fn=die_with_parent,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def rss_mb(pid: int | None = None) -> float:
+    """Resident set size of a process, MiB."""
+    return psutil.Process(pid or os.getpid()).memory_info().rss / (1 << 20)
+
+
+def histogram_snapshot(h: Histogram) -> list[tuple[float, float]]:
+    """Cumulative (upper bound, count) pairs of an unlabelled histogram."""
+    out = []
+    for metric in h.collect():
+        for s in metric.samples:
+            if s.name.endswith("_bucket"):
+                out.append((float(s.labels["le"]), s.value))
+    return sorted(out)
+
+
+def quantile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float:
+    """``histogram_quantile`` over the observations made between two snapshots."""
+    buckets = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if le == float("inf"):
+                return prev_le
+            span = count - prev_count
+            return prev_le + (le - prev_le) * ((rank - prev_count) / span if span else 1.0)
+        prev_le, prev_count = le, count
+    return prev_le
+
+
+async def tcp_listener() -> tuple[asyncio.Server, int]:
+    """A local TCP peer that accepts and closes."""
+
+    async def handle(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=4096)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    """A plain-text table."""
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    lines = ["  ".join(c.ljust(widths[c]) for c in cols), "  ".join("-" * widths[c] for c in cols)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""The real pipeline under load: scheduler (this process) → NATS → minion (child) → gRPC.
+
+Figures: polls/s applied to service state, dispatch lag p50/p99 (due → sent),
+results UNKNOWN (should be 0), scheduler RSS. TCP scenarios poll a listener in
+a separate process, so the monitor's sockets are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from services.common.config import parse_config
+from services.common.natsserver import NatsServer
+from services.scheduler import metrics
+from services.scheduler.app import Scheduler
+
+from bench.common import histogram_snapshot, quantile, rss_mb, spawn, stop
+
+LISTENER = """
+import asyncio
+async def main():
+    async def h(r, w): w.close()
+    s = await asyncio.start_server(h, "127.0.0.1", {port}, backlog=4096)
+    await s.serve_forever()
+asyncio.run(main())
+"""
+
+
+def _nodes(services: int, monitor: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    per_node = 100
+    nodes = []
+    for n in range(0, services, per_node):
+        count = min(per_node, services - n)
+        nodes.append(
+            {
+                "id": f"bench-{n // per_node:05d}",
+                "interfaces": [
+                    {
+                        "ip": "127.0.0.1",
+                        "services": [{"name": f"S{i:03d}", "monitor": monitor, "params": params} for i in range(count)],
+                    }
+                ],
+            }
+        )
+    return nodes
+
+
+async def run_scenario(
+    name: str, services: int, interval: float, duration: float, monitor: str, params: dict[str, Any], work: Path
+) -> dict[str, object]:
+    """One measured run; returns a table row."""
+    nats = NatsServer(work / f"nats-{name}").start()
+    cfg = parse_config(
+        {
+            "nats": {"url": nats.url},
+            "scheduler": {
+                "listen": "127.0.0.1:0",
+                "metrics_listen": None,
+                "store_url": f"sqlite:///{work}/{name}.db",
+                "start_splay": f"{interval}s",
+                "status_flush_interval": "2s",
+            },
+            "defaults": {"interval": f"{interval}s", "timeout": "2s", "retries": 0},
+            "nodes": _nodes(services, monitor, params),
+        },
+        "<bench>",
+        env={},
+    )
+    sched = Scheduler(cfg, nats_url=nats.url)
+    await sched.start()
+    minion = spawn(
+        [
+            "-m", "services.cli", "minion", "--nats", nats.url, "--scheduler", sched.grpc_address,
+            "--location", "Default", "--system-id", f"bench-{name}", "--log-level", "WARNING",
+        ],
+        work / f"minion-{name}.log",
+    )
+    try:
+        keeper = sched.keeper
+        assert keeper is not None
+        # Warm up: one full interval so that every service has its phase.
+        await asyncio.sleep(interval + 2)
+        lag0 = histogram_snapshot(metrics.DISPATCH_LAG)
+        unknown0 = sum(s.value for m in metrics.UNKNOWN.collect() for s in m.samples if s.name.endswith("_total"))
+        applied0, t0 = keeper.applied, time.perf_counter()
+        await asyncio.sleep(duration)
+        applied1, t1 = keeper.applied, time.perf_counter()
+        lag1 = histogram_snapshot(metrics.DISPATCH_LAG)
+        unknown1 = sum(s.value for m in metrics.UNKNOWN.collect() for s in m.samples if s.name.endswith("_total"))
+        rate = (applied1 - applied0) / (t1 - t0)
+        return {
+            "scenario": name,
+            "services": services,
+            "offered/s": round(services / interval),
+            "polls/s": round(rate),
+            "lag p50 ms": round(quantile(lag0, lag1, 0.5) * 1000, 2),
+            "lag p99 ms": round(quantile(lag0, lag1, 0.99) * 1000, 2),
+            "unknown": int(unknown1 - unknown0),
+            "sched RSS MiB": round(rss_mb()),
+        }
+    finally:
+        stop(minion)
+        await sched.stop()
+        nats.stop()
+
+
+async def main(quick: bool = False) -> list[dict[str, object]]:
+    """Run every pipeline scenario."""
+    logging.basicConfig(level=logging.WARNING)
+    duration = 5.0 if quick else 15.0
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
+        work = Path(tmp)
+        rows.append(await run_scenario("noop-2k", 10_000, 5.0, duration, "noop", {}, work))
+        rows.append(await run_scenario("noop-10k", 50_000, 5.0, duration, "noop", {}, work))
+        port_holder = __import__("socket").socket()
+        port_holder.bind(("127.0.0.1", 0))
+        port = port_holder.getsockname()[1]
+        port_holder.close()
+        import subprocess
+        import sys
+
+        listener = subprocess.Popen([sys.executable, "-c", LISTENER.format(port=port)])
+        try:
+            await asyncio.sleep(0.5)
+            rows.append(await run_scenario("tcp-1k", 2_000, 2.0, duration, "tcp", {"port": port}, work))
+        finally:
+            listener.terminate()
+            listener.wait(5)
+    return rows

@@ -1,0 +1,31 @@
+"""Shared fixtures: a real nats-server per test, the in-process stack."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from services.common.natsserver import NatsServer
+from tests.helpers import EventCollector
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A private nats-server with JetStream on a port of its own choosing."""
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def events_seen(nats_server: NatsServer) -> AsyncIterator[EventCollector]:
+    """Every event published on ``vigil.events.>`` during the test."""
+    collector = await EventCollector().start(nats_server.url)
+    try:
+        yield collector
+    finally:
+        await collector.stop()

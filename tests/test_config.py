@@ -1,0 +1,131 @@
+"""Configuration: bad files fail start-up with the file and the key named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.common.config import ConfigError, load_config, parse_config
+from services.common.durations import parse_duration
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "vigil.yaml"
+    p.write_text(text)
+    return p
+
+
+def node(services: str) -> str:
+    return f"""
+nodes:
+  - id: web-1
+    interfaces:
+      - ip: 10.0.0.5
+        services:
+{services}
+"""
+
+
+def test_demo_config_is_valid() -> None:
+    cfg = load_config(Path("examples/demo.yaml"), env={})
+    assert len(cfg.nodes[0].interfaces[0].services) >= 3
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("scheduler:\n  listn: 127.0.0.1:1\n", "scheduler.listn: unknown key"),
+        ("scheduler:\n  batch_size: lots\n", "scheduler.batch_size: Input should be a valid integer"),
+        ("scheduler:\n  listen: 127.0.0.1:99999\n", "scheduler.listen: Value error, '127.0.0.1:99999': port must be 0-65535"),
+        ("scheduler:\n  listen: not an address\n", "scheduler.listen: Value error, 'not an address' is not host:port"),
+        ("nats:\n  url: http://x:4222\n", "nats.url: Value error, 'http://x:4222' is not a NATS URL"),
+        ("defaults:\n  interval: 5 parsecs\n", "defaults.interval: Value error, '5 parsecs' is not a duration"),
+        ("defaults:\n  timeout: 0s\n", "defaults.timeout: Input should be greater than 0"),
+        (
+            node("          - {name: HTTP, monitor: htp}"),
+            "nodes[0].interfaces[0].services[0].monitor: unknown monitor 'htp'",
+        ),
+        (
+            node("          - {name: HTTP, monitor: tcp, params: {port: 0}}"),
+            "nodes[0].interfaces[0].services[0].params.port: Input should be greater than or equal to 1",
+        ),
+        (
+            node("          - {name: A, monitor: tcp, params: {port: 1}}\n          - {name: A, monitor: tcp, params: {port: 2}}"),
+            "duplicate service 'A'",
+        ),
+        (
+            "nodes:\n  - id: n\n    interfaces:\n      - ip: 10.0.0.300\n",
+            "nodes[0].interfaces[0].ip",
+        ),
+        ("nodes:\n  - id: n\n    location: paris.east\n", "nodes[0].location: Value error, 'paris.east' is not a valid location"),
+        ("- just\n- a list\n", "the top level must be a mapping"),
+        ("scheduler: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    message = str(err.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+
+
+def test_missing_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml", env={})
+
+
+def test_environment_overrides_connection_settings(tmp_path: Path) -> None:
+    path = write(tmp_path, "nats:\n  url: nats://file:4222\nscheduler:\n  store_url: sqlite:///file.db\n")
+    cfg = load_config(
+        path,
+        env={
+            "VIGIL_NATS_URL": "nats://env:4222",
+            "VIGIL_STORE_URL": "postgresql://vigil@db/vigil",
+            "VIGIL_LOCATION": "edge",
+            "VIGIL_SCHEDULER_ADDRESS": "scheduler:50051",
+        },
+    )
+    assert cfg.nats.url == "nats://env:4222"
+    assert cfg.scheduler.store_url == "postgresql://vigil@db/vigil"
+    assert cfg.minion.location == "edge"
+    assert cfg.minion.scheduler == "scheduler:50051"
+
+
+def test_bad_environment_override_is_reported_like_a_file_error() -> None:
+    with pytest.raises(ConfigError, match=r"minion.location: .*'bad location'"):
+        parse_config({}, "<env>", env={"VIGIL_LOCATION": "bad location"})
+
+
+def test_durations() -> None:
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("250ms") == 0.25
+    assert parse_duration(42) == 42
+    for bad in ("", "5 x", "1h-2m", True, [1]):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_cli_check_exits_2_with_the_message(tmp_path: Path) -> None:
+    path = write(tmp_path, "scheduler:\n  listn: 127.0.0.1:1\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli", "check", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert f"{path}: scheduler.listn: unknown key" in proc.stderr
+
+
+def test_cli_scheduler_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
+    path = write(tmp_path, node("          - {name: HTTP, monitor: http, params: {status: '200-99'}}"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli", "scheduler", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "nodes[0].interfaces[0].services[0].params.status" in proc.stderr

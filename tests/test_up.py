@@ -1,0 +1,132 @@
+"""``vigil up`` starts every component and leaves nothing behind when stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    ports = {name: free_port() for name in ("sched", "sched_m", "events", "events_m")}
+    cfg = {
+        "scheduler": {
+            "listen": f"127.0.0.1:{ports['sched']}",
+            "metrics_listen": f"127.0.0.1:{ports['sched_m']}",
+            "store_url": f"sqlite:///{tmp_path}/state/scheduler.db",
+            "start_splay": "1s",
+        },
+        "events": {
+            "listen": f"127.0.0.1:{ports['events']}",
+            "metrics_listen": f"127.0.0.1:{ports['events_m']}",
+            "store_url": f"sqlite:///{tmp_path}/state/events.db",
+        },
+        "minion": {"id_file": str(tmp_path / "state/minion-id")},
+        "defaults": {"interval": "1s"},
+        "nodes": [
+            {
+                "id": "self",
+                "interfaces": [
+                    {
+                        "ip": "127.0.0.1",
+                        "services": [
+                            {"name": "Scheduler", "monitor": "tcp", "params": {"port": ports["sched"]}},
+                            {"name": "Closed", "monitor": "tcp", "params": {"port": 9}},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "vigil.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, ports
+
+
+def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, object], dict[str, int]]:
+    path, ports = _config(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--config", str(path), "--state-dir", str(tmp_path / "state")],
+        cwd=tmp_path,
+        env=env | {"PYTHONPATH": os.pathsep.join([str(Path.cwd()), str(Path.cwd() / "protos")])},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    endpoints_file = tmp_path / "state/endpoints.json"
+    deadline = time.monotonic() + 60
+    while not endpoints_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out = proc.stdout.read() if proc.stdout else ""
+            proc.kill()
+            raise AssertionError(f"vigil up did not start:\n{out}")
+        time.sleep(0.1)
+    endpoints = json.loads(endpoints_file.read_text())
+    return proc, endpoints, ports
+
+
+def _children(endpoints: dict[str, object]) -> list[int]:
+    pids = endpoints["pids"]
+    assert isinstance(pids, dict)
+    return [int(p) for p in pids.values() if p]
+
+
+def _wait_gone(pids: list[int], timeout: float = 20) -> list[int]:
+    deadline = time.monotonic() + timeout
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.1)
+    return alive
+
+
+def test_vigil_up_runs_the_pipeline_and_sigterm_stops_every_child(tmp_path: Path) -> None:
+    proc, endpoints, ports = _start(tmp_path)
+    pids = _children(endpoints)
+    try:
+        assert len(pids) == 4  # nats-server, events, scheduler, one minion
+        url = (tmp_path / "state/nats-url").read_text().strip()
+        assert url == endpoints["nats"]
+        assert url.startswith("nats://127.0.0.1:")
+        # The closed port is reported lost through the whole pipeline.
+        sniff = subprocess.run(
+            [sys.executable, "-m", "services.cli", "sniff", "vigil.events.service.lost.>", "--count", "1"],
+            cwd=tmp_path,
+            env={k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+            | {"VIGIL_NATS_URL": url, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), str(Path.cwd() / "protos")])},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sniff.returncode == 0, sniff.stderr
+        event = json.loads(sniff.stdout.strip().splitlines()[0])
+        assert event["typeId"] == "self/127.0.0.1/Closed"
+        assert "connection refused" in event["data"]["reason"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "stopped" in out
+    assert _wait_gone(pids) == [], f"orphans left: {out}"
+    assert not (tmp_path / "state/nats-url").exists()
+
+
+def test_children_die_with_a_killed_vigil_up(tmp_path: Path) -> None:
+    proc, endpoints, _ = _start(tmp_path)
+    pids = _children(endpoints)
+    proc.kill()  # no chance to clean up: the kernel must take the children down
+    proc.communicate(timeout=30)
+    assert _wait_gone(pids, timeout=30) == []
