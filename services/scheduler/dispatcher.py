@@ -221,6 +221,23 @@ class Dispatcher:
             )
         metrics.IN_FLIGHT.set(len(self.pending))
 
+    async def expire_location(self, location: str, reason: str) -> int:
+        """End every pending poll at ``location`` as UNKNOWN now (its last minion is gone).
+
+        Returns how many polls were ended. Their results, should they still
+        arrive, are late and ignored.
+        """
+        polls = self.pending.take_location(location)
+        at = wall_now()
+        metrics.UNKNOWN.labels("location").inc(len(polls))
+        for poll in polls:
+            rt = self.services.get(poll.key)
+            if rt is not None and rt.in_flight == poll.request_id:
+                rt.in_flight = None
+            await self.keeper.submit(Observation(poll.key, Status.UNKNOWN, reason, at, request_id=poll.request_id))
+        metrics.IN_FLIGHT.set(len(self.pending))
+        return len(polls)
+
     # -- results -------------------------------------------------------------------
 
     def claim(self, request_id: str) -> PendingPoll | None:

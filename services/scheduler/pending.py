@@ -46,6 +46,13 @@ class PendingPolls:
             heapq.heappop(self._heap)
         return None
 
+    def take_location(self, location: str) -> list[PendingPoll]:
+        """Remove and return every request sent to ``location``."""
+        out = [p for p in self._by_id.values() if p.location == location]
+        for p in out:
+            del self._by_id[p.request_id]
+        return out
+
     def expire(self, now: float) -> list[PendingPoll]:
         """Remove and return every request whose deadline has passed."""
         out = []

@@ -175,6 +175,16 @@ class StateKeeper:
             **data,
         )
 
+    async def emit(self, events: list[Event]) -> None:
+        """Durably queue events that no service transition carries (minions, locations, ...)."""
+        if not events:
+            return
+        async with self.store.transaction() as tx:
+            await tx.enqueue(events)
+        for e in events:
+            metrics.EVENTS_EMITTED.labels(e.type, e.action).inc()
+        self._on_events()
+
     # -- start-up and persistence ----------------------------------------------------
 
     async def restore(self, states: dict[ServiceKey, StateRow], open_outages: list[OutageRow]) -> list[OutageRow]:
