@@ -5,19 +5,21 @@ bounded socket reads. Nothing here blocks the event loop once warmed up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import os
 import re
 import ssl
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 from pydantic import AfterValidator, Field
+
+from minion.monitors.base import PollContext
 
 # --------------------------------------------------------------------------- params
 
@@ -213,7 +215,7 @@ def cert_info(der: bytes) -> CertInfo:
     dns: tuple[str, ...] = ()
     ips: tuple[str, ...] = ()
     try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         dns = tuple(san.get_values_for_type(x509.DNSName))
         ips = tuple(str(a) for a in san.get_values_for_type(x509.IPAddress))
     except x509.ExtensionNotFound:
@@ -230,33 +232,78 @@ def cert_info(der: bytes) -> CertInfo:
 
 
 async def read_until_match(
-    reader: asyncio.StreamReader, pattern: re.Pattern[str] | None, limit: int
+    reader: asyncio.StreamReader,
+    pattern: re.Pattern[str] | None,
+    limit: int,
+    deadline: float | None = None,
 ) -> tuple[bytes, bool]:
-    """Read until ``pattern`` matches what was read, EOF, or ``limit`` bytes.
+    """Read until ``pattern`` matches what was read, EOF, ``limit`` bytes, or
+    ``deadline`` (loop time; then it returns what it has rather than raise, so
+    the caller can show what the peer did send).
 
     Returns what was read (at most ``limit`` bytes) and whether it matched.
     With no pattern, returns the first chunk the peer sends.
     """
     seen = b""
-    while len(seen) < limit:
-        chunk = await reader.read(limit - len(seen))
-        if not chunk:
-            break
-        seen += chunk
-        if pattern is None:
-            return seen, True
-        if pattern.search(seen.decode("utf-8", "replace")):
-            return seen, True
+    try:
+        async with asyncio.timeout_at(deadline):
+            while len(seen) < limit:
+                chunk = await reader.read(limit - len(seen))
+                if not chunk:
+                    break
+                seen += chunk
+                if pattern is None:
+                    return seen, True
+                if pattern.search(seen.decode("utf-8", "replace")):
+                    return seen, True
+    except TimeoutError:
+        pass
     return seen, False
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The time an attempt has, as the service's ``timeout`` defines it.
+
+    ``deadline`` is when the attempt ends by its own timeout; ``report_by`` is
+    a little earlier: a monitor that can say more than "timed out" (a banner
+    that did not match, ICMP loss) stops then and says it.
+    """
+
+    deadline: float
+    report_by: float
+
+    def remaining(self) -> float:
+        """Seconds until ``deadline`` (for a library that wants a timeout)."""
+        return max(0.0, self.deadline - asyncio.get_running_loop().time())
+
+    def until_report(self) -> float:
+        """Seconds until ``report_by``."""
+        return max(0.0, self.report_by - asyncio.get_running_loop().time())
+
+
+def plan(ctx: PollContext) -> Plan:
+    """This attempt's :class:`Plan`; call it first thing in ``poll()``.
+
+    Usually ``ctx.deadline`` is the end of the attempt's ``timeout``. When the
+    request's TTL (``expires_at``) comes sooner, ``ctx.deadline`` is the TTL:
+    the runner then abandons the poll at the TTL (the scheduler counts it
+    UNKNOWN), and a monitor must not preempt that with a DOWN of its own
+    ("no reply in 0.3 s" would blame the service for the TTL). So the plan
+    keeps the attempt's own end, later than the TTL, and the runner's
+    cancellation comes first.
+    """
+    now = asyncio.get_running_loop().time()
+    own_end = now + ctx.timeout
+    deadline = own_end if ctx.deadline < own_end - 0.05 else ctx.deadline
+    return Plan(deadline, deadline - min(0.2, 0.1 * ctx.timeout))
 
 
 async def close_writer(writer: asyncio.StreamWriter) -> None:
     """Close a stream without waiting long for a peer that does not cooperate."""
     writer.close()
-    try:
+    with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
         await asyncio.wait_for(writer.wait_closed(), timeout=1.0)
-    except (OSError, TimeoutError, ssl.SSLError):
-        pass
 
 
 def first_line(text: str, limit: int = 200) -> str:
@@ -267,13 +314,12 @@ def first_line(text: str, limit: int = 200) -> str:
     return ""
 
 
-def unique(items: Sequence[str]) -> list[str]:
-    """``items`` without duplicates, order kept."""
-    return list(dict.fromkeys(items))
-
-
 async def tls_peer_certificate(
-    address: str, port: int, ctx: ssl.SSLContext, server_name: str | None, timeout: float
+    address: str,
+    port: int,
+    ctx: ssl.SSLContext,
+    server_name: str | None,
+    handshake_timeout: float,
 ) -> tuple[bytes, str]:
     """Open a TLS connection, return the peer's DER certificate and the TLS version.
 
@@ -286,7 +332,7 @@ async def tls_peer_certificate(
         port,
         ssl=ctx,
         server_hostname=server_name or "",
-        ssl_handshake_timeout=max(timeout, 0.1),
+        ssl_handshake_timeout=max(handshake_timeout, 0.1),
     )
     try:
         obj = writer.get_extra_info("ssl_object")

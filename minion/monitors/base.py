@@ -121,7 +121,7 @@ class Monitor(ABC, Generic[P]):
         """Validate raw parameters into this monitor's model (raises ``ValidationError``)."""
         return self.params_model.model_validate(raw)  # type: ignore[return-value]
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Release shared resources when the minion stops."""
 
 

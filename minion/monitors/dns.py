@@ -26,7 +26,7 @@ import dns.rdata
 import dns.rdatatype
 from pydantic import Field, field_validator, model_validator
 
-from minion.monitors._common import IpAddress, Port
+from minion.monitors._common import IpAddress, Port, plan
 from minion.monitors.base import (
     Monitor,
     MonitorParams,
@@ -147,16 +147,19 @@ class DnsMonitor(Monitor[DnsParams]):
 
     async def poll(self, target: Target, params: DnsParams, ctx: PollContext) -> PollOutcome:
         """Query ``params.server`` (default: the target) for ``name``/``record_type``."""
+        when = plan(ctx)
         server = params.server or target.address
         rtype = dns.rdatatype.from_text(params.record_type)
         query = dns.message.make_query(params.name, rtype, want_dnssec=False)
         if not params.recursion:
             query.flags &= ~dns.flags.RD
         start = time.perf_counter()
-        timeout = max(ctx.remaining(), 0.05)
+        timeout = max(when.remaining(), 0.05)
         try:
             if params.transport == "tcp":
-                response = await dns.asyncquery.tcp(query, server, timeout=timeout, port=params.port)
+                response = await dns.asyncquery.tcp(
+                    query, server, timeout=timeout, port=params.port
+                )
             else:
                 response, _ = await dns.asyncquery.udp_with_fallback(
                     query, server, timeout=timeout, port=params.port, ignore_unexpected=True

@@ -15,12 +15,14 @@ for HTTPS, ``days_to_expiry`` of the server certificate.
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import ssl
 import time
 from typing import Annotated, ClassVar, Literal
 
 import aiohttp
+import yarl
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from minion.monitors._common import (
@@ -30,6 +32,7 @@ from minion.monitors._common import (
     check_hostname,
     host_literal,
     tls_context,
+    tls_peer_certificate,
 )
 from minion.monitors.base import (
     Monitor,
@@ -187,7 +190,10 @@ class HttpMonitor(Monitor[HttpParams]):
         if self._session is None or self._session.closed or self._loop is not loop:
             self._loop = loop
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=512, limit_per_host=16, keepalive_timeout=15),
+                # No per-host cap: aiohttp's waiters for a capped host are not
+                # served in order, so busy polls could starve others past their
+                # deadline. The runner caps concurrency; ``limit`` bounds sockets.
+                connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=15),
                 timeout=aiohttp.ClientTimeout(total=None),  # the runner owns the deadline
                 headers={"User-Agent": "vigil-minion"},
                 auto_decompress=True,
@@ -207,33 +213,28 @@ class HttpMonitor(Monitor[HttpParams]):
             headers["Host"] = params.host
         if params.scheme == "https":
             try:
-                ssl_arg = await tls_context(
-                    "full" if params.verify_tls else "none", params.ca_file
-                )
+                ssl_arg = await tls_context("full" if params.verify_tls else "none", params.ca_file)
             except (OSError, ssl.SSLError) as exc:
                 return PollOutcome.unknown(f"cannot load ca_file {params.ca_file}: {exc}")
             if params.host:
                 server_hostname = _sni_name(params.host)
-        auth = (
-            aiohttp.BasicAuth(params.username, params.password.get_secret_value())
-            if params.username is not None and params.password is not None
-            else None
-        )
+        if params.username is not None and params.password is not None:
+            token = f"{params.username}:{params.password.get_secret_value()}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
         start = time.perf_counter()
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._request(
-                    url, params, headers, ssl_arg, server_hostname, auth, start
-                )
+                return await self._request(url, params, headers, ssl_arg, server_hostname, start)
             except aiohttp.ServerDisconnectedError as exc:
                 # A pooled keep-alive connection the server closed meanwhile:
                 # retry once on a fresh one rather than report a false DOWN.
                 if attempt == 1 and ctx.remaining() > 0:
                     continue
-                return PollOutcome.down(f"HTTP request failed: server disconnected: {exc}",
-                                        elapsed_ms(start))
+                return PollOutcome.down(
+                    f"HTTP request failed: server disconnected: {exc}", elapsed_ms(start)
+                )
             except aiohttp.ClientConnectorCertificateError as exc:
                 return PollOutcome.down(
                     f"TLS certificate not accepted: {_cert_reason(exc)}", elapsed_ms(start)
@@ -260,7 +261,6 @@ class HttpMonitor(Monitor[HttpParams]):
         headers: dict[str, str],
         ssl_arg: ssl.SSLContext | bool,
         server_hostname: str | None,
-        auth: aiohttp.BasicAuth | None,
         start: float,
     ) -> PollOutcome:
         days: float | None = None
@@ -273,13 +273,9 @@ class HttpMonitor(Monitor[HttpParams]):
             max_redirects=params.max_redirects,
             ssl=ssl_arg,
             server_hostname=server_hostname,
-            auth=auth,
         ) as resp:
-            conn = resp.connection
-            transport = conn.transport if conn is not None else None
-            ssl_obj = transport.get_extra_info("ssl_object") if transport is not None else None
-            if ssl_obj is not None:
-                der = ssl_obj.getpeercert(binary_form=True)
+            if params.scheme == "https":
+                der = _peer_certificate(resp)
                 if der:
                     days = cert_info(der).days_to_expiry()
             body = bytearray()
@@ -306,24 +302,29 @@ class HttpMonitor(Monitor[HttpParams]):
         if params.body is not None and not re.search(params.body, body.decode("utf-8", "replace")):
             return PollOutcome.down(
                 f"HTTP {code}: body does not match /{params.body}/"
-                + (f" (first {len(body)} bytes read)" if len(body) >= params.max_body_bytes else ""),
+                + (
+                    f" (first {len(body)} bytes read)" if len(body) >= params.max_body_bytes else ""
+                ),
                 rt,
                 **values,
             )
         if params.max_response_time_ms is not None and rt > params.max_response_time_ms:
             return PollOutcome.down(
-                f"HTTP {code} in {rt:.0f} ms, above the {params.max_response_time_ms:g} ms threshold",
+                f"HTTP {code} in {rt:.0f} ms, "
+                f"above the {params.max_response_time_ms:g} ms threshold",
                 rt,
                 **values,
             )
-        if params.min_days_to_expiry is not None and days is not None:
-            if days < params.min_days_to_expiry:
-                return PollOutcome.down(
-                    f"certificate expires in {days:.1f} days "
-                    f"(threshold {params.min_days_to_expiry:g})",
-                    rt,
-                    **values,
-                )
+        min_days = params.min_days_to_expiry
+        if min_days is not None and days is None:
+            # the response did not tell which certificate it came with: ask the server
+            days = await _days_by_handshake(url, server_hostname, ssl_arg)
+            if days is not None:
+                values["days_to_expiry"] = round(days, 3)
+        if min_days is not None and days is not None and days < min_days:
+            return PollOutcome.down(
+                f"certificate expires in {days:.1f} days (threshold {min_days:g})", rt, **values
+            )
         return PollOutcome.up(rt, **values)
 
     async def close(self) -> None:
@@ -331,6 +332,40 @@ class HttpMonitor(Monitor[HttpParams]):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _days_by_handshake(
+    url: str, server_hostname: str | None, ssl_arg: ssl.SSLContext | bool
+) -> float | None:
+    parsed = yarl.URL(url)
+    if parsed.host is None or not isinstance(ssl_arg, ssl.SSLContext):
+        return None
+    try:
+        der, _ = await tls_peer_certificate(
+            parsed.host, parsed.port or 443, await tls_context("none"), server_hostname, 5.0
+        )
+    except (OSError, ssl.SSLError, TimeoutError):
+        return None
+    return cert_info(der).days_to_expiry()
+
+
+def _peer_certificate(resp: aiohttp.ClientResponse) -> bytes | None:
+    """The server certificate (DER) of the connection ``resp`` came on."""
+    # aiohttp hands a fully received response's connection back to the pool at
+    # once, so ``resp.connection`` is often None already; the protocol object
+    # it came through stays on the response.
+    conn = resp.connection
+    transport = conn.transport if conn is not None else None
+    if transport is None:
+        protocol = getattr(resp, "_protocol", None)
+        transport = getattr(protocol, "transport", None)
+    if transport is None:
+        return None
+    ssl_obj = transport.get_extra_info("ssl_object")
+    if ssl_obj is None:
+        return None
+    der: bytes | None = ssl_obj.getpeercert(binary_form=True)
+    return der
 
 
 def _cert_reason(exc: aiohttp.ClientConnectorCertificateError) -> str:

@@ -11,7 +11,7 @@ sockets as root or with ``CAP_NET_RAW``; which one is detected once.
 
 Response time: the average round-trip time of the replies received.
 Measured values: ``rtt_ms`` (average), ``rtt_min_ms``, ``rtt_max_ms``,
-``jitter_ms`` (mean deviation), ``packet_loss`` (percent, 0–100),
+``jitter_ms`` (mean deviation), ``packet_loss`` (percent, 0-100),
 ``packets_sent``, ``packets_received``.
 """
 
@@ -36,11 +36,8 @@ from icmplib import (  # type: ignore[import-untyped]
 from icmplib.utils import unique_identifier  # type: ignore[import-untyped]
 from pydantic import Field, model_validator
 
-from minion.monitors._common import is_ipv6
+from minion.monitors._common import is_ipv6, plan
 from minion.monitors.base import Monitor, MonitorParams, PollContext, PollOutcome, Target
-
-#: Time kept back from the deadline so the monitor answers before the runner cancels it.
-_MARGIN = 0.05
 
 
 class IcmpParams(MonitorParams):
@@ -90,11 +87,12 @@ class IcmpMonitor(Monitor[IcmpParams]):
 
     async def poll(self, target: Target, params: IcmpParams, ctx: PollContext) -> PollOutcome:
         """Send ``count`` echo requests to ``target.address``."""
+        when = plan(ctx)
         v6 = is_ipv6(target.address)
-        budget = ctx.remaining() - _MARGIN - (params.count - 1) * params.interval
+        budget = when.until_report() - (params.count - 1) * params.interval
         if budget <= 0.01 * params.count:
             return PollOutcome.unknown(
-                f"count {params.count} × interval {params.interval:g}s does not fit "
+                f"count {params.count} x interval {params.interval:g}s does not fit "
                 f"in the {ctx.timeout:g}s timeout"
             )
         per_reply = budget / params.count

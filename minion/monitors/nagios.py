@@ -35,7 +35,7 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator
 
-from minion.monitors._common import first_line, snake_case
+from minion.monitors._common import first_line, plan, snake_case
 from minion.monitors.base import (
     Monitor,
     MonitorParams,
@@ -49,8 +49,6 @@ DEFAULT_PLUGIN_DIRS: tuple[str, ...] = ("/usr/lib/nagios/plugins", "/usr/lib/mon
 _plugin_dirs: tuple[str, ...] = DEFAULT_PLUGIN_DIRS
 _resolved: dict[str, tuple[float, str | None]] = {}
 _RESOLVE_TTL = 60.0
-#: Seconds kept back from the deadline to kill the plugin and report.
-_MARGIN = 0.2
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 STATE_NAMES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
@@ -126,7 +124,8 @@ def parse_perfdata(text: str) -> dict[str, float]:
             number = float(vm.group(1).replace(",", "."))
         except ValueError:
             continue
-        values[snake_case(label)] = number
+        # "/" (a file system's mount point, as check_disk prints it) → "root"
+        values[snake_case(label) if label.strip("/") else "root"] = number
     return values
 
 
@@ -169,8 +168,10 @@ class NagiosParams(MonitorParams):
         if ".." in parts:
             raise ValueError("must not contain '..'")
         if not os.path.isabs(v) and (v.startswith("./") or v.startswith("~")):
-            raise ValueError("a relative name is looked up in the plugin directories: "
-                             "give a plain name like check_tcp or an absolute path")
+            raise ValueError(
+                "a relative name is looked up in the plugin directories: "
+                "give a plain name like check_tcp or an absolute path"
+            )
         return v
 
     @field_validator("args")
@@ -222,11 +223,12 @@ class NagiosMonitor(Monitor[NagiosParams]):
 
     async def poll(self, target: Target, params: NagiosParams, ctx: PollContext) -> PollOutcome:
         """Run the plugin against ``target`` and translate its result."""
+        when = plan(ctx)
         path = await resolve_plugin(params.plugin)
         if path is None:
             where = "" if os.path.isabs(params.plugin) else f" in {', '.join(_plugin_dirs)}"
             return PollOutcome.unknown(f"plugin {params.plugin} not found or not executable{where}")
-        budget = ctx.remaining() - _MARGIN
+        budget = when.until_report()
         if params.timeout is not None:
             budget = min(budget, params.timeout)
         if budget <= 0:

@@ -55,7 +55,9 @@ def _plugins() -> dict[str, str]:
     found: dict[str, str] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in BUILTIN:
-            log.warning("plugin monitor %r (%s) ignored: a built-in has that name", ep.name, ep.value)
+            log.warning(
+                "plugin monitor %r (%s) ignored: a built-in has that name", ep.name, ep.value
+            )
             continue
         found[ep.name] = ep.value
     return found

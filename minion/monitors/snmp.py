@@ -27,12 +27,14 @@ several). Measured values: GET: ``value`` when the value is numeric; WALK:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import re
 import time
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pysnmp.hlapi.v3arch.asyncio import (
+from pysnmp.hlapi.v3arch.asyncio import (  # type: ignore[import-untyped]
     CommunityData,
     ContextData,
     ObjectIdentity,
@@ -58,12 +60,14 @@ from pysnmp.hlapi.v3arch.asyncio import (
     usmHMACMD5AuthProtocol,
     usmHMACSHAAuthProtocol,
 )
-from pysnmp.proto import rfc1902, rfc1905
-from pysnmp.proto.rfc1902 import ObjectName
+from pysnmp.hlapi.varbinds import CommandGeneratorVarBinds  # type: ignore[import-untyped]
+from pysnmp.proto import rfc1902, rfc1905  # type: ignore[import-untyped]
+from pysnmp.proto.rfc1902 import ObjectName  # type: ignore[import-untyped]
 
-from minion.monitors._common import is_ipv6
+from minion.monitors._common import Plan, is_ipv6, plan
 from minion.monitors.base import (
     Monitor,
+    MonitorParams,
     PollContext,
     PollOutcome,
     Target,
@@ -97,7 +101,7 @@ _PRIV = {
 _BULK = 25
 
 
-class SnmpParams(SnmpCredentials):
+class SnmpParams(SnmpCredentials, MonitorParams):
     """Parameters of the SNMP monitor (credentials fields: see :class:`SnmpCredentials`)."""
 
     #: The object to GET, or the subtree to WALK. Default: sysObjectID.0.
@@ -168,8 +172,16 @@ def value_text(val: Any) -> str:
         return ".".join(str(b) for b in bytes(val))
     if isinstance(val, rfc1902.ObjectIdentifier):
         return str(val)
-    if isinstance(val, rfc1902.Integer | rfc1902.Integer32 | rfc1902.Unsigned32 | rfc1902.Counter32
-                  | rfc1902.Counter64 | rfc1902.Gauge32 | rfc1902.TimeTicks):
+    if isinstance(
+        val,
+        rfc1902.Integer
+        | rfc1902.Integer32
+        | rfc1902.Unsigned32
+        | rfc1902.Counter32
+        | rfc1902.Counter64
+        | rfc1902.Gauge32
+        | rfc1902.TimeTicks,
+    ):
         return str(int(val))
     return val.prettyPrint()  # type: ignore[no-any-return]
 
@@ -212,6 +224,31 @@ def _short(text: str, limit: int = 60) -> str:
 # --------------------------------------------------------------------------- monitor
 
 
+def _new_engine() -> SnmpEngine:
+    """A fresh engine, warmed up: the first OID resolution attaches pysnmp's MIB
+    machinery (a parser built at run time), which must not happen on the loop."""
+    eng = SnmpEngine()
+    CommandGeneratorVarBinds().make_varbinds(
+        eng.cache, (ObjectType(ObjectIdentity("1.3.6.1.2.1.1.1.0")),)
+    )
+    return eng
+
+
+def _request_timeout(ctx: PollContext, when: Plan) -> float:
+    """pysnmp's per-request timeout: a little under the attempt's time.
+
+    pysnmp keeps one configuration entry per (agent, timeout) for ever, so the
+    value must not change from poll to poll: normally it is 90% of the
+    configured timeout; only when setting up took long (the first poll
+    builds the engine) is it cut down, in 0.25 s steps.
+    """
+    stable = max(0.2, round(ctx.timeout * 0.9, 1))
+    left = when.until_report()
+    if left >= stable:
+        return stable
+    return max(0.1, math.floor(left * 4) / 4)
+
+
 class SnmpError(Exception):
     """A request failed; the message is the DOWN reason."""
 
@@ -250,8 +287,9 @@ class SnmpMonitor(Monitor[SnmpParams]):
             async with self._lock:
                 eng = self._engines.get(key)
                 if eng is None:
-                    # building an engine takes ~0.1 s of CPU: keep it off the loop
-                    eng = await asyncio.to_thread(SnmpEngine)
+                    # building an engine and its MIB view takes ~0.4 s of CPU:
+                    # keep it off the loop
+                    eng = await asyncio.to_thread(_new_engine)
                     self._engines[key] = eng
         return eng
 
@@ -271,20 +309,24 @@ class SnmpMonitor(Monitor[SnmpParams]):
 
     async def poll(self, target: Target, params: SnmpParams, ctx: PollContext) -> PollOutcome:
         """GET or WALK ``params.oid`` on ``target.address``."""
+        when = plan(ctx)
         try:
             creds = resolve_credentials(target.address, target.location, params)
         except ValueError as exc:
             return PollOutcome.unknown(str(exc))
         engine = await self._engine(creds)
-        # A stable per-service timeout (not the time remaining) keeps pysnmp's
-        # per-target configuration cache from growing with every poll.
-        timeout = max(0.2, round(ctx.timeout * 0.9, 1))
         transport_cls = Udp6TransportTarget if is_ipv6(target.address) else UdpTransportTarget
         transport = await transport_cls.create(
-            (target.address, creds.port), timeout=timeout, retries=0
+            (target.address, creds.port), timeout=_request_timeout(ctx, when), retries=0
         )
-        session = _Session(engine, self._auth(creds), transport, ContextData(
-            contextName=creds.context), creds, f"{target.address}:{creds.port}")
+        session = _Session(
+            engine,
+            self._auth(creds),
+            transport,
+            ContextData(contextName=creds.context),
+            creds,
+            f"{target.address}:{creds.port}",
+        )
         start = time.perf_counter()
         try:
             if params.walk:
@@ -341,7 +383,8 @@ class SnmpMonitor(Monitor[SnmpParams]):
             lo, hi = params.minimum, params.maximum
             if (lo is not None and n < lo) or (hi is not None and n > hi):
                 bounds = (
-                    f"{lo}..{hi}" if lo is not None and hi is not None
+                    f"{lo}..{hi}"
+                    if lo is not None and hi is not None
                     else (f"at least {lo}" if lo is not None else f"at most {hi}")
                 )
                 return PollOutcome.down(
@@ -353,10 +396,9 @@ class SnmpMonitor(Monitor[SnmpParams]):
 
     def _close_engines(self) -> None:
         for eng in self._engines.values():
-            try:
+            # closing an engine whose loop is gone may fail; nothing is left to do then
+            with contextlib.suppress(Exception):
                 eng.close_dispatcher()
-            except Exception:  # noqa: S110 - closing on a loop that is gone; nothing to do
-                pass
         self._engines.clear()
 
     async def close(self) -> None:
@@ -397,8 +439,12 @@ class _Session:
     async def get(self, oid: str) -> Any:
         """The value of ``oid`` (raises :class:`SnmpError`)."""
         ind, status, index, vbs = await get_cmd(
-            self.engine, self.auth, self.transport, self.context,
-            ObjectType(ObjectIdentity(oid)), lookupMib=False,
+            self.engine,
+            self.auth,
+            self.transport,
+            self.context,
+            ObjectType(ObjectIdentity(oid)),
+            lookupMib=False,
         )
         if ind:
             raise self._fail(ind)
@@ -426,13 +472,23 @@ class _Session:
             start_vb = ObjectType(ObjectIdentity(current))
             if self.creds.version == "v1":
                 ind, status, index, vbs = await next_cmd(
-                    self.engine, self.auth, self.transport, self.context, start_vb,
+                    self.engine,
+                    self.auth,
+                    self.transport,
+                    self.context,
+                    start_vb,
                     lookupMib=False,
                 )
             else:
                 ind, status, index, vbs = await bulk_cmd(
-                    self.engine, self.auth, self.transport, self.context, 0,
-                    min(_BULK, max_rows + 1 - len(rows)), start_vb, lookupMib=False,
+                    self.engine,
+                    self.auth,
+                    self.transport,
+                    self.context,
+                    0,
+                    min(_BULK, max_rows + 1 - len(rows)),
+                    start_vb,
+                    lookupMib=False,
                 )
             if ind:
                 raise self._fail(ind)

@@ -71,7 +71,14 @@ class SnmpCredentials(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> SnmpCredentials:
         if self.version in ("v1", "v2c"):
-            for key in ("user", "auth_protocol", "auth_key", "priv_protocol", "priv_key", "context"):
+            for key in (
+                "user",
+                "auth_protocol",
+                "auth_key",
+                "priv_protocol",
+                "priv_key",
+                "context",
+            ):
                 if getattr(self, key) is not None:
                     raise ValueError(f"{key}: only for version v3")
         if self.version == "v3" and self.community is not None:
@@ -81,7 +88,9 @@ class SnmpCredentials(BaseModel):
         return self
 
 
-def _parse_range(spec: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] | IpNetwork:
+def _parse_range(
+    spec: str,
+) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] | IpNetwork:
     if "-" in spec:
         lo_s, _, hi_s = spec.partition("-")
         lo, hi = ipaddress.ip_address(lo_s.strip()), ipaddress.ip_address(hi_s.strip())
@@ -108,7 +117,9 @@ class SnmpMatch(BaseModel):
             try:
                 _parse_range(spec)
             except ValueError as exc:
-                raise ValueError(f"[{i}] {spec!r} is not an address, network or range: {exc}") from None
+                raise ValueError(
+                    f"[{i}] {spec!r} is not an address, network or range: {exc}"
+                ) from None
         return v
 
     @field_validator("locations")
@@ -163,8 +174,11 @@ class EffectiveCredentials:
     context: str
     profile: str
 
-    def __repr__(self) -> str:  # dataclass repr would be fine (SecretStr), keep it short
-        return f"EffectiveCredentials(version={self.version}, port={self.port}, profile={self.profile!r})"
+    def __repr__(self) -> str:  # short, and certain to show no secret
+        return (
+            f"EffectiveCredentials(version={self.version}, port={self.port}, "
+            f"profile={self.profile!r})"
+        )
 
     @property
     def security_level(self) -> str:

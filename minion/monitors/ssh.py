@@ -12,6 +12,7 @@ line. Measured value: ``ssh_protocol`` (e.g. ``2.0``; ``1.99`` means both).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from typing import ClassVar
@@ -110,10 +111,8 @@ class SshMonitor(Monitor[SshParams]):
             return PollOutcome.down(f"malformed SSH identification {shorten(ident)!r}", rt)
         proto, software = m.group("proto"), m.group("software")
         values: dict[str, float] = {}
-        try:
+        with contextlib.suppress(ValueError):  # e.g. "2.0-beta": no number to report
             values["ssh_protocol"] = float(proto)
-        except ValueError:
-            pass
         if params.protocol is not None and not re.fullmatch(params.protocol, proto):
             return PollOutcome.down(
                 f"SSH protocol {proto} does not match /{params.protocol}/ ({shorten(ident)})",

@@ -21,7 +21,9 @@ from minion.monitors._common import (
     AbsPath,
     HostName,
     Regex,
+    TlsMode,
     close_writer,
+    plan,
     read_until_match,
     shorten,
     tls_context,
@@ -62,9 +64,7 @@ class TcpParams(MonitorParams):
     @model_validator(mode="after")
     def _consistent(self) -> TcpParams:
         if self.expect is not None and self.send is None:
-            raise ValueError(
-                "expect needs send (use banner to match what the peer sends first)"
-            )
+            raise ValueError("expect needs send (use banner to match what the peer sends first)")
         if not self.tls and (self.verify_tls or self.server_name or self.ca_file):
             raise ValueError("verify_tls, server_name and ca_file need tls: true")
         if self.ca_file and not self.verify_tls:
@@ -82,10 +82,13 @@ class TcpMonitor(Monitor[TcpParams]):
 
     async def poll(self, target: Target, params: TcpParams, ctx: PollContext) -> PollOutcome:
         """Connect to ``target.address:port`` and run the configured exchange."""
+        when = plan(ctx)
         ssl_ctx: ssl.SSLContext | None = None
         if params.tls:
             try:
-                mode = ("full" if params.server_name else "chain") if params.verify_tls else "none"
+                mode: TlsMode = (
+                    ("full" if params.server_name else "chain") if params.verify_tls else "none"
+                )
                 ssl_ctx = await tls_context(mode, params.ca_file)
             except (OSError, ssl.SSLError) as exc:
                 return PollOutcome.unknown(f"cannot load ca_file {params.ca_file}: {exc}")
@@ -96,7 +99,7 @@ class TcpMonitor(Monitor[TcpParams]):
                 params.port,
                 ssl=ssl_ctx,
                 server_hostname=(params.server_name or "") if ssl_ctx else None,
-                ssl_handshake_timeout=max(ctx.remaining(), 0.1) if ssl_ctx else None,
+                ssl_handshake_timeout=max(when.remaining(), 0.1) if ssl_ctx else None,
                 limit=params.max_bytes + 1024,
             )
         except ConnectionRefusedError:
@@ -116,7 +119,7 @@ class TcpMonitor(Monitor[TcpParams]):
             )
         connect_ms = elapsed_ms(start)
         try:
-            return await self._exchange(reader, writer, params, start, connect_ms)
+            return await self._exchange(reader, writer, params, start, connect_ms, when.report_by)
         finally:
             await close_writer(writer)
 
@@ -127,14 +130,16 @@ class TcpMonitor(Monitor[TcpParams]):
         params: TcpParams,
         start: float,
         connect_ms: float,
+        deadline: float,
     ) -> PollOutcome:
         try:
             if params.banner is not None:
                 pattern = re.compile(params.banner)
-                seen, ok = await read_until_match(reader, pattern, params.max_bytes)
+                seen, ok = await read_until_match(reader, pattern, params.max_bytes, deadline)
                 if not ok:
+                    got = f"got {shorten(seen)!r}" if seen else _nothing(start)
                     return PollOutcome.down(
-                        f"banner did not match /{params.banner}/: got {shorten(seen)!r}",
+                        f"banner did not match /{params.banner}/: {got}",
                         elapsed_ms(start),
                         connect_ms=connect_ms,
                     )
@@ -143,10 +148,11 @@ class TcpMonitor(Monitor[TcpParams]):
                 await writer.drain()
                 if params.expect is not None:
                     pattern = re.compile(params.expect)
-                    seen, ok = await read_until_match(reader, pattern, params.max_bytes)
+                    seen, ok = await read_until_match(reader, pattern, params.max_bytes, deadline)
                     if not ok:
+                        got = f"got {shorten(seen)!r}" if seen else _nothing(start)
                         return PollOutcome.down(
-                            f"reply did not match /{params.expect}/: got {shorten(seen)!r}",
+                            f"reply did not match /{params.expect}/: {got}",
                             elapsed_ms(start),
                             connect_ms=connect_ms,
                         )
@@ -157,3 +163,7 @@ class TcpMonitor(Monitor[TcpParams]):
                 connect_ms=connect_ms,
             )
         return PollOutcome.up(elapsed_ms(start), connect_ms=connect_ms)
+
+
+def _nothing(start: float) -> str:
+    return f"nothing received in {elapsed_ms(start) / 1000:.1f}s"

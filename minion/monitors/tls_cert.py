@@ -21,6 +21,7 @@ from minion.monitors._common import (
     HostName,
     Port,
     cert_info,
+    plan,
     tls_context,
     tls_peer_certificate,
 )
@@ -65,15 +66,18 @@ class TlsCertMonitor(Monitor[TlsCertParams]):
 
     async def poll(self, target: Target, params: TlsCertParams, ctx: PollContext) -> PollOutcome:
         """Handshake with ``target.address:port`` and judge the certificate."""
+        when = plan(ctx)
         try:
-            verifying = await tls_context("chain" if params.verify_chain else "none", params.ca_file)
+            verifying = await tls_context(
+                "chain" if params.verify_chain else "none", params.ca_file
+            )
         except (OSError, ssl.SSLError) as exc:
             return PollOutcome.unknown(f"cannot load ca_file {params.ca_file}: {exc}")
         start = time.perf_counter()
         chain_error: str | None = None
         try:
             der, version = await tls_peer_certificate(
-                target.address, params.port, verifying, params.server_name, ctx.remaining()
+                target.address, params.port, verifying, params.server_name, when.remaining()
             )
         except ssl.SSLCertVerificationError as exc:
             chain_error = str(exc.verify_message or exc.reason)
@@ -83,7 +87,9 @@ class TlsCertMonitor(Monitor[TlsCertParams]):
             return PollOutcome.down(f"connection refused on port {params.port}", elapsed_ms(start))
         except (OSError, TimeoutError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
-            return PollOutcome.down(f"connect to port {params.port} failed: {why}", elapsed_ms(start))
+            return PollOutcome.down(
+                f"connect to port {params.port} failed: {why}", elapsed_ms(start)
+            )
         rt = elapsed_ms(start)
         if chain_error is not None:
             try:
@@ -92,7 +98,7 @@ class TlsCertMonitor(Monitor[TlsCertParams]):
                     params.port,
                     await tls_context("none"),
                     params.server_name,
-                    ctx.remaining(),
+                    when.remaining(),
                 )
             except (OSError, ssl.SSLError, TimeoutError):
                 return PollOutcome.down(f"certificate chain not valid: {chain_error}", rt)

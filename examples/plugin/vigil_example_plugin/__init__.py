@@ -1,0 +1,1 @@
+"""An example third-party Vigil monitor package (see README.md)."""

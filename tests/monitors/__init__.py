@@ -1,0 +1,1 @@
+"""Monitor library tests against real peers (fixtures in conftest.py)."""
