@@ -5,6 +5,15 @@ it is dropped and counted; one that is still running when it passes is
 abandoned without a result (the scheduler has already recorded UNKNOWN).
 Within the TTL, each attempt gets the request's ``timeout``; a DOWN attempt
 is retried ``retries`` times while time remains.
+
+Flow control: the runner is *saturated* when ``max_in_flight`` requests are
+running or waiting, and stays so until it is down to ``low_water``;
+``on_pressure`` is called at each change, and the minion then stops (and
+resumes) taking requests from its location's queue group, so that NATS hands
+them to the other minions there. Requests that still arrive (already on their
+way, or aimed at this minion) wait, up to ``max_queued``; beyond that they are
+answered UNKNOWN ("minion overloaded") without running. Nothing queues
+without bound.
 """
 
 from __future__ import annotations
@@ -38,6 +47,10 @@ DEFAULT_TIMEOUT = 3.0
 PARAMS_CACHE_SIZE = 10_000
 
 
+#: Where a result goes, with its request's ``expires_at`` (wall clock).
+Emit = Callable[[poll_pb2.PollResult, float], None]
+
+
 class RunnerStats:
     """Counters reported in heartbeats and metrics."""
 
@@ -48,6 +61,10 @@ class RunnerStats:
         self.abandoned = 0
         self.malformed = 0
         self.overloaded = 0
+        #: Times the runner became saturated (intake paused).
+        self.saturated = 0
+        #: Most requests accepted at once.
+        self.peak_in_flight = 0
 
 
 class PollRunner:
@@ -57,10 +74,12 @@ class PollRunner:
         self,
         monitors: MonitorSet,
         system_id: str,
-        emit: Callable[[poll_pb2.PollResult], None],
+        emit: Emit,
         *,
         max_in_flight: int = 1000,
         max_queued: int | None = None,
+        low_water: int | None = None,
+        on_pressure: Callable[[], None] | None = None,
     ) -> None:
         self.monitors = monitors
         self.system_id = system_id
@@ -68,6 +87,9 @@ class PollRunner:
         self._sem = asyncio.Semaphore(max_in_flight)
         self.max_in_flight = max_in_flight
         self.max_queued = max_queued if max_queued is not None else 4 * max_in_flight
+        self.low_water = low_water if low_water is not None else (3 * max_in_flight) // 4
+        self.on_pressure = on_pressure
+        self._saturated = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._params: OrderedDict[tuple[str, bytes], MonitorParams | str] = OrderedDict()
         self.stats = RunnerStats()
@@ -76,6 +98,27 @@ class PollRunner:
     def in_flight(self) -> int:
         """Requests accepted and not yet finished."""
         return len(self._tasks)
+
+    @property
+    def saturated(self) -> bool:
+        """At the in-flight cap (until back down to ``low_water``): take no more shared requests."""
+        return self._saturated
+
+    def _check_pressure(self) -> None:
+        n = len(self._tasks)
+        if not self._saturated and n >= self.max_in_flight:
+            self._saturated = True
+            self.stats.saturated += 1
+        elif self._saturated and n <= self.low_water:
+            self._saturated = False
+        else:
+            return
+        if self.on_pressure is not None:
+            self.on_pressure()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._check_pressure()
 
     # -- intake ----------------------------------------------------------------------
 
@@ -90,8 +133,12 @@ class PollRunner:
         for req in batch.requests:
             self.submit(req)
 
-    def submit(self, req: poll_pb2.PollRequest) -> bool:
-        """Start a request; returns ``False`` when it was dropped."""
+    def submit(self, req: poll_pb2.PollRequest, emit: Emit | None = None) -> bool:
+        """Start a request; returns ``False`` when it was dropped.
+
+        Its result goes to ``emit`` (default: the runner's own).
+        """
+        emit = emit or self._emit
         self.stats.received += 1
         wall = time.time()
         if not req.HasField("expires_at") or not req.id:
@@ -103,19 +150,22 @@ class PollRunner:
             self.stats.dropped_expired += 1
             log.debug("dropped request %s: expired %.3fs before arrival", req.id, -left)
             return False
+        expires_at = from_timestamp(req.expires_at)
         if len(self._tasks) >= self.max_queued:
             self.stats.overloaded += 1
-            self._emit(self._result(req, PollOutcome.unknown("minion overloaded: request not run"), wall, wall))
+            emit(self._result(req, PollOutcome.unknown("minion overloaded: request not run"), wall, wall), expires_at)
             return False
         deadline = asyncio.get_running_loop().time() + left
-        task = asyncio.create_task(self._run(req, deadline), name=f"poll:{req.id}")
+        task = asyncio.create_task(self._run(req, deadline, expires_at, emit), name=f"poll:{req.id}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(self._tasks))
+        self._check_pressure()
         return True
 
     # -- execution -------------------------------------------------------------------
 
-    async def _run(self, req: poll_pb2.PollRequest, expires: float) -> None:
+    async def _run(self, req: poll_pb2.PollRequest, expires: float, expires_at: float, emit: Emit) -> None:
         started = time.time()
         try:
             async with asyncio.timeout_at(expires):
@@ -126,7 +176,7 @@ class PollRunner:
             self.stats.abandoned += 1
             return
         self.stats.done += 1
-        self._emit(self._result(req, outcome, started, time.time()))
+        emit(self._result(req, outcome, started, time.time()), expires_at)
 
     def _parsed_params(self, req: poll_pb2.PollRequest) -> MonitorParams | str:
         key = (req.monitor, req.params.SerializeToString(deterministic=True))

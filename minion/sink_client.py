@@ -3,8 +3,20 @@
 Results are queued (bounded: the oldest are dropped, and counted, when the
 scheduler stays unreachable for long), sent in batches, and kept until the
 scheduler acknowledges them; a batch unacknowledged when the session breaks
-is sent again on the next one. The session also carries heartbeats, which is
-how the scheduler knows this minion's location can be polled.
+is sent again on the next one. A result whose request has expired by the
+time it could be sent is dropped and counted (``late_dropped``): the
+scheduler has already recorded that poll as UNKNOWN.
+
+The session also carries heartbeats, which is how the scheduler knows this
+minion's location can be polled, and, for a store-and-forward location, the
+location's schedule (scheduler → minion) and the replay of results spooled
+on disk while the central site was unreachable (minion → scheduler, one
+batch at a time, committed on acknowledgement, and before any live result so
+that the scheduler sees each service's results in time order).
+
+Sessions are re-established for ever with jittered exponential back-off. A
+minion that stops says goodbye (:meth:`SinkClient.goodbye`) so that the
+scheduler marks it down at once.
 """
 
 from __future__ import annotations
@@ -12,18 +24,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
 import grpc
 from vigil.v1 import poll_pb2, sink_pb2, sink_pb2_grpc
 
-from services.common.timeutil import from_duration
+from minion.buffer import DiskSpool, Position
+from services.common.timeutil import from_duration, set_timestamp
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 500
 LINGER = 0.02
+#: A replayed batch not acknowledged within this long ends the session (it is sent again).
+REPLAY_ACK_TIMEOUT = 30.0
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -33,6 +49,10 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 10_000),
 ]
+
+Call = grpc.aio.StreamStreamCall[sink_pb2.MinionMessage, sink_pb2.SinkMessage]
+#: A queued result and its request's ``expires_at`` (wall clock; ``None``: never).
+Entry = tuple[poll_pb2.PollResult, float | None]
 
 
 class SinkClient:
@@ -45,29 +65,52 @@ class SinkClient:
         heartbeat: Callable[[], sink_pb2.Heartbeat],
         *,
         buffer_size: int = 100_000,
+        spool: DiskSpool | None = None,
+        on_welcome: Callable[[sink_pb2.Welcome], None] | None = None,
+        on_schedule: Callable[[sink_pb2.LocationSchedule], None] | None = None,
+        schedule_digest: Callable[[], str] | None = None,
     ) -> None:
         self.address = address
         self.hello = hello
         self._heartbeat = heartbeat
         self.buffer_size = buffer_size
-        self._queue: deque[poll_pb2.PollResult] = deque()
+        self.spool = spool
+        self._on_welcome = on_welcome
+        self._on_schedule = on_schedule
+        self._schedule_digest = schedule_digest
+        self._queue: deque[Entry] = deque()
         self._have = asyncio.Event()
-        self._unacked: OrderedDict[int, list[poll_pb2.PollResult]] = OrderedDict()
+        self._unacked: OrderedDict[int, list[Entry]] = OrderedDict()
+        self._replay: tuple[int, Position, int] | None = None
         self._seq = 0
+        self._goodbye: str | None = None
         self.connected = asyncio.Event()
+        #: Loop-clock time since when there has been no session (``None`` while connected).
+        self.disconnected_since: float | None = _loop_time()
+        #: Wall-clock time of the last sign that a session worked (0: never).
+        self.last_contact = 0.0
+        self.sessions = 0
+        self.heartbeats_sent = 0
         self.dropped = 0
         self.sent = 0
         self.acked = 0
         self.late = 0
+        #: Results not sent because their request expired while they waited.
+        self.late_dropped = 0
+        self.replayed = 0
 
     # -- intake ----------------------------------------------------------------------
 
-    def submit(self, result: poll_pb2.PollResult) -> None:
+    def submit(self, result: poll_pb2.PollResult, expires_at: float | None = None) -> None:
         """Queue a result (never blocks; the oldest goes when the buffer is full)."""
-        self._queue.append(result)
+        self._queue.append((result, expires_at))
         if len(self._queue) + self._unacked_count() > self.buffer_size:
             self._queue.popleft()
             self.dropped += 1
+        self._have.set()
+
+    def wake(self) -> None:
+        """Something was spooled: have the session look at it."""
         self._have.set()
 
     def _unacked_count(self) -> int:
@@ -75,15 +118,16 @@ class SinkClient:
 
     @property
     def backlog(self) -> int:
-        """Results not yet acknowledged by the scheduler."""
-        return len(self._queue) + self._unacked_count()
+        """Results not yet acknowledged by the scheduler (spooled ones included)."""
+        spooled = self.spool.pending if self.spool is not None else 0
+        return len(self._queue) + self._unacked_count() + spooled
 
     # -- sessions --------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Hold a session for ever, reconnecting with jittered back-off."""
+        """Hold a session for ever (until :meth:`goodbye`), reconnecting with jittered back-off."""
         delay = 0.5
-        while True:
+        while self._goodbye is None:
             try:
                 await self._session()
                 delay = 0.5
@@ -94,8 +138,13 @@ class SinkClient:
             except Exception as exc:
                 log.warning("scheduler session at %s failed: %r", self.address, exc)
             finally:
+                if self.connected.is_set():
+                    self.disconnected_since = _loop_time()
                 self.connected.clear()
+                self._replay = None  # not committed: read again from the spool next time
                 self._requeue_unacked()
+            if self._goodbye is not None:
+                return
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(10.0, delay * 2)
 
@@ -106,65 +155,138 @@ class SinkClient:
             self._queue.extendleft(reversed(pending))
             self._have.set()
 
+    def _hello(self) -> sink_pb2.MinionHello:
+        hello = sink_pb2.MinionHello()
+        hello.CopyFrom(self.hello)
+        if self.last_contact:
+            set_timestamp(hello.last_connected_at, self.last_contact)
+        if self._schedule_digest is not None:
+            hello.schedule_digest = self._schedule_digest()
+        return hello
+
     async def _session(self) -> None:
         async with grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
             stub = sink_pb2_grpc.ResultSinkStub(channel)
             call = stub.Connect()
-            await call.write(sink_pb2.MinionMessage(hello=self.hello))
+            await call.write(sink_pb2.MinionMessage(hello=self._hello()))
             first = await asyncio.wait_for(call.read(), timeout=15.0)
             if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
                 raise ConnectionError("scheduler did not welcome this minion")
             interval = from_duration(first.welcome.heartbeat_interval) or 5.0
             log.info("connected to scheduler %s at %s", first.welcome.scheduler_id, self.address)
+            if self._on_welcome is not None:
+                self._on_welcome(first.welcome)
+            self.last_contact = time.time()
+            self.sessions += 1
             self.connected.set()
-            reader = asyncio.create_task(self._read_acks(call))
+            self.disconnected_since = None
+            reader = asyncio.create_task(self._read(call))
             try:
                 await self._write_loop(call, interval, reader)
             finally:
                 reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
                 call.cancel()
 
-    async def _read_acks(self, call: grpc.aio.StreamStreamCall[sink_pb2.MinionMessage, sink_pb2.SinkMessage]) -> None:
+    async def _read(self, call: Call) -> None:
         while True:
             msg = await call.read()
             if msg is grpc.aio.EOF:
                 return
-            if msg.WhichOneof("kind") == "ack":
-                batch = self._unacked.pop(msg.ack.seq, None)
-                if batch is not None:
-                    self.acked += len(batch)
-                self.late += msg.ack.late
+            self.last_contact = time.time()
+            kind = msg.WhichOneof("kind")
+            if kind == "ack":
+                self._on_ack(msg.ack)
+            elif kind == "schedule" and self._on_schedule is not None:
+                self._on_schedule(msg.schedule)
 
-    async def _write_loop(
-        self,
-        call: grpc.aio.StreamStreamCall[sink_pb2.MinionMessage, sink_pb2.SinkMessage],
-        heartbeat_interval: float,
-        reader: asyncio.Task[None],
-    ) -> None:
+    def _on_ack(self, ack: sink_pb2.BatchAck) -> None:
+        if self._replay is not None and self._replay[0] == ack.seq:
+            _, pos, count = self._replay
+            self._replay = None
+            if self.spool is not None:
+                self.spool.commit(pos)
+            self.replayed += count
+            self.acked += ack.accepted
+            self.late += ack.late
+            self._have.set()
+            return
+        batch = self._unacked.pop(ack.seq, None)
+        if batch is not None:
+            self.acked += len(batch)
+        self.late += ack.late
+        if self._goodbye is not None:
+            self._have.set()  # the goodbye waits for this
+
+    def _replay_pending(self) -> bool:
+        return self._replay is not None or (self.spool is not None and self.spool.pending > 0)
+
+    async def _write_loop(self, call: Call, heartbeat_interval: float, reader: asyncio.Task[None]) -> None:
         loop = asyncio.get_running_loop()
         next_heartbeat = loop.time()
+        replay_sent = 0.0
         while not reader.done():
             now = loop.time()
             if now >= next_heartbeat:
                 await call.write(sink_pb2.MinionMessage(heartbeat=self._heartbeat()))
+                self.heartbeats_sent += 1
+                self.last_contact = time.time()
                 next_heartbeat = now + heartbeat_interval
-            if not self._queue:
+            if self._replay is not None and now - replay_sent > REPLAY_ACK_TIMEOUT:
+                raise ConnectionError("the scheduler did not acknowledge a replayed batch")
+            if self._replay is None and self.spool is not None and self.spool.pending:
+                # Spooled results first, one batch at a time: the scheduler must see
+                # each service's results in time order.
+                results, pos = self.spool.read(BATCH_MAX)
+                if results:
+                    self._seq += 1
+                    self._replay = (self._seq, pos, len(results))
+                    replay_sent = now
+                    await call.write(
+                        sink_pb2.MinionMessage(
+                            results=sink_pb2.ResultBatch(seq=self._seq, results=results, replayed=True)
+                        )
+                    )
+                    continue
+                self.spool.commit(pos)  # only expired records were left
+            if self._goodbye is not None and not self._queue and not self._unacked and not self._replay_pending():
+                await call.write(sink_pb2.MinionMessage(goodbye=sink_pb2.Goodbye(reason=self._goodbye)))
+                await call.done_writing()
+                log.info("said goodbye to the scheduler (%s)", self._goodbye)
+                return
+            if not self._queue or self._replay_pending():
                 self._have.clear()
                 try:
-                    await asyncio.wait_for(self._have.wait(), timeout=max(0.0, next_heartbeat - loop.time()))
+                    await asyncio.wait_for(self._have.wait(), timeout=max(0.0, min(1.0, next_heartbeat - loop.time())))
                 except TimeoutError:
                     continue
                 await asyncio.sleep(LINGER)  # let a batch fill up
-            results = [self._queue.popleft() for _ in range(min(BATCH_MAX, len(self._queue)))]
-            if not results:
+                continue
+            batch = self._take_live()
+            if not batch:
                 continue
             self._seq += 1
-            self._unacked[self._seq] = results
-            await call.write(sink_pb2.MinionMessage(results=sink_pb2.ResultBatch(seq=self._seq, results=results)))
-            self.sent += len(results)
+            self._unacked[self._seq] = batch
+            await call.write(
+                sink_pb2.MinionMessage(results=sink_pb2.ResultBatch(seq=self._seq, results=[r for r, _ in batch]))
+            )
+            self.sent += len(batch)
         # The scheduler ended the session.
-        if reader.exception() is not None:
-            raise reader.exception()  # type: ignore[misc]
+        exc = reader.exception()
+        if exc is not None:
+            raise exc
+
+    def _take_live(self) -> list[Entry]:
+        """Up to a batch of queued results, without those whose request has expired."""
+        wall = time.time()
+        batch: list[Entry] = []
+        while self._queue and len(batch) < BATCH_MAX:
+            entry = self._queue.popleft()
+            if entry[1] is not None and entry[1] <= wall:
+                self.late_dropped += 1
+                continue
+            batch.append(entry)
+        return batch
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every queued result is acknowledged (``False`` on timeout)."""
@@ -173,3 +295,24 @@ class SinkClient:
         while self.backlog and loop.time() < end:
             await asyncio.sleep(0.05)
         return not self.backlog
+
+    async def goodbye(self, reason: str, timeout: float) -> bool:
+        """Tell the scheduler this minion is stopping (after what is queued), then end the session.
+
+        Returns ``False`` when that could not be done within ``timeout`` (no
+        session): the scheduler then notices from the missing heartbeats.
+        """
+        self._goodbye = reason
+        self._have.set()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self.connected.is_set() and loop.time() < end:
+            await asyncio.sleep(0.02)
+        return not self.connected.is_set()
+
+
+def _loop_time() -> float:
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()

@@ -65,6 +65,9 @@ def make_config(tmp_path: Path, nats_url: str, nodes: list[dict[str, Any]] | Non
         },
         "minion": {"id_file": str(tmp_path / "minion-id")},
         "defaults": {"interval": "0.5s", "timeout": "1s", "retries": 0},
+        # Tests poll every half second: keep polling at that pace while DOWN too
+        # (the built-in downtime model would wait 30 s).
+        "packages": [{"name": "fast", "downtime": [{"begin": "0s", "interval": "0.5s"}], "retry_interval": "0.2s"}],
         "nodes": nodes or [],
     }
     for section, values in sections.items():

@@ -148,6 +148,9 @@ def check(config: Annotated[Path, typer.Argument(help="YAML configuration file."
     typer.echo(json.dumps({"ok": True, "nodes": len(cfg.nodes), "services": services}))
 
 
+app.add_typer(__import__("services.cli.hooks", fromlist=["app"]).app, name="hooks")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

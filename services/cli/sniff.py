@@ -1,4 +1,10 @@
-"""``vigil sniff``: print what is published on a subject."""
+"""``vigil sniff``: print what is published on a subject (like RackHD's sniff.js).
+
+JSON lines by default (pipe them to ``jq``); ``--pretty`` prints one readable
+line per event instead. Any subject works: ``vigil.events.>`` (the default),
+``vigil.events.service.>``, ``vigil.events.*.*.critical.>``, or the raw side
+(``vigil.ingest.>``) and the rejection notices (``vigil.rejected.>``).
+"""
 
 from __future__ import annotations
 
@@ -6,37 +12,61 @@ import asyncio
 import json
 import signal
 import sys
+from typing import Any
 
 from nats.aio.msg import Msg
 
 from services.common import natsconn
 
 
+def _summary(data: dict[str, Any]) -> str:
+    total = data.get("total") or {}
+    places = data.get("locations") or {}
+    parts = [
+        f"{loc} {c.get('up', 0)} up/{c.get('down', 0)} down" for loc, c in sorted(places.items())
+    ]
+    return f"total {total.get('up', 0)} up/{total.get('down', 0)} down" + (
+        f"  ({', '.join(parts)})" if parts else ""
+    )
+
+
 def pretty_line(subject: str, data: bytes) -> str:
-    """``2026-11-22T10:00:00.123Z major    service lost node-17/10.0.0.5/HTTP  HTTP 503``."""
+    """One readable line for an event.
+
+    ``2026-11-22T10:00:00.123Z major       service lost node-17/10.0.0.5/HTTP @paris  HTTP 503``
+    """
     try:
         e = json.loads(data)
         if not isinstance(e, dict):
             raise ValueError
     except ValueError:
         return f"{subject}: {data[:200]!r}"
-    reason = (e.get("data") or {}).get("reason", "")
-    return (
-        f"{e.get('createdAt', '?')} {e.get('severity', '?'):<11} {e.get('type', '?')} {e.get('action', '?')} "
-        f"{e.get('typeId') or e.get('nodeId') or '-'}" + (f"  {reason}" if reason else "")
-    )
+    if "type" not in e and "reason" in e:  # a rejection notice (vigil.rejected.>)
+        return f"rejected from {e.get('source', '?')}: {e['reason']}"
+    raw_data = e.get("data")
+    payload: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+    # A summary's news is its counts; any other event's is its reason, when it has one.
+    detail = _summary(payload) if e.get("type") == "summary" else str(payload.get("reason", ""))
+    where = f" @{e['location']}" if e.get("location") else ""
+    kind = f"{e.get('type', '?')} {e.get('action', '?')}"
+    head = f"{e.get('createdAt', '?')} {e.get('severity', '?'):<11} {kind}"
+    what = e.get("typeId") or e.get("nodeId") or "-"
+    return f"{head} {what}{where}" + (f"  {detail}" if detail else "")
 
 
 async def run_sniff(url: str, subject: str, *, pretty: bool, count: int) -> int:
     """Subscribe and print until interrupted (or ``count`` messages)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     seen = 0
 
     async def on_msg(msg: Msg) -> None:
         nonlocal seen
+        if count and seen >= count:
+            return
         if pretty:
             line = pretty_line(msg.subject, msg.data)
         else:
@@ -48,15 +78,19 @@ async def run_sniff(url: str, subject: str, *, pretty: bool, count: int) -> int:
             stop.set()
 
     try:
-        nc = await natsconn.connect(url, "vigil-sniff", first_attempt_timeout=10.0)
-    except ConnectionError as exc:
-        print(f"vigil sniff: {exc}", file=sys.stderr)
-        return 1
-    try:
-        await nc.subscribe(subject, cb=on_msg)
-        await nc.flush(timeout=5)
-        print(f"vigil sniff: watching {subject} on {url}", file=sys.stderr, flush=True)
-        await stop.wait()
+        try:
+            nc = await natsconn.connect(url, "vigil-sniff", first_attempt_timeout=10.0)
+        except ConnectionError as exc:
+            print(f"vigil sniff: {exc}", file=sys.stderr)
+            return 1
+        try:
+            await nc.subscribe(subject, cb=on_msg)
+            await nc.flush(timeout=5)
+            print(f"vigil sniff: watching {subject} on {url}", file=sys.stderr, flush=True)
+            await stop.wait()
+        finally:
+            await nc.close()
     finally:
-        await nc.close()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
     return 0

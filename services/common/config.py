@@ -18,9 +18,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from services.common.durations import Duration
+from services.common.policy import MaintenanceWindow, Package
 from services.common.validation import describe
 
 LOCATION_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -111,6 +120,11 @@ class SchedulerSettings(Strict):
     start_splay: Duration = 30.0
     #: How often the latest state of every service is written to the store.
     status_flush_interval: PositiveDuration = 2.0
+    #: Bounds on polls awaiting a result; beyond them due polls wait (back-pressure).
+    max_in_flight: int = Field(default=100_000, ge=1)
+    max_in_flight_per_node: int = Field(default=100, ge=1)
+    #: Every poll result is kept this long for ``ListResults`` (``0s``: no history).
+    results_retention: Duration = 7 * 86400.0
 
 
 class EventsSettings(Strict):
@@ -120,6 +134,32 @@ class EventsSettings(Strict):
     #: Retention of the published-events stream (JetStream).
     stream_max_age: PositiveDuration = 7 * 86400.0
     stream_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    #: How often a ``summary updated`` event may be emitted (only when the counts changed); ``null``: never.
+    summary_interval: PositiveDuration | None = 5.0
+    #: Subscribe: a keep-alive after this long without a message; a subscriber whose
+    #: stream accepts nothing for ``subscribe_stall_timeout`` is cut off (RESOURCE_EXHAUSTED).
+    subscribe_keepalive: PositiveDuration = 15.0
+    subscribe_stall_timeout: PositiveDuration = 10.0
+    max_subscribers: int = Field(default=100, ge=1, le=10_000)
+    #: Webhooks: each POST's timeout; retries back off exponentially (with jitter) from
+    #: ``hook_backoff_initial`` to ``hook_backoff_max`` until ``hook_max_age`` after the
+    #: event was published, then the delivery is parked as failed.
+    hook_timeout: PositiveDuration = 5.0
+    hook_backoff_initial: PositiveDuration = 0.5
+    hook_backoff_max: PositiveDuration = 60.0
+    hook_max_age: PositiveDuration = 3600.0
+    hook_max_in_flight: int = Field(default=8, ge=1, le=256)
+    #: JetStream redelivers an unacknowledged event after this long (e.g. after a crash).
+    hook_ack_wait: PositiveDuration = 30.0
+    max_hooks: int = Field(default=100, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _hook_timings(self) -> EventsSettings:
+        if self.hook_ack_wait <= self.hook_timeout:
+            raise ValueError("hook_ack_wait must be longer than hook_timeout")
+        if self.hook_backoff_max < self.hook_backoff_initial:
+            raise ValueError("hook_backoff_max must not be shorter than hook_backoff_initial")
+        return self
 
 
 class MinionSettings(Strict):
@@ -132,6 +172,17 @@ class MinionSettings(Strict):
     max_in_flight: int = Field(default=1000, ge=1, le=100_000)
     #: Results buffered while the scheduler is unreachable (oldest dropped beyond).
     result_buffer: int = Field(default=100_000, ge=100)
+    # --- issue 6 (minions at remote sites): drain, store-and-forward --------------
+    #: On SIGTERM: longest wait for in-flight polls (each also ends at its TTL).
+    drain_timeout: PositiveDuration = 30.0
+    #: Store-and-forward (when the scheduler turns it on for the location): the
+    #: location's schedule and the results polled while cut off are kept under
+    #: ``<spool_dir>/<system_id>/``, bounded by size and age (oldest dropped, counted).
+    spool_dir: str = ".vigil/spool"
+    spool_max_bytes: int = Field(default=64 << 20, ge=64 << 10)
+    spool_max_age: PositiveDuration = 86400.0
+    #: Cut off from the scheduler (or NATS) this long: poll the schedule on our own.
+    autonomous_after: PositiveDuration = 15.0
 
 
 class Defaults(Strict):
@@ -144,11 +195,15 @@ class Defaults(Strict):
 
 class LocationSettings(Strict):
     ttl: PositiveDuration | None = None
+    #: Issue 6: minions of this location fetch its schedule and keep polling on
+    #: their own while the central site is unreachable, replaying results later.
+    store_and_forward: bool = False
 
 
 class ServiceConfig(Strict):
     name: ServiceName
-    monitor: str
+    #: Optional when a poller package defines the service.
+    monitor: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     interval: PositiveDuration | None = None
     timeout: PositiveDuration | None = None
@@ -158,7 +213,25 @@ class ServiceConfig(Strict):
 
 class InterfaceConfig(Strict):
     ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    #: Each entry is a service (``{name: HTTP, monitor: http, ...}``) or just its name.
     services: list[ServiceConfig] = Field(default_factory=list)
+
+    @field_validator("ip", mode="before")
+    @classmethod
+    def _ip(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return ipaddress.ip_address(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is not an IP address (interfaces take addresses, not host names)") from None
+        return v
+
+    @field_validator("services", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": x} if isinstance(x, str) else x for x in v]
+        return v
 
     @model_validator(mode="after")
     def _unique_services(self) -> InterfaceConfig:
@@ -174,8 +247,9 @@ class NodeConfig(Strict):
     id: NodeId
     label: str = ""
     location: Location = DEFAULT_LOCATION
-    foreign_id: str | None = None
+    foreign_id: str | None = Field(default=None, max_length=128)
     interfaces: list[InterfaceConfig] = Field(default_factory=list)
+    maintenance: tuple[MaintenanceWindow, ...] = ()
 
     @model_validator(mode="after")
     def _unique_ips(self) -> NodeConfig:
@@ -194,6 +268,8 @@ class VigilConfig(Strict):
     minion: MinionSettings = Field(default_factory=MinionSettings)
     defaults: Defaults = Field(default_factory=Defaults)
     locations: dict[Location, LocationSettings] = Field(default_factory=dict)
+    #: Poller packages; for a service several packages define, the last one wins.
+    packages: list[Package] = Field(default_factory=list)
     nodes: list[NodeConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -203,6 +279,11 @@ class VigilConfig(Strict):
             if node.id in seen:
                 raise ValueError(f"nodes[{i}].id: duplicate node id {node.id!r}")
             seen.add(node.id)
+        names: set[str] = set()
+        for i, pkg in enumerate(self.packages):
+            if pkg.name in names:
+                raise ValueError(f"packages[{i}].name: duplicate package {pkg.name!r}")
+            names.add(pkg.name)
         return self
 
 
@@ -237,20 +318,11 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> list[str]:
 
 
 def _validate_monitors(cfg: VigilConfig) -> list[str]:
-    from minion.monitors.registry import ParamsError, UnknownMonitorError, validate_params
+    # Resolution (packages, inline settings, monitor parameters) lives with the
+    # scheduler; a config that the scheduler would refuse is refused here.
+    from services.scheduler.packages import config_problems
 
-    problems = []
-    for n, node in enumerate(cfg.nodes):
-        for i, itf in enumerate(node.interfaces):
-            for s, svc in enumerate(itf.services):
-                where = f"nodes[{n}].interfaces[{i}].services[{s}]"
-                try:
-                    validate_params(svc.monitor, svc.params, f"{where}.params")
-                except UnknownMonitorError as exc:
-                    problems.append(f"{where}.monitor: {exc.args[0]}")
-                except ParamsError as exc:
-                    problems.append(str(exc))
-    return problems
+    return config_problems(cfg)
 
 
 def parse_config(

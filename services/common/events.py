@@ -4,12 +4,18 @@ Producers (the scheduler, minions, external systems) hand *raw* events to the
 event service on ``vigil.ingest.<source>``; the event service validates and
 normalizes them and publishes them on
 ``vigil.events.<type>.<action>.<severity>.<node_id|_>``.
+
+:data:`KINDS` is the event catalogue, the single source of the vocabulary
+(type, action), of each kind's default severity and of the data fields its
+producers fill in; ``docs/events.md`` documents it (a test keeps the two in
+step) and :data:`CATALOGUE` is its (type, action) → severity view.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,31 +25,120 @@ from services.common.timeutil import iso, now
 FORMAT_VERSION = "1"
 INGEST_SUBJECT_PREFIX = "vigil.ingest"
 EVENTS_SUBJECT_PREFIX = "vigil.events"
+#: Core-NATS notices about raw events the event service rejected (not stored).
+REJECTED_SUBJECT_PREFIX = "vigil.rejected"
 INGEST_STREAM = "VIGIL_INGEST"
 EVENTS_STREAM = "VIGIL_EVENTS"
 
 SEVERITIES = ("critical", "major", "minor", "warning", "normal", "information")
 
-#: (type, action) → default severity. The event catalogue (docs/events.md).
-CATALOGUE: dict[tuple[str, str], str] = {
-    ("service", "lost"): "major",
-    ("service", "regained"): "normal",
-    ("service", "flapping"): "warning",
-    ("service", "settled"): "normal",
-    ("interface", "down"): "major",
-    ("interface", "up"): "normal",
-    ("node", "down"): "critical",
-    ("node", "up"): "normal",
-    ("outage", "opened"): "minor",
-    ("outage", "closed"): "normal",
-    ("minion", "up"): "normal",
-    ("minion", "down"): "major",
-    ("location", "unreachable"): "critical",
-    ("location", "reachable"): "normal",
-    ("poller", "stale"): "warning",
-    ("heartbeat", "updated"): "information",
-    ("summary", "updated"): "information",
-}
+
+@dataclass(frozen=True, slots=True)
+class EventKind:
+    """One (type, action) of the catalogue."""
+
+    type: str
+    action: str
+    severity: str
+    description: str
+    #: Keys of ``data`` the producer fills in (documentation; not enforced).
+    fields: tuple[str, ...] = ()
+
+
+_SERVICE_FIELDS = ("ip", "service", "monitor", "nodeLabel")
+
+#: The event catalogue (docs/events.md). Append here; never rename.
+KINDS: tuple[EventKind, ...] = (
+    EventKind(
+        "service",
+        "lost",
+        "major",
+        "A monitored service went down (an outage opens).",
+        (*_SERVICE_FIELDS, "reason", "outageId"),
+    ),
+    EventKind(
+        "service",
+        "regained",
+        "normal",
+        "A service that was down answers again (its outage closes).",
+        (*_SERVICE_FIELDS, "outageId"),
+    ),
+    EventKind(
+        "service", "flapping", "warning", "A service changes state too often.", _SERVICE_FIELDS
+    ),
+    EventKind(
+        "service", "settled", "normal", "A flapping service is stable again.", _SERVICE_FIELDS
+    ),
+    EventKind(
+        "interface",
+        "down",
+        "major",
+        "The critical service is down on an interface.",
+        ("ip", "nodeLabel", "reason"),
+    ),
+    EventKind(
+        "interface",
+        "up",
+        "normal",
+        "The critical service answers again on an interface.",
+        ("ip", "nodeLabel"),
+    ),
+    EventKind(
+        "node",
+        "down",
+        "critical",
+        "The critical service is down on every interface of a node.",
+        ("nodeLabel", "reason"),
+    ),
+    EventKind("node", "up", "normal", "A node that was down answers again.", ("nodeLabel",)),
+    EventKind(
+        "outage",
+        "opened",
+        "minor",
+        "An outage record was opened.",
+        (*_SERVICE_FIELDS, "reason", "outageId", "lostEventId"),
+    ),
+    EventKind(
+        "outage",
+        "closed",
+        "normal",
+        "An outage record was closed (reason: 'service regained', or 'unmanaged' when the "
+        "service is no longer configured).",
+        (*_SERVICE_FIELDS, "reason", "outageId", "regainedEventId"),
+    ),
+    EventKind("minion", "up", "normal", "A minion connected (first heartbeat).", ("systemId",)),
+    EventKind("minion", "down", "major", "A minion missed its heartbeats.", ("systemId", "reason")),
+    EventKind(
+        "location", "unreachable", "critical", "No minion serves a location any more.", ("reason",)
+    ),
+    EventKind(
+        "location", "reachable", "normal", "A minion serves the location again.", ("systemId",)
+    ),
+    EventKind(
+        "poller",
+        "stale",
+        "warning",
+        "A service was not polled within its window.",
+        (*_SERVICE_FIELDS, "lastPollAt", "reason"),
+    ),
+    EventKind(
+        "heartbeat",
+        "updated",
+        "information",
+        "A component reports that it is alive.",
+        ("component",),
+    ),
+    EventKind(
+        "summary",
+        "updated",
+        "information",
+        "Counts of services per state per location, emitted by the event service when they change.",
+        ("locations", "total"),
+    ),
+)
+
+#: (type, action) → default severity.
+CATALOGUE: dict[tuple[str, str], str] = {(k.type, k.action): k.severity for k in KINDS}
 
 _TOKEN_BAD = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -61,6 +156,16 @@ def event_subject(event_type: str, action: str, severity: str, node_id: str | No
     return ".".join([EVENTS_SUBJECT_PREFIX, *(subject_token(t) for t in tokens)])
 
 
+def reduction_key(event_type: str, action: str, type_id: str, node_id: str | None) -> str:
+    """``<type>:<action>:<typeId with '/' as ':'>`` (else the node id, else ``_``).
+
+    Repeats of "the same thing happening to the same object" share it, e.g.
+    ``service:lost:node-17:10.0.0.5:HTTP``, so consumers can group them.
+    """
+    subject = type_id.replace("/", ":") if type_id else (node_id or "_")
+    return f"{event_type}:{action}:{subject}"[:256]
+
+
 class Event(BaseModel):
     """One event in the common format; serializes with camelCase keys."""
 
@@ -76,6 +181,8 @@ class Event(BaseModel):
     location: str | None = None
     created_at: str = Field(default_factory=lambda: iso(now()), alias="createdAt")
     source: str = ""
+    #: Filled in by the event service when the producer leaves it empty.
+    reduction_key: str = Field(default="", alias="reductionKey")
     data: dict[str, Any] = Field(default_factory=dict)
 
     def to_json(self) -> bytes:
@@ -105,10 +212,10 @@ def make_event(
         type=event_type,
         action=action,
         severity=severity or CATALOGUE.get((event_type, action), "information"),
-        typeId=type_id,
-        nodeId=node_id,
+        type_id=type_id,
+        node_id=node_id,
         location=location,
-        createdAt=iso(created_at if created_at is not None else now()),
+        created_at=iso(created_at if created_at is not None else now()),
         source=source,
         data={k: v for k, v in data.items() if v is not None},
     )

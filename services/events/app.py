@@ -1,10 +1,17 @@
 """The event service process: wire up, serve, shut down.
 
-    vigil.ingest.>  (JetStream VIGIL_INGEST, durable consumer)
-        │  normalize → store (history) → publish
+    vigil.ingest.<source>  (JetStream VIGIL_INGEST, durable consumer)
+        │  normalize → publish (sequence) → store (history, service states)
         ▼
-    vigil.events.<type>.<action>.<severity>.<node>  (JetStream VIGIL_EVENTS)
-    gRPC vigil.v1.Events (history)
+    vigil.events.<type>.<action>.<severity>.<node|_>  (JetStream VIGIL_EVENTS)
+        ├─ webhooks: one durable consumer + task per hook
+        ├─ gRPC Subscribe: one ephemeral consumer per call (gaps filled from history)
+        └─ core NATS subscribers (vigil sniff)
+    gRPC vigil.v1.Events: Publish (→ vigil.ingest.api), ListEvents, hooks
+    summary: every summary_interval, a ``summary updated`` event when counts changed
+
+One event service runs per deployment: hooks and the summary are driven by
+this process alone.
 """
 
 from __future__ import annotations
@@ -12,23 +19,48 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from vigil.v1 import events_pb2_grpc
 
 from services.common import natsconn
 from services.common.config import VigilConfig
+from services.common.events import EVENTS_STREAM
 from services.common.grpcserver import GrpcServer
 from services.common.httpstatus import StatusServer
 from services.common.streams import ensure_stream, events_stream_config, ingest_stream_config
 from services.common.tasks import Supervisor
 from services.events.api import EventsServicer
+from services.events.hooks import HookManager
 from services.events.ingest import Ingestor
 from services.events.store import EventStore
+from services.events.summary import SummaryTracker
 
 log = logging.getLogger(__name__)
 
 
+async def align_stream(js: JetStreamContext, store: EventStore) -> None:
+    """Keep sequences increasing when NATS lost its data but the history did not.
+
+    A re-created ``VIGIL_EVENTS`` would count from 1 again and reuse
+    sequences the history already holds; purging it up to just past the
+    newest stored sequence makes JetStream continue from there.
+    """
+    info = await js.stream_info(EVENTS_STREAM)
+    stored = await store.max_seq()
+    if info.state.last_seq < stored:
+        log.warning(
+            "%s ends at sequence %d but the history at %d (NATS data lost?); continuing from %d",
+            EVENTS_STREAM,
+            info.state.last_seq,
+            stored,
+            stored + 1,
+        )
+        await js.purge_stream(EVENTS_STREAM, seq=stored + 1)
+
+
 class EventService:
-    """Owns the ingest consumer, the history store and the gRPC server."""
+    """Owns the ingest consumer, the store, the hooks, the summary and the gRPC server."""
 
     def __init__(self, cfg: VigilConfig, *, nats_url: str | None = None) -> None:
         self.cfg = cfg
@@ -39,25 +71,58 @@ class EventService:
         self.grpc: GrpcServer | None = None
         self.status_server: StatusServer | None = None
         self.ingestor: Ingestor | None = None
-        self._nc: natsconn.NATS | None = None
+        self.summary: SummaryTracker | None = None
+        self._hooks: HookManager | None = None
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self.subscribers_cut = 0
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context (after :meth:`start`)."""
+        assert self._js is not None, "event service not started"
+        return self._js
+
+    @property
+    def hooks(self) -> HookManager:
+        """The webhook manager (after :meth:`start`)."""
+        assert self._hooks is not None, "event service not started"
+        return self._hooks
 
     async def start(self) -> None:
-        """Connect, declare streams, start consuming and serving."""
+        """Connect, declare streams, start consuming, delivering and serving."""
         await self.store.open()
         self._nc = nc = await natsconn.connect(self.nats_url, "vigil-events")
-        js = nc.jetstream()
+        self._js = js = nc.jetstream()
         await ensure_stream(js, ingest_stream_config())
-        await ensure_stream(js, events_stream_config(self.settings.stream_max_age, self.settings.stream_max_bytes))
-        self.ingestor = Ingestor(js, self.store)
+        await ensure_stream(
+            js, events_stream_config(self.settings.stream_max_age, self.settings.stream_max_bytes)
+        )
+        await align_stream(js, self.store)
+        self.summary = SummaryTracker(self.store, js, self.settings.summary_interval)
+        await self.summary.load()
+        self.ingestor = Ingestor(nc, js, self.store, self.summary.apply)
+        self._hooks = HookManager(js, self.store, self.settings, self.tasks)
+        await self._hooks.start()
         self.grpc = GrpcServer(
             self.settings.listen,
-            [(events_pb2_grpc.add_EventsServicer_to_server, EventsServicer(self.store), "vigil.v1.Events")],
+            [
+                (
+                    events_pb2_grpc.add_EventsServicer_to_server,
+                    EventsServicer(self),
+                    "vigil.v1.Events",
+                )
+            ],
         )
         await self.grpc.start()
         if self.settings.metrics_listen:
-            self.status_server = StatusServer(self.settings.metrics_listen, lambda: not self.tasks.failed.is_set())
+            self.status_server = StatusServer(
+                self.settings.metrics_listen, lambda: not self.tasks.failed.is_set()
+            )
             await self.status_server.start()
         self.tasks.spawn("ingest", self.ingestor.run())
+        if self.settings.summary_interval:
+            self.tasks.spawn("summary", self.summary.run())
         log.info("event service: gRPC on %s, NATS %s", self.grpc.address, self.nats_url)
 
     @property
@@ -67,16 +132,25 @@ class EventService:
         return self.grpc.address
 
     async def stop(self) -> None:
-        """Stop serving and consuming; disconnect."""
+        """Stop serving and consuming; save hook statuses; disconnect."""
         if self.grpc is not None:
             await self.grpc.stop(grace=1.0)
         if self.status_server is not None:
             await self.status_server.stop()
         await self.tasks.close()
-        if self._nc is not None:
+        if self._hooks is not None:
             try:
-                await asyncio.wait_for(self._nc.drain(), 5.0)
-            except Exception:
-                await self._nc.close()
+                await asyncio.wait_for(self._hooks.flush(), 5.0)
+            except Exception as exc:
+                log.warning("cannot save hook statuses: %s", exc)
+        if self._nc is not None:
+            # Flush (the last acks) and close. Not drain(): it waits for pull
+            # subscriptions' internal queues to be "done", which nats-py's fetch
+            # does not always mark, so it would sit out its timeout.
+            try:
+                await asyncio.wait_for(self._nc.flush(), 2.0)
+            except Exception as exc:
+                log.warning("NATS flush at shutdown failed: %s", exc)
+            await self._nc.close()
         await self.store.close()
         log.info("event service stopped")

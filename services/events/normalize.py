@@ -1,94 +1,176 @@
 """Raw event → normalized event in the common format.
 
-Validation is strict on what consumers rely on (vocabulary, sizes, ids) and
-lenient on what can be filled in (id, createdAt, severity from the catalogue).
-An invalid raw event raises :class:`InvalidEvent` naming the field.
+Validation is strict on what consumers rely on (vocabulary, sizes, characters
+that would break a NATS header or subject) and lenient on what can be filled
+in (id, createdAt, severity from the catalogue, reduction key). An invalid
+raw event raises :class:`InvalidEvent`, whose :attr:`~InvalidEvent.field`
+names the offending field (camelCase, as on the wire).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-from services.common.events import CATALOGUE, FORMAT_VERSION, SEVERITIES, Event
+from services.common.events import (
+    CATALOGUE,
+    FORMAT_VERSION,
+    SEVERITIES,
+    Event,
+    reduction_key,
+)
 from services.common.timeutil import iso, now, parse_iso
 
+#: The largest raw event accepted (the JSON document, all fields included).
 MAX_RAW_BYTES = 64 << 10
-MAX_FIELD = {"typeId": 256, "nodeId": 128, "location": 64, "source": 64, "id": 64}
+MAX_FIELD = {
+    "id": 64,
+    "type": 32,
+    "action": 32,
+    "severity": 16,
+    "typeId": 256,
+    "nodeId": 128,
+    "location": 64,
+    "source": 64,
+    "reductionKey": 256,
+    "createdAt": 40,
+}
 KNOWN_TYPES = {t for t, _ in CATALOGUE}
+KNOWN_FIELDS = frozenset(
+    {"version", "id", "type", "action", "severity", "typeId", "nodeId", "location"}
+    | {"createdAt", "source", "reductionKey", "data"}
+)
+#: Ids travel in the ``Nats-Msg-Id`` header and in URLs: keep them plain.
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+LOCATION_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+SOURCE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class InvalidEvent(ValueError):
-    """A raw event that cannot be normalized; the message names the field."""
+    """A raw event that cannot be normalized; ``field`` names the offending field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
 
 
-def normalize(raw: bytes | dict[str, Any], default_source: str = "") -> Event:
-    """Validate and complete a raw event."""
+def parse_raw(raw: bytes | bytearray) -> dict[str, Any]:
+    """Decode a raw event's JSON, enforcing the size limit first."""
+    if len(raw) > MAX_RAW_BYTES:
+        raise InvalidEvent("event", f"{len(raw)} bytes exceeds the {MAX_RAW_BYTES}-byte limit")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEvent("event", f"not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InvalidEvent("event", "must be a JSON object")
+    return data
+
+
+def normalize(
+    raw: bytes | bytearray | dict[str, Any],
+    default_source: str = "",
+    default_id: str | Callable[[], str] | None = None,
+) -> Event:
+    """Validate and complete a raw event.
+
+    ``default_id`` (a value, or a function computing it) is used when the raw
+    event has no id; the ingest path passes one derived from the raw message so
+    that a redelivered copy gets the same id (and is recognised as a duplicate)
+    rather than a fresh one.
+    """
     if isinstance(raw, bytes | bytearray):
-        if len(raw) > MAX_RAW_BYTES:
-            raise InvalidEvent(f"event: {len(raw)} bytes exceeds the {MAX_RAW_BYTES}-byte limit")
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidEvent(f"event: not JSON ({exc})") from None
+        data = parse_raw(raw)
     else:
         data = dict(raw)
-    if not isinstance(data, dict):
-        raise InvalidEvent("event: must be a JSON object")
+        # A dict (gRPC Publish) gets the same size limit as bytes on the wire.
+        try:
+            size = len(json.dumps(data, separators=(",", ":"), default=str))
+        except (TypeError, ValueError) as exc:
+            raise InvalidEvent("event", f"not representable as JSON ({exc})") from None
+        if size > MAX_RAW_BYTES:
+            raise InvalidEvent("event", f"{size} bytes exceeds the {MAX_RAW_BYTES}-byte limit")
 
-    def text(field: str, required: bool = False) -> str | None:
+    extra = sorted(set(data) - KNOWN_FIELDS)
+    if extra:
+        raise InvalidEvent(extra[0], "unknown field")
+
+    def text(
+        field: str, required: bool = False, pattern: re.Pattern[str] | None = None
+    ) -> str | None:
         value = data.get(field)
         if value is None or value == "":
             if required:
-                raise InvalidEvent(f"{field}: is required")
+                raise InvalidEvent(field, "is required")
             return None
         if not isinstance(value, str):
-            raise InvalidEvent(f"{field}: must be a string")
-        limit = MAX_FIELD.get(field, 64)
+            raise InvalidEvent(field, f"must be a string, not {type(value).__name__}")
+        limit = MAX_FIELD[field]
         if len(value) > limit:
-            raise InvalidEvent(f"{field}: longer than {limit} characters")
+            raise InvalidEvent(field, f"longer than {limit} characters")
+        if CONTROL_RE.search(value):
+            raise InvalidEvent(field, "contains control characters")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise InvalidEvent(field, f"{value!r} has characters outside {pattern.pattern}")
         return value
 
+    version = data.get("version", FORMAT_VERSION)
+    if version in (None, ""):
+        version = FORMAT_VERSION
+    if version != FORMAT_VERSION:
+        raise InvalidEvent(
+            "version", f"unsupported {version!r} (this service speaks {FORMAT_VERSION!r})"
+        )
     etype = text("type", required=True)
     action = text("action", required=True)
-    assert etype is not None and action is not None
+    assert etype is not None
+    assert action is not None
     if etype not in KNOWN_TYPES:
-        raise InvalidEvent(f"type: unknown event type {etype!r} (known: {', '.join(sorted(KNOWN_TYPES))})")
+        raise InvalidEvent(
+            "type", f"unknown event type {etype!r} (known: {', '.join(sorted(KNOWN_TYPES))})"
+        )
     if (etype, action) not in CATALOGUE:
         actions = sorted(a for t, a in CATALOGUE if t == etype)
-        raise InvalidEvent(f"action: {action!r} is not an action of {etype} (known: {', '.join(actions)})")
+        raise InvalidEvent(
+            "action", f"{action!r} is not an action of {etype} (known: {', '.join(actions)})"
+        )
     severity = text("severity") or CATALOGUE[(etype, action)]
     if severity not in SEVERITIES:
-        raise InvalidEvent(f"severity: {severity!r} is not one of {', '.join(SEVERITIES)}")
-    event_id = text("id") or str(uuid.uuid4())
+        raise InvalidEvent("severity", f"{severity!r} is not one of {', '.join(SEVERITIES)}")
+    event_id = text("id", pattern=ID_RE)
+    if event_id is None:
+        fallback = default_id() if callable(default_id) else default_id
+        event_id = fallback or str(uuid.uuid4())
     created = text("createdAt")
     if created is None:
         created_iso = iso(now())
     else:
         try:
             created_iso = iso(parse_iso(created))
-        except ValueError as exc:
-            raise InvalidEvent(f"createdAt: {exc}") from None
-    payload = data.get("data") or {}
+        except (ValueError, OverflowError, OSError) as exc:
+            raise InvalidEvent("createdAt", f"not an ISO-8601 time ({exc})") from None
+    payload = data.get("data")
+    if payload is None:
+        payload = {}
     if not isinstance(payload, dict):
-        raise InvalidEvent("data: must be a JSON object")
-    version = data.get("version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
-        raise InvalidEvent(f"version: unsupported {version!r} (this service speaks {FORMAT_VERSION!r})")
-    known = {"version", "id", "type", "action", "severity", "typeId", "nodeId", "location", "createdAt", "source", "data"}
-    extra = sorted(set(data) - known)
-    if extra:
-        raise InvalidEvent(f"{extra[0]}: unknown field")
+        raise InvalidEvent("data", "must be a JSON object")
+    type_id = text("typeId") or ""
+    node_id = text("nodeId")
     return Event(
         id=event_id,
         type=etype,
         action=action,
         severity=severity,
-        typeId=text("typeId") or "",
-        nodeId=text("nodeId"),
-        location=text("location"),
-        createdAt=created_iso,
-        source=text("source") or default_source,
+        type_id=type_id,
+        node_id=node_id,
+        location=text("location", pattern=LOCATION_RE),
+        created_at=created_iso,
+        source=text("source", pattern=SOURCE_RE) or default_source,
+        reduction_key=text("reductionKey") or reduction_key(etype, action, type_id, node_id),
         data=payload,
     )

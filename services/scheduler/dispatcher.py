@@ -4,6 +4,14 @@ One task owns the schedule and the table of pending requests: it publishes
 every due service (batched per location) and expires requests whose TTL has
 run out. Services whose location has no live minion are answered UNKNOWN at
 once instead of waiting for their TTL.
+
+Scheduling is fixed-rate: each service has an anchor (its first due time,
+spread over the start splay by a hash of its key) and is due at
+``anchor + k·interval`` while UP, so poll duration never shifts it. While a
+change is being confirmed it is re-polled at the retry interval, and while it
+is DOWN at the downtime model's interval. A service is never polled twice at
+once; bounds on polls in flight (global and per node) make due polls wait
+instead of queueing without limit.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from services.scheduler.model import Observation, ServiceKey, ServiceRuntime
 from services.scheduler.pending import PendingPoll, PendingPolls
 from services.scheduler.schedule import Schedule, next_slot
 from services.scheduler.state import StateKeeper
+from services.scheduler.timing import effective_interval, on_grid
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +55,8 @@ def poll_subject(location: str, system_id: str | None = None) -> str:
 def first_due(key: ServiceKey, interval: float, splay: float, now: float) -> float:
     """A stable phase per service within min(interval, splay) after ``now``.
 
-    Derived from the key, so a restart keeps each service's place and 100k
-    services never start as one burst.
+    Derived from the key, so 100k services never start as one burst and each
+    keeps its relative place across restarts.
     """
     window = min(interval, splay)
     fraction = zlib.crc32(str(key).encode()) / 2**32
@@ -67,6 +76,8 @@ class Dispatcher:
         batch_size: int,
         start_splay: float,
         scheduler_id: str | None = None,
+        max_in_flight: int = 100_000,
+        max_in_flight_per_node: int = 100,
     ) -> None:
         self.services = services
         self.registry = registry
@@ -75,6 +86,8 @@ class Dispatcher:
         self.batch_size = batch_size
         self.start_splay = start_splay
         self.scheduler_id = scheduler_id or secrets.token_hex(4)
+        self.max_in_flight = max_in_flight
+        self.max_in_flight_per_node = max_in_flight_per_node
         self.schedule: Schedule[ServiceKey] = Schedule()
         self.pending = PendingPolls()
         self._ids = itertools.count(1)
@@ -82,27 +95,80 @@ class Dispatcher:
         #: Until then, a location without a minion is waited for, not reported:
         #: after a scheduler restart, minions need a moment to reconnect.
         self.grace_until = 0.0
+        self.dispatched = 0
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        keeper.scheduling = self
+
+    async def close(self) -> None:
+        """Cancel out-of-schedule sends still under way."""
+        for t in list(self._side_tasks):
+            t.cancel()
+        if self._side_tasks:
+            await asyncio.wait(self._side_tasks, timeout=2.0)
 
     # -- schedule maintenance ------------------------------------------------------
 
+    def _loop_now(self) -> float:
+        return asyncio.get_running_loop().time()
+
     def schedule_all(self, minion_grace: float = 0.0) -> None:
         """Give every service its first due time."""
-        now = asyncio.get_running_loop().time()
+        now = self._loop_now()
         self.grace_until = now + minion_grace
-        for key, rt in self.services.items():
-            self.schedule.add(key, first_due(key, rt.spec.interval, self.start_splay, now))
+        for key in self.services:
+            self._start(key, now)
         self._wake.set()
+
+    def _start(self, key: ServiceKey, now: float) -> None:
+        rt = self.services[key]
+        rt.anchor = first_due(key, rt.spec.interval, self.start_splay, now)
+        rt.added = wall_now()
+        if not rt.paused:
+            if on_grid(rt):
+                self.schedule.add(key, rt.anchor)
+            else:
+                self.reschedule(key)
 
     def add(self, key: ServiceKey) -> None:
         """Schedule a newly configured service."""
-        rt = self.services[key]
-        now = asyncio.get_running_loop().time()
-        self.schedule.add(key, first_due(key, rt.spec.interval, self.start_splay, now))
+        self._start(key, self._loop_now())
         self._wake.set()
 
     def remove(self, key: ServiceKey) -> None:
-        """Stop polling a service."""
+        """Stop polling a service (its pending request, if any, is ignored when it returns)."""
         self.schedule.remove(key)
+
+    def reschedule(self, key: ServiceKey) -> None:
+        """Recompute when a service is next due after its state changed."""
+        rt = self.services.get(key)
+        if rt is None:
+            return
+        if rt.paused:
+            self.schedule.remove(key)
+            return
+        now = self._loop_now()
+        interval = effective_interval(rt, wall_now())
+        if interval is None:
+            rt.polling_stopped = True
+            self.schedule.remove(key)
+            return
+        rt.polling_stopped = False
+        if on_grid(rt):
+            due = rt.anchor if rt.anchor > now else next_slot(rt.anchor, rt.spec.interval, now)
+        else:
+            due = now + interval
+        self.schedule.add(key, due)
+        self._wake.set()
+
+    def set_paused(self, key: ServiceKey, paused: bool) -> None:
+        """Pause or resume polling of a service."""
+        rt = self.services[key]
+        rt.paused = paused
+        self.keeper.mark_dirty(key)
+        if paused:
+            self.schedule.remove(key)
+        else:
+            self.reschedule(key)
 
     # -- the loop ------------------------------------------------------------------
 
@@ -127,51 +193,78 @@ class Dispatcher:
 
     async def _dispatch_due(self, due: list[tuple[ServiceKey, float]], now: float) -> None:
         ready: list[ServiceRuntime] = []
+        wall = wall_now()
         for key, due_at in due:
             rt = self.services.get(key)
-            if rt is None:
+            if rt is None or rt.paused:
                 continue
-            self.schedule.add(key, next_slot(due_at, rt.spec.interval, now))
             metrics.DISPATCH_LAG.observe(now - due_at)
+            interval = effective_interval(rt, wall)
+            if interval is None:
+                rt.polling_stopped = True
+                continue
+            if on_grid(rt):
+                self.schedule.add(key, next_slot(due_at, rt.spec.interval, now))
+            else:
+                self.schedule.add(key, now + interval)
+            if not self.keeper.polled(rt):
+                continue  # its interface is down: only the critical service is polled
             if rt.in_flight is not None:
                 metrics.POLLS_SKIPPED.inc()
+                continue
+            if len(self.pending) >= self.max_in_flight or (
+                self.pending.per_node(key.node_id) >= self.max_in_flight_per_node
+            ):
+                metrics.POLLS_DEFERRED.inc()
+                self.schedule.add(key, now + min(1.0, rt.spec.interval))
                 continue
             ready.append(rt)
         await self.send(ready)
 
-    async def send(self, runtimes: Iterable[ServiceRuntime], system_id: str | None = None) -> None:
-        """Publish polls for these services now (batched per location)."""
-        by_location: dict[str, list[ServiceRuntime]] = defaultdict(list)
+    async def send(
+        self, runtimes: Iterable[ServiceRuntime], *, ttl: float | None = None, system_id: str | None = None
+    ) -> list[str]:
+        """Publish polls for these services now (batched per location); returns the request ids."""
+        by_location: dict[str, list[tuple[ServiceRuntime, str]]] = defaultdict(list)
+        ids = []
         for rt in runtimes:
-            by_location[rt.spec.location].append(rt)
-        loop_now = asyncio.get_running_loop().time()
-        for location, rts in by_location.items():
-            if not self.registry.available(location) and loop_now < self.grace_until:
-                for rt in rts:  # try again shortly
-                    self.schedule.add(rt.key, min(loop_now + 1.0, self.schedule.due_time(rt.key) or loop_now + 1.0))
-                continue
+            rid = f"{self.scheduler_id}-{next(self._ids):x}"
+            by_location[rt.spec.location].append((rt, rid))
+            ids.append(rid)
+        loop_now = self._loop_now()
+        for location, batch in by_location.items():
             if not self.registry.available(location):
-                metrics.UNKNOWN.labels("no_minion").inc(len(rts))
+                if loop_now < self.grace_until and ttl is None:
+                    for rt, _ in batch:  # try again shortly
+                        self.schedule.add(rt.key, loop_now + 1.0)
+                    continue
+                metrics.UNKNOWN.labels("no_minion").inc(len(batch))
                 at = wall_now()
-                for rt in rts:
+                for rt, rid in batch:
                     await self.keeper.submit(
-                        Observation(rt.key, Status.UNKNOWN, f"no minion at location {location}", at)
+                        Observation(rt.key, Status.UNKNOWN, f"no minion at location {location}", at, request_id=rid)
                     )
                 continue
             subject = poll_subject(location, system_id)
-            for i in range(0, len(rts), self.batch_size):
-                await self._publish(subject, location, rts[i : i + self.batch_size], loop_now)
+            for i in range(0, len(batch), self.batch_size):
+                await self._publish(subject, location, batch[i : i + self.batch_size], loop_now, ttl)
+        return ids
 
     async def _publish(
-        self, subject: str, location: str, rts: list[ServiceRuntime], loop_now: float
-    ) -> None:
-        batch = poll_pb2.PollBatch(scheduler_id=self.scheduler_id)
+        self,
+        subject: str,
+        location: str,
+        batch: list[tuple[ServiceRuntime, str]],
+        loop_now: float,
+        ttl_override: float | None,
+    ) -> bool:
+        msg = poll_pb2.PollBatch(scheduler_id=self.scheduler_id)
         sent = wall_now()
         polls = []
-        for rt in rts:
+        for rt, rid in batch:
             spec = rt.spec
-            rid = f"{self.scheduler_id}-{next(self._ids):x}"
-            req = batch.requests.add(
+            ttl = ttl_override if ttl_override is not None else spec.ttl
+            req = msg.requests.add(
                 id=rid,
                 service=common_pb2.ServiceRef(node_id=spec.key.node_id, ip=spec.key.ip, service=spec.key.service),
                 location=location,
@@ -180,25 +273,64 @@ class Dispatcher:
             )
             req.params.CopyFrom(rt.params_struct)
             req.timeout.FromNanoseconds(int(spec.timeout * 1e9))
-            set_timestamp(req.expires_at, sent + spec.ttl)
+            set_timestamp(req.expires_at, sent + ttl)
             set_timestamp(req.sent_at, sent)
-            polls.append(PendingPoll(rid, spec.key, location, loop_now + spec.ttl, spec.ttl))
+            polls.append(PendingPoll(rid, spec.key, location, loop_now + ttl, ttl))
         try:
-            await self.nc.publish(subject, batch.SerializeToString())
+            await self.nc.publish(subject, msg.SerializeToString())
         except Exception as exc:
-            log.warning("publishing %d poll(s) to %s failed: %s", len(rts), subject, exc)
-            metrics.UNKNOWN.labels("nats").inc(len(rts))
+            log.warning("publishing %d poll(s) to %s failed: %s", len(batch), subject, exc)
+            metrics.UNKNOWN.labels("nats").inc(len(batch))
             at = wall_now()
-            for rt in rts:
+            for rt, rid in batch:
                 await self.keeper.submit(
-                    Observation(rt.key, Status.UNKNOWN, f"cannot send poll request over NATS: {exc}", at)
+                    Observation(rt.key, Status.UNKNOWN, f"cannot send poll request over NATS: {exc}", at, request_id=rid)
                 )
-            return
-        for rt, poll in zip(rts, polls, strict=True):
+            return False
+        for (rt, _), poll in zip(batch, polls, strict=True):
             rt.in_flight = poll.request_id
             self.pending.add(poll)
-        metrics.POLLS_DISPATCHED.labels(location).inc(len(rts))
+        self.dispatched += len(batch)
+        metrics.POLLS_DISPATCHED.labels(location).inc(len(batch))
         metrics.IN_FLIGHT.set(len(self.pending))
+        return True
+
+    def poll_now(self, key: ServiceKey, *, urgent: bool) -> str | None:
+        """Poll a service out of schedule; returns the request id to wait for.
+
+        A poll already in flight is reused (its result is just as fresh).
+        ``urgent`` polls (critical-service checks) carry a TTL covering their
+        attempts only, so nothing waits a whole interval for them.
+        """
+        rt = self.services.get(key)
+        if rt is None:
+            return None
+        if rt.in_flight is not None:
+            return rt.in_flight
+        rid = f"{self.scheduler_id}-{next(self._ids):x}"
+        # Reserve the id now; the send happens in the loop's next turn.
+        task = asyncio.get_running_loop().create_task(
+            self._send_reserved(rt, rid, rt.spec.urgent_ttl if urgent else rt.spec.ttl)
+        )
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+        rt.in_flight = rid
+        return rid
+
+    async def _send_reserved(self, rt: ServiceRuntime, rid: str, ttl: float) -> None:
+        location = rt.spec.location
+        loop_now = self._loop_now()
+        if self.services.get(rt.key) is not rt:
+            return
+        if not self.registry.available(location):
+            rt.in_flight = None
+            metrics.UNKNOWN.labels("no_minion").inc()
+            await self.keeper.submit(
+                Observation(rt.key, Status.UNKNOWN, f"no minion at location {location}", wall_now(), request_id=rid)
+            )
+            return
+        if not await self._publish(poll_subject(location), location, [(rt, rid)], loop_now, ttl):
+            rt.in_flight = None  # the UNKNOWN has been submitted
 
     async def _expire(self, now: float) -> None:
         expired = self.pending.expire(now)

@@ -9,6 +9,10 @@ POLLS_SKIPPED = Counter(
     "vigil_scheduler_polls_skipped_total",
     "Due polls not sent because the previous poll of the service was still in flight",
 )
+POLLS_DEFERRED = Counter(
+    "vigil_scheduler_polls_deferred_total",
+    "Due polls held back because the in-flight bound (global or per node) was reached",
+)
 RESULTS = Counter(
     "vigil_scheduler_results_total", "Poll results applied to service state", ["status"]
 )

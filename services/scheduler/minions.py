@@ -1,99 +1,399 @@
-"""Which minions are connected, and so which locations can be polled.
+"""The minion registry: who is connected, who is down, which locations can be polled.
 
-A minion is live while its ResultSink session is open and its heartbeats
-arrive; a location is *available* when at least one live minion there also
-reports a working NATS connection (otherwise requests would go nowhere).
+A minion registers when its ResultSink session opens (the hello) and proves
+it is alive with heartbeats on that session. The registry keeps one record per
+``system_id``, also after the minion went down (status DOWN in
+``Poller/ListMinions``) until :data:`RETENTION` has passed.
+
+Liveness is decided in one place, :meth:`MinionRegistry.run` (the sweeper,
+owned by the scheduler's Supervisor):
+
+* a minion unheard for ``heartbeat_interval × heartbeat_misses`` is marked
+  DOWN: one ``minion down`` event; one that says goodbye (it is stopping on
+  purpose) is marked DOWN at once;
+* when the last live minion of a location goes, one ``location unreachable``
+  event, and the location's pending polls end UNKNOWN at once
+  (:meth:`Dispatcher.expire_location`) instead of at their TTLs; the services
+  themselves get no event each (no alert storm);
+* a minion that (re)connects after it was marked DOWN: ``minion up``, and
+  ``location reachable`` when its location was unreachable. A quick reconnect
+  of a minion that never went down (a broken stream, a scheduler restart the
+  minion rode out) is no event at all.
+
+After a scheduler restart the registry is empty. A minion tells in its hello
+when it last had a working session; one that had it within a heartbeat window
+is *resumed*, not new, so a scheduler restart does not produce a ``minion up``
+per minion. Locations with services but no minion once the start-up grace is
+over get one ``location unreachable`` each.
+
+Events go through the state keeper's transactional outbox; they are queued
+here (bounded) and written by the sweeper task, which retries while the
+store is unavailable, so an event is never lost to a store hiccup and a
+session handler never waits for the database.
+
+A location is *available* to the dispatcher when a minion there is live, has
+its session open and reports a working NATS connection; a location is
+*reachable* (the events) while any minion there is UP. The two differ on
+purpose: a NATS blip at a site makes its polls UNKNOWN ("no minion at
+location") but is not a site outage worth an event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from services.common.events import Event, make_event
 from services.common.timeutil import now
 from services.scheduler import metrics
 
+if TYPE_CHECKING:
+    from services.scheduler.dispatcher import Dispatcher
+    from services.scheduler.state import StateKeeper
+
 log = logging.getLogger(__name__)
+
+SOURCE = "scheduler"
+#: DOWN minions are forgotten after this long (seconds)...
+RETENTION = 7 * 86400.0
+#: ...and the oldest DOWN ones first when there are more records than this.
+MAX_RECORDS = 10_000
+#: Events waiting for the store (one per minion or location transition).
+MAX_PENDING_EVENTS = 10_000
+#: How often locations without any minion are looked for (seconds).
+LOCATION_SCAN_PERIOD = 30.0
+
+
+def unreachable_reason(location: str) -> str:
+    """The UNKNOWN reason of a location's polls when its last minion went."""
+    return f"location {location} unreachable: no live minion"
 
 
 @dataclass(slots=True)
 class MinionSession:
+    """One minion as the registry knows it (its current or last session)."""
+
     system_id: str
     location: str
     version: str
     monitors: list[str]
+    #: Wall-clock time the current (or last) session opened.
     connected_at: float = field(default_factory=now)
     #: Loop-clock time of the last heartbeat (or of the hello).
     last_seen: float = 0.0
+    #: Wall-clock time of the last heartbeat (or of the hello).
     last_heartbeat: float = field(default_factory=now)
     in_flight: int = 0
     polls_done: int = 0
     nats_connected: bool = True
+    intake_paused: bool = False
+    autonomous: bool = False
+    spooled: int = 0
+    results_dropped: int = 0
+    heartbeats: int = 0
+    #: Wall-clock time the minion says it last had a working session (0: never).
+    last_connected_at: float = 0.0
     #: Set when a newer session of the same system id replaces this one.
     replaced: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The gRPC stream of this session is open.
+    open: bool = True
+    #: The registry's verdict (what ListMinions and the events say).
+    up: bool = True
+    down_since: float | None = None
+    down_reason: str = ""
+    #: Store-and-forward: digest of the schedule this session was sent, and when checked.
+    schedule_digest: str = ""
+    schedule_checked: float = 0.0
 
 
 class MinionRegistry:
-    """Live sessions by system id."""
+    """Minions by system id, their liveness, and the events about them."""
 
-    def __init__(self, heartbeat_interval: float, misses: int) -> None:
+    def __init__(
+        self,
+        heartbeat_interval: float,
+        misses: int,
+        *,
+        retention: float = RETENTION,
+        max_records: int = MAX_RECORDS,
+    ) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.misses = misses
-        self._sessions: dict[str, MinionSession] = {}
+        self.retention = retention
+        self.max_records = max_records
+        self._minions: dict[str, MinionSession] = {}
+        #: Location → reachable (True), unreachable (False); absent: not seen yet.
+        self._locations: dict[str, bool] = {}
+        self._events: deque[Event] = deque()
+        self._expire: deque[str] = deque()
+        self._wake = asyncio.Event()
+        #: Loop-clock time the registry was created (the scheduler's start).
+        self._started = _loop_time()
+        self.events_dropped = 0
 
     @property
     def timeout(self) -> float:
         """Silence after which a minion counts as gone."""
         return self.heartbeat_interval * self.misses
 
+    # -- sessions (called by the ResultSink) ------------------------------------------
+
     def register(self, session: MinionSession) -> None:
-        """Add a session; an older session of the same minion is told to end."""
-        session.last_seen = asyncio.get_running_loop().time()
-        old = self._sessions.get(session.system_id)
-        if old is not None:
-            log.info("minion %s reconnected; closing its previous session", session.system_id)
+        """A session opened (hello accepted). An older session of the same minion is told to end."""
+        loop_now = _loop_time()
+        session.last_seen = loop_now
+        session.open = session.up = True
+        old = self._minions.get(session.system_id)
+        if old is not None and old.open:
             old.replaced.set()
-        self._sessions[session.system_id] = session
-        log.info(
-            "minion %s connected (location %s, version %s)",
-            session.system_id,
-            session.location,
-            session.version,
-        )
+        self._minions[session.system_id] = session
+        if old is not None and old.up:
+            if old.location != session.location:
+                # Moved: for the old location it is gone.
+                log.info("minion %s moved from %s to %s", session.system_id, old.location, session.location)
+                self._after_down(old.location, session.system_id)
+                self._came_up(session, "moved")
+            else:
+                log.info("minion %s reconnected (location %s)", session.system_id, session.location)
+        elif old is None and self._resumed(session):
+            # The scheduler restarted, the minion did not go away: no event.
+            log.info(
+                "minion %s resumed its session (location %s, version %s)",
+                session.system_id,
+                session.location,
+                session.version,
+            )
+            self._location_up(session)
+        else:
+            self._came_up(session, "connected")
         self._update_gauge()
 
+    def _resumed(self, session: MinionSession) -> bool:
+        if session.last_connected_at <= 0:
+            return False
+        return 0 <= now() - session.last_connected_at <= self.timeout
+
     def unregister(self, session: MinionSession) -> None:
-        """Remove a session if it is still the current one for its minion."""
-        if self._sessions.get(session.system_id) is session:
-            del self._sessions[session.system_id]
-            log.info("minion %s disconnected (location %s)", session.system_id, session.location)
-            self._update_gauge()
+        """The session's stream ended. The minion stays known; the sweeper decides when it is down."""
+        session.open = False
+        if self._minions.get(session.system_id) is session:
+            log.info("minion %s: session closed (location %s)", session.system_id, session.location)
+            self._wake.set()
 
     def touch(self, session: MinionSession) -> None:
-        """Note a sign of life."""
-        session.last_seen = asyncio.get_running_loop().time()
+        """Note a sign of life. A minion marked DOWN whose stream survived comes back UP."""
+        session.last_seen = _loop_time()
         session.last_heartbeat = now()
+        if not session.up and self._minions.get(session.system_id) is session:
+            self._came_up(session, "heartbeats resumed")
+            self._update_gauge()
+
+    def goodbye(self, session: MinionSession, reason: str) -> None:
+        """The minion is stopping on purpose: DOWN now, not after missed heartbeats."""
+        if self._minions.get(session.system_id) is session and session.up:
+            self._mark_down(session, f"minion stopped: {reason}" if reason else "minion stopped")
+            self._update_gauge()
+
+    # -- queries -------------------------------------------------------------------------
 
     def is_live(self, session: MinionSession) -> bool:
-        """Heard from within the heartbeat window."""
-        return asyncio.get_running_loop().time() - session.last_seen <= self.timeout
+        """The registry's verdict: UP (``True``) or DOWN."""
+        return session.up
 
     def available(self, location: str) -> bool:
-        """True when a live minion at ``location`` can receive requests."""
+        """True when a minion at ``location`` can receive requests and deliver results now."""
+        loop_now = _loop_time()
         return any(
-            s.location == location and s.nats_connected and self.is_live(s)
-            for s in self._sessions.values()
+            s.location == location
+            and s.up
+            and s.open
+            and s.nats_connected
+            and loop_now - s.last_seen <= self.timeout
+            for s in self._minions.values()
         )
 
+    def reachable(self, location: str) -> bool | None:
+        """Whether a minion serves ``location`` (``None``: not known yet)."""
+        return self._locations.get(location)
+
+    def get(self, system_id: str) -> MinionSession | None:
+        """The record of one minion."""
+        return self._minions.get(system_id)
+
     def sessions(self) -> list[MinionSession]:
-        """Every current session, sorted by location then system id."""
-        return sorted(self._sessions.values(), key=lambda s: (s.location, s.system_id))
+        """Every known minion (UP and DOWN), sorted by location then system id."""
+        return sorted(self._minions.values(), key=lambda s: (s.location, s.system_id))
+
+    # -- transitions -----------------------------------------------------------------------
+
+    def _came_up(self, session: MinionSession, how: str) -> None:
+        log.info(
+            "minion %s up (%s; location %s, version %s)", session.system_id, how, session.location, session.version
+        )
+        self._queue_event(
+            make_event(
+                "minion",
+                "up",
+                source=SOURCE,
+                type_id=session.system_id,
+                location=session.location,
+                systemId=session.system_id,
+                version=session.version or None,
+            )
+        )
+        session.up = True
+        session.down_since = None
+        session.down_reason = ""
+        self._location_up(session)
+
+    def _location_up(self, session: MinionSession) -> None:
+        loc = session.location
+        if self._locations.get(loc) is False:
+            log.info("location %s reachable again (minion %s)", loc, session.system_id)
+            self._queue_event(
+                make_event(
+                    "location", "reachable", source=SOURCE, type_id=loc, location=loc, systemId=session.system_id
+                )
+            )
+        self._locations[loc] = True
+
+    def _mark_down(self, session: MinionSession, reason: str) -> None:
+        session.up = False
+        session.down_since = now()
+        session.down_reason = reason
+        log.warning("minion %s down (location %s): %s", session.system_id, session.location, reason)
+        self._queue_event(
+            make_event(
+                "minion",
+                "down",
+                source=SOURCE,
+                type_id=session.system_id,
+                location=session.location,
+                systemId=session.system_id,
+                reason=reason,
+            )
+        )
+        self._after_down(session.location, session.system_id)
+
+    def _after_down(self, location: str, system_id: str) -> None:
+        if any(s.up and s.location == location for s in self._minions.values() if s.system_id != system_id):
+            return
+        self._location_down(location)
+
+    def _location_down(self, location: str) -> None:
+        if self._locations.get(location) is False:
+            return
+        self._locations[location] = False
+        reason = unreachable_reason(location)
+        log.warning("%s", reason)
+        self._queue_event(make_event("location", "unreachable", source=SOURCE, type_id=location, location=location, reason=reason))
+        self._expire.append(location)
+
+    def _queue_event(self, event: Event) -> None:
+        if len(self._events) >= MAX_PENDING_EVENTS:
+            # Only reachable when the store has been down for very long; say so.
+            self._events.popleft()
+            self.events_dropped += 1
+            log.error("minion/location events: the store is unavailable and the queue is full; dropped one")
+        self._events.append(event)
+        self._wake.set()
+
+    # -- the sweeper ----------------------------------------------------------------------
+
+    def sweep(self, loop_now: float | None = None) -> None:
+        """Mark silent minions DOWN and forget old DOWN ones (called by :meth:`run`)."""
+        loop_now = _loop_time() if loop_now is None else loop_now
+        changed = False
+        for s in list(self._minions.values()):
+            if s.up and loop_now - s.last_seen > self.timeout:
+                silent = loop_now - s.last_seen
+                missed = int(silent / self.heartbeat_interval)
+                how = "its session closed and " if not s.open else ""
+                self._mark_down(s, f"{how}no heartbeat for {silent:.1f}s ({missed} missed)")
+                changed = True
+        self._prune()
+        if changed:
+            self._update_gauge()
+
+    def scan_locations(self, locations: Iterable[str]) -> None:
+        """After the start-up grace: a location with services and no minion ever seen is unreachable."""
+        for loc in set(locations):
+            if loc not in self._locations:
+                self._location_down(loc)
+
+    def _prune(self) -> None:
+        wall = now()
+        down = sorted(
+            (s for s in self._minions.values() if not s.up and not s.open),
+            key=lambda s: s.down_since or 0.0,
+        )
+        excess = len(self._minions) - self.max_records
+        for s in down:
+            if excess > 0 or wall - (s.down_since or wall) > self.retention:
+                del self._minions[s.system_id]
+                excess -= 1
+
+    async def run(self, keeper: StateKeeper, dispatcher: Dispatcher) -> None:
+        """The sweeper: liveness, location scans, events out, pending polls of lost locations UNKNOWN."""
+        loop = asyncio.get_running_loop()
+        period = max(0.05, min(1.0, self.heartbeat_interval / 2))
+        next_scan = 0.0
+        delay = 0.5
+        while True:
+            self.sweep()
+            loop_now = loop.time()
+            if loop_now >= dispatcher.grace_until and loop_now >= next_scan:
+                # Only services' locations: a minion-less location nobody polls is no news.
+                self.scan_locations(rt.spec.location for rt in list(dispatcher.services.values()))
+                next_scan = loop_now + LOCATION_SCAN_PERIOD
+            while self._expire:
+                location = self._expire.popleft()
+                if self._locations.get(location) is False:
+                    n = await dispatcher.expire_location(location, unreachable_reason(location))
+                    if n:
+                        log.info("location %s: %d pending poll(s) ended UNKNOWN", location, n)
+            if self._events:
+                batch = list(self._events)
+                self._events.clear()
+                try:
+                    await keeper.emit(batch)
+                except asyncio.CancelledError:
+                    self._events.extendleft(reversed(batch))
+                    raise
+                except Exception as exc:
+                    # Back at the front, in order: retried until the store takes them.
+                    self._events.extendleft(reversed(batch))
+                    log.warning("writing %d minion/location event(s) failed (%s); retrying", len(batch), exc)
+                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                    delay = min(10.0, delay * 2)
+                    continue
+                delay = 0.5
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), period)
+            except TimeoutError:
+                pass
 
     def _update_gauge(self) -> None:
         counts: dict[str, int] = {}
-        for s in self._sessions.values():
-            counts[s.location] = counts.get(s.location, 0) + 1
+        for s in self._minions.values():
+            if s.up:
+                counts[s.location] = counts.get(s.location, 0) + 1
         metrics.MINIONS.clear()
         for loc, n in counts.items():
             metrics.MINIONS.labels(loc).set(n)
+
+
+def _loop_time() -> float:
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        # Built outside a loop (a test, a tool): the loop clock is time.monotonic.
+        import time
+
+        return time.monotonic()

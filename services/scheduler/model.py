@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.struct_pb2 import Struct
 
 from minion.monitors.base import Status
+
+if TYPE_CHECKING:
+    from services.scheduler.packages import Policy
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -21,10 +25,15 @@ class ServiceKey:
     def __str__(self) -> str:
         return f"{self.node_id}/{self.ip}/{self.service}"
 
+    @property
+    def interface(self) -> tuple[str, str]:
+        """``(node_id, ip)``."""
+        return (self.node_id, self.ip)
+
 
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
-    """How a service is polled: resolved from the configuration."""
+    """How a service is polled: resolved from the configuration or the API."""
 
     key: ServiceKey
     location: str
@@ -35,12 +44,18 @@ class ServiceSpec:
     retries: int
     ttl: float
     node_label: str = ""
+    policy: Policy | None = None
 
     def params_struct(self) -> Struct:
-        """The parameters as a protobuf Struct (built once per spec, see :class:`ServiceRuntime`)."""
+        """The parameters as a protobuf Struct (built once per spec)."""
         s = Struct()
         s.update(self.params)
         return s
+
+    @property
+    def urgent_ttl(self) -> float:
+        """TTL of an out-of-schedule poll (poll-now, critical-service check): all attempts plus slack."""
+        return min(self.ttl, self.timeout * (self.retries + 1) + 2.0) if self.ttl > 0 else 5.0
 
 
 @dataclass(slots=True)
@@ -61,17 +76,70 @@ class ServiceRuntime:
     response_time_ms: float = 0.0
     values: dict[str, float] = field(default_factory=dict)
     open_outage_id: int | None = None
+    #: What the open outage was blamed on: "service", "interface" or "node".
+    outage_cause: str = ""
     #: Id of the request in flight, if any: a service is never polled twice at once.
     in_flight: str | None = None
+    #: Consecutive results against the assured state, and when the first of them came.
+    against: int = 0
+    against_since: float | None = None
+    #: The last UP/DOWN results (flapping detection).
+    history: deque[Status] = field(default_factory=lambda: deque(maxlen=100))
+    flapping: bool = False
+    stale: bool = False
+    paused: bool = False
+    #: The downtime model said "stop": no more polls until the service changes or is polled now.
+    polling_stopped: bool = False
+    #: Loop-clock anchor of the fixed-rate grid and when the service was added (loop clock).
+    anchor: float = 0.0
+    added: float = 0.0
+    #: Waiting for the interface's critical service to be checked before reporting a loss.
+    awaiting_critical: bool = False
 
     @property
     def key(self) -> ServiceKey:
         return self.spec.key
 
+    @property
+    def suspect(self) -> bool:
+        """A change of state is being confirmed."""
+        return self.against > 0
+
     @classmethod
     def new(cls, spec: ServiceSpec) -> ServiceRuntime:
         """A runtime for a freshly configured service."""
         return cls(spec=spec, params_struct=spec.params_struct())
+
+    def respec(self, spec: ServiceSpec) -> None:
+        """Apply a changed specification, keeping the state."""
+        if spec.params != self.spec.params:
+            self.params_struct = spec.params_struct()
+        self.spec = spec
+
+
+@dataclass(slots=True)
+class InterfaceState:
+    """Node-outage processing state of one interface."""
+
+    node_id: str
+    ip: str
+    #: The service whose loss means the interface is down (``None``: no critical service).
+    critical: ServiceKey | None = None
+    down: bool = False
+    down_since: float | None = None
+    down_event_id: str | None = None
+
+
+@dataclass(slots=True)
+class NodeState:
+    """Node-outage processing state of one node."""
+
+    node_id: str
+    location: str
+    label: str = ""
+    down: bool = False
+    down_since: float | None = None
+    down_event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

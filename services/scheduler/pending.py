@@ -24,18 +24,34 @@ class PendingPolls:
     def __init__(self) -> None:
         self._by_id: dict[str, PendingPoll] = {}
         self._heap: list[tuple[float, str]] = []
+        self._per_node: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
 
+    def per_node(self, node_id: str) -> int:
+        """Requests in flight for one node."""
+        return self._per_node.get(node_id, 0)
+
     def add(self, poll: PendingPoll) -> None:
         """Track a request until its result arrives or it expires."""
         self._by_id[poll.request_id] = poll
+        self._per_node[poll.key.node_id] = self._per_node.get(poll.key.node_id, 0) + 1
         heapq.heappush(self._heap, (poll.expires, poll.request_id))
+
+    def _forget(self, poll: PendingPoll) -> None:
+        left = self._per_node.get(poll.key.node_id, 1) - 1
+        if left:
+            self._per_node[poll.key.node_id] = left
+        else:
+            self._per_node.pop(poll.key.node_id, None)
 
     def pop(self, request_id: str) -> PendingPoll | None:
         """Claim a request for its result; ``None`` if unknown or already expired."""
-        return self._by_id.pop(request_id, None)
+        poll = self._by_id.pop(request_id, None)
+        if poll is not None:
+            self._forget(poll)
+        return poll
 
     def next_expiry(self) -> float | None:
         """When the earliest live request expires."""
@@ -51,6 +67,7 @@ class PendingPolls:
         out = [p for p in self._by_id.values() if p.location == location]
         for p in out:
             del self._by_id[p.request_id]
+            self._forget(p)
         return out
 
     def expire(self, now: float) -> list[PendingPoll]:
@@ -60,5 +77,6 @@ class PendingPolls:
             _, rid = heapq.heappop(self._heap)
             poll = self._by_id.pop(rid, None)
             if poll is not None:
+                self._forget(poll)
                 out.append(poll)
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -10,9 +11,12 @@ from vigil.v1 import common_pb2, poller_pb2, poller_pb2_grpc
 from minion.monitors.base import Status
 from services.common import paging
 from services.common.grpcerrors import InvalidArgument, NotFound, handle_errors
-from services.common.timeutil import set_timestamp, to_duration
+from services.common.timeutil import from_timestamp, set_timestamp, to_duration
+from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.minions import MinionRegistry
 from services.scheduler.model import ServiceKey, ServiceRuntime
+from services.scheduler.packages import DEFAULT_POLICY
+from services.scheduler.state import StateKeeper
 from services.scheduler.store import OutageRow, SchedulerStore
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -30,8 +34,8 @@ def service_ref(key: ServiceKey) -> common_pb2.ServiceRef:
     return common_pb2.ServiceRef(node_id=key.node_id, ip=key.ip, service=key.service)
 
 
-def service_status(rt: ServiceRuntime) -> poller_pb2.ServiceStatus:
-    """The wire form of a service's state."""
+def service_status(rt: ServiceRuntime, held: bool = False) -> poller_pb2.ServiceStatus:
+    """The wire form of a service's state (``held``: not polled because its interface is down)."""
     msg = poller_pb2.ServiceStatus(
         service=service_ref(rt.key),
         location=rt.spec.location,
@@ -43,6 +47,14 @@ def service_status(rt: ServiceRuntime) -> poller_pb2.ServiceStatus:
         values=rt.values,
         open_outage_id=rt.open_outage_id or 0,
         interval=to_duration(rt.spec.interval),
+        outage_cause=rt.outage_cause if rt.open_outage_id is not None else "",
+        paused=rt.paused,
+        stale=rt.stale,
+        flapping=rt.flapping,
+        polling_stopped=rt.polling_stopped,
+        confirming=rt.suspect,
+        package=(rt.spec.policy or DEFAULT_POLICY).package,
+        held_by_outage=held,
     )
     set_timestamp(msg.status_since, rt.status_since)
     set_timestamp(msg.last_poll_at, rt.last_poll_at)
@@ -58,6 +70,8 @@ def outage_pb(o: OutageRow) -> poller_pb2.Outage:
         reason=o.reason,
         regained_event_id=o.regained_event_id or "",
         close_reason=o.close_reason or "",
+        cause=o.cause,
+        cause_event_id=o.cause_event_id or "",
     )
     set_timestamp(msg.opened_at, o.opened_at)
     set_timestamp(msg.closed_at, o.closed_at)
@@ -77,17 +91,103 @@ def require_key(ref: common_pb2.ServiceRef, field: str = "service") -> ServiceKe
 
 
 class PollerServicer(poller_pb2_grpc.PollerServicer):
-    """Reads the scheduler's live state and the store."""
+    """Reads the scheduler's live state and the store; polls now and pauses."""
 
     def __init__(
         self,
         services: dict[ServiceKey, ServiceRuntime],
         store: SchedulerStore,
         registry: MinionRegistry,
+        dispatcher: Dispatcher | None = None,
+        keeper: StateKeeper | None = None,
     ) -> None:
         self.services = services
         self.store = store
         self.registry = registry
+        self.dispatcher = dispatcher
+        self.keeper = keeper
+
+    def _status(self, rt: ServiceRuntime) -> poller_pb2.ServiceStatus:
+        held = self.keeper is not None and not rt.paused and not rt.polling_stopped and not self.keeper.polled(rt)
+        return service_status(rt, held)
+
+    def _service(self, ref: common_pb2.ServiceRef, has: bool) -> ServiceRuntime:
+        if not has:
+            raise InvalidArgument("service", "is required")
+        key = require_key(ref)
+        rt = self.services.get(key)
+        if rt is None:
+            raise NotFound(f"service {key} is not monitored")
+        return rt
+
+    @handle_errors
+    async def PollNow(  # noqa: N802
+        self, request: poller_pb2.PollNowRequest, context: Ctx
+    ) -> poller_pb2.PollNowResponse:
+        rt = self._service(request.service, request.HasField("service"))
+        assert self.dispatcher is not None and self.keeper is not None
+        rid = self.dispatcher.poll_now(rt.key, urgent=True)
+        if rid is None:
+            raise NotFound(f"service {rt.key} is not monitored")
+        waiter = self.keeper.wait_result(rid)
+        try:
+            # The poll's own TTL bounds the wait; the margin covers the trip back.
+            done = await asyncio.wait_for(waiter, rt.spec.ttl + 10.0)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no result for request {rid}")
+        return poller_pb2.PollNowResponse(service=self._status(done), request_id=rid)
+
+    @handle_errors
+    async def SetPaused(  # noqa: N802
+        self, request: poller_pb2.SetPausedRequest, context: Ctx
+    ) -> poller_pb2.ServiceStatus:
+        rt = self._service(request.service, request.HasField("service"))
+        assert self.dispatcher is not None
+        self.dispatcher.set_paused(rt.key, request.paused)
+        return self._status(rt)
+
+    @handle_errors
+    async def ListResults(  # noqa: N802
+        self, request: poller_pb2.ListResultsRequest, context: Ctx
+    ) -> poller_pb2.ListResultsResponse:
+        since = from_timestamp(request.since) if request.HasField("since") else None
+        until = from_timestamp(request.until) if request.HasField("until") else None
+        if since is not None and until is not None and until <= since:
+            raise InvalidArgument("until", "must be after since")
+        filters = [request.node_id, request.ip, request.service, since, until]
+        size = paging.page_size(request.page_size)
+        before = paging.decode_token(request.page_token, filters)
+        if before is not None and not isinstance(before, int):
+            raise InvalidArgument("page_token", "not a token this server issued")
+        rows, total = await self.store.list_results(
+            node_id=request.node_id or None,
+            ip=request.ip or None,
+            service=request.service or None,
+            since=since,
+            until=until,
+            before_id=before,
+            limit=size + 1,
+        )
+        more = len(rows) > size
+        rows = rows[:size]
+        out = []
+        for r in rows:
+            m = poller_pb2.Result(
+                id=r.id,
+                service=service_ref(r.key),
+                status=STATUS_PB.get(Status(r.status), 0) if r.status in Status.__members__ else 0,
+                reason=r.reason,
+                response_time_ms=r.response_time_ms,
+                values=r.values,
+                system_id=r.system_id,
+            )
+            set_timestamp(m.at, r.at)
+            out.append(m)
+        return poller_pb2.ListResultsResponse(
+            results=out,
+            next_page_token=paging.encode_token(rows[-1].id, filters) if more and rows else "",
+            total_size=total,
+        )
 
     @handle_errors
     async def ListServices(  # noqa: N802
@@ -98,6 +198,10 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         filters = [request.node_id, request.location, request.status]
         size = paging.page_size(request.page_size)
         after = paging.decode_token(request.page_token, filters)
+        if after is not None and not (
+            isinstance(after, list) and len(after) == 3 and all(isinstance(x, str) for x in after)
+        ):
+            raise InvalidArgument("page_token", "not a token this server issued")
         want = PB_STATUS.get(request.status)
         matching = sorted(
             key
@@ -113,7 +217,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         page = matching[start : start + size]
         more = start + size < len(matching)
         return poller_pb2.ListServicesResponse(
-            services=[service_status(self.services[k]) for k in page],
+            services=[self._status(self.services[k]) for k in page],
             next_page_token=_key_token(page[-1], filters) if more and page else "",
             total_size=len(matching),
         )
@@ -122,13 +226,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
     async def GetService(  # noqa: N802
         self, request: poller_pb2.GetServiceRequest, context: Ctx
     ) -> poller_pb2.ServiceStatus:
-        if not request.HasField("service"):
-            raise InvalidArgument("service", "is required")
-        key = require_key(request.service)
-        rt = self.services.get(key)
-        if rt is None:
-            raise NotFound(f"service {key} is not monitored")
-        return service_status(rt)
+        return self._status(self._service(request.service, request.HasField("service")))
 
     @handle_errors
     async def ListOutages(  # noqa: N802

@@ -1,9 +1,21 @@
 """``vigil.v1.ResultSink``: minions' sessions with the scheduler.
 
-A session opens with a hello (identity, location, monitors), then carries
-result batches and heartbeats; the scheduler answers each batch with an ack.
-Results are matched to their pending request: a result whose request already
-expired is counted as late and ignored (its UNKNOWN has been recorded).
+A session opens with a hello (identity, location, monitors, when the minion
+last had a session), then carries result batches and heartbeats; the
+scheduler answers each batch with an ack. A minion that stops on purpose
+says goodbye last. Liveness and the events about it are the registry's
+(:mod:`services.scheduler.minions`).
+
+Live results are matched to their pending request: a result whose request
+already expired is counted as late and ignored (its UNKNOWN has been
+recorded).
+
+Replayed results (store-and-forward, ``ResultBatch.replayed``) answer no
+request: they were polled by a minion on its own while the central site was
+unreachable. They are applied by service, at their original ``finished_at``,
+in the order they come, when they are newer than the last result applied to
+the service; results for services that are not configured at the minion's
+location, stale ones and ones from the future are counted and ignored.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+from prometheus_client import Counter
 from vigil.v1 import common_pb2, poll_pb2, sink_pb2, sink_pb2_grpc
 
 from minion.monitors.base import Status
@@ -20,13 +33,23 @@ from services.common.config import LOCATION_RE, NODE_ID_RE
 from services.common.timeutil import from_timestamp, now, to_duration
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.minions import MinionRegistry, MinionSession
-from services.scheduler.model import Observation, ServiceKey
+from services.scheduler.model import Observation, ServiceKey, ServiceRuntime
+from services.scheduler.site_sync import SiteSync
 from services.scheduler.state import StateKeeper
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
 MAX_RESULTS_PER_BATCH = 10_000
+#: A replayed result may claim to have finished at most this far in our future
+#: (clock skew); beyond, it is rejected, within, it is taken as finished now.
+MAX_CLOCK_SKEW = 5.0
+
+REPLAYED = Counter(
+    "vigil_scheduler_results_replayed_total",
+    "Store-and-forward results replayed by minions, by outcome",
+    ["outcome"],
+)
 
 _STATUS = {
     common_pb2.POLL_STATUS_UP: Status.UP,
@@ -35,13 +58,17 @@ _STATUS = {
 }
 
 
-def to_observation(result: poll_pb2.PollResult, key: ServiceKey) -> Observation:
-    """A minion's result as an observation of ``key`` (a result without status is UNKNOWN)."""
+def to_observation(result: poll_pb2.PollResult, key: ServiceKey, at: float | None = None) -> Observation:
+    """A minion's result as an observation of ``key`` (a result without status is UNKNOWN).
+
+    ``at`` defaults to the result's ``finished_at``, never later than our clock.
+    """
     status = _STATUS.get(result.status)
     if status is None:
         return Observation(key, Status.UNKNOWN, "minion sent a result without a status", now())
-    # Never trust a minion clock that runs ahead of ours.
-    at = min(from_timestamp(result.finished_at), now()) if result.HasField("finished_at") else now()
+    if at is None:
+        # Never trust a minion clock that runs ahead of ours.
+        at = min(from_timestamp(result.finished_at), now()) if result.HasField("finished_at") else now()
     return Observation(
         key=key,
         status=status,
@@ -57,12 +84,24 @@ def to_observation(result: poll_pb2.PollResult, key: ServiceKey) -> Observation:
 class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
     """Serves minion sessions."""
 
-    def __init__(self, registry: MinionRegistry, dispatcher: Dispatcher, keeper: StateKeeper, scheduler_id: str) -> None:
+    def __init__(
+        self,
+        registry: MinionRegistry,
+        dispatcher: Dispatcher,
+        keeper: StateKeeper,
+        scheduler_id: str,
+        *,
+        sites: SiteSync | None = None,
+    ) -> None:
         self.registry = registry
         self.dispatcher = dispatcher
         self.keeper = keeper
         self.scheduler_id = scheduler_id
+        self.sites = sites
         self.malformed = 0
+        #: Time of the last UP/DOWN result handed to the keeper, per service: replayed
+        #: results not newer than it are stale. Bounded by the inventory (see _remember).
+        self._last_result: dict[ServiceKey, float] = {}
 
     async def Connect(  # noqa: N802 - gRPC method name
         self,
@@ -79,13 +118,19 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, session)
             return
         self.registry.register(session)
+        store_and_forward = self.sites is not None and self.sites.enabled(session.location)
         try:
             yield sink_pb2.SinkMessage(
                 welcome=sink_pb2.Welcome(
                     scheduler_id=self.scheduler_id,
                     heartbeat_interval=to_duration(self.registry.heartbeat_interval),
+                    heartbeat_misses=self.registry.misses,
+                    store_and_forward=store_and_forward,
                 )
             )
+            if store_and_forward:
+                for msg in self._schedule_update(session, first.hello.schedule_digest):
+                    yield msg
             replaced = asyncio.ensure_future(session.replaced.wait())
             nxt: asyncio.Future[sink_pb2.MinionMessage] | None = None
             try:
@@ -98,9 +143,16 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
                         msg = nxt.result()
                     except StopAsyncIteration:
                         return
+                    kind = msg.WhichOneof("kind")
+                    if kind == "goodbye":
+                        self.registry.goodbye(session, msg.goodbye.reason[:200])
+                        return
                     ack = await self._handle(session, msg)
                     if ack is not None:
                         yield sink_pb2.SinkMessage(ack=ack)
+                    if kind == "heartbeat" and store_and_forward:
+                        for update in self._schedule_update(session, session.schedule_digest):
+                            yield update
             finally:
                 replaced.cancel()
                 if nxt is not None:
@@ -124,27 +176,122 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
             location=hello.location,
             version=hello.version[:64],
             monitors=list(hello.monitors)[:256],
+            last_connected_at=from_timestamp(hello.last_connected_at) if hello.HasField("last_connected_at") else 0.0,
         )
+
+    def _schedule_update(self, session: MinionSession, held: str) -> list[sink_pb2.SinkMessage]:
+        """The location's schedule when the minion does not hold the current one (checked every refresh)."""
+        assert self.sites is not None
+        loop_now = asyncio.get_running_loop().time()
+        if session.schedule_checked and loop_now - session.schedule_checked < self.sites.refresh:
+            return []
+        session.schedule_checked = loop_now
+        schedule = self.sites.schedule(session.location, loop_now)
+        if schedule.digest == held:
+            session.schedule_digest = held
+            return []
+        session.schedule_digest = schedule.digest
+        log.info(
+            "sending minion %s the schedule of %s (%d service(s), digest %s)",
+            session.system_id,
+            session.location,
+            schedule.size,
+            schedule.digest,
+        )
+        return [sink_pb2.SinkMessage(schedule=m) for m in schedule.messages]
 
     async def _handle(self, session: MinionSession, msg: sink_pb2.MinionMessage) -> sink_pb2.BatchAck | None:
         self.registry.touch(session)
         kind = msg.WhichOneof("kind")
         if kind == "heartbeat":
             hb = msg.heartbeat
+            session.heartbeats += 1
             session.in_flight = hb.in_flight
             session.polls_done = hb.polls_done
             session.nats_connected = hb.nats_connected
+            session.intake_paused = hb.intake_paused
+            session.autonomous = hb.autonomous
+            session.spooled = hb.spooled
+            session.results_dropped = hb.results_dropped
             return None
         if kind != "results":
             self.malformed += 1
             return None
         batch = msg.results
+        if batch.replayed:
+            return await self._replay(session, batch)
         accepted = late = 0
         for result in batch.results[:MAX_RESULTS_PER_BATCH]:
             poll = self.dispatcher.claim(result.request_id)
             if poll is None:
                 late += 1
                 continue
-            await self.keeper.submit(to_observation(result, poll.key))
+            obs = to_observation(result, poll.key)
+            await self.keeper.submit(obs)
+            self._remember(obs)
             accepted += 1
         return sink_pb2.BatchAck(seq=batch.seq, accepted=accepted, late=late)
+
+    async def _replay(self, session: MinionSession, batch: sink_pb2.ResultBatch) -> sink_pb2.BatchAck:
+        accepted = ignored = 0
+        wall = now()
+        for result in batch.results[:MAX_RESULTS_PER_BATCH]:
+            ref = result.service
+            key = ServiceKey(ref.node_id, ref.ip, ref.service)
+            rt = self.dispatcher.services.get(key)
+            outcome = self._replay_problem(session, result, rt, wall)
+            if outcome is not None:
+                REPLAYED.labels(outcome).inc()
+                ignored += 1
+                continue
+            assert rt is not None
+            at = min(from_timestamp(result.finished_at), wall)
+            if at <= self._floor(key, rt):
+                REPLAYED.labels("stale").inc()
+                ignored += 1
+                continue
+            obs = to_observation(result, key, at=at)
+            await self.keeper.submit(obs)
+            self._remember(obs)
+            REPLAYED.labels("applied").inc()
+            accepted += 1
+        if accepted or ignored:
+            log.info(
+                "minion %s replayed %d result(s): %d applied, %d stale or unknown",
+                session.system_id,
+                accepted + ignored,
+                accepted,
+                ignored,
+            )
+        return sink_pb2.BatchAck(seq=batch.seq, accepted=accepted, late=ignored)
+
+    @staticmethod
+    def _replay_problem(
+        session: MinionSession, result: poll_pb2.PollResult, rt: ServiceRuntime | None, wall: float
+    ) -> str | None:
+        if rt is None or rt.spec.location != session.location:
+            return "unknown_service"
+        if result.status not in _STATUS or not result.HasField("finished_at"):
+            return "malformed"
+        if from_timestamp(result.finished_at) > wall + MAX_CLOCK_SKEW:
+            return "future"
+        return None
+
+    def _floor(self, key: ServiceKey, rt: ServiceRuntime) -> float:
+        """Replayed results must be newer than this (the last real result we know of)."""
+        known = self._last_result.get(key)
+        if known is not None:
+            return known
+        floor = rt.status_since or 0.0
+        if rt.last_poll_status in (Status.UP, Status.DOWN) and rt.last_poll_at is not None:
+            floor = max(floor, rt.last_poll_at)
+        return floor
+
+    def _remember(self, obs: Observation) -> None:
+        if obs.status is Status.UNKNOWN:
+            return
+        self._last_result[obs.key] = max(obs.at, self._last_result.get(obs.key, 0.0))
+        services = self.dispatcher.services
+        if len(self._last_result) > len(services) + 1024:
+            # Services were removed from the inventory: forget them.
+            self._last_result = {k: v for k, v in self._last_result.items() if k in services}

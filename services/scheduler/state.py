@@ -1,15 +1,30 @@
 """The state keeper: turns poll results into service state, outages and events.
 
-A single task applies every observation in arrival order, so no two results
-for one service ever race, and transitions are written in batches: one
-transaction carries the outages and the events of a whole batch. While the
-store is unavailable the keeper retries and its bounded queue fills, which
-pushes back on the result streams instead of dropping anything.
+A single task applies every observation and every inventory change in arrival
+order, so nothing about one service ever races, and transitions are written in
+batches: one transaction carries the outages and the events of a whole batch.
+While the store is unavailable the keeper retries and its bounded queue
+fills, which pushes back on the result streams instead of dropping anything.
 
-Rules (DESIGN.md):
-* UP → DOWN (or first-ever DOWN) opens an outage: ``service lost`` + ``outage opened``.
-* DOWN → UP closes it: ``service regained`` + ``outage closed``.
-* UNKNOWN only updates the last-poll fields: it never opens or closes an outage.
+Rules (DESIGN.md, issue 3):
+
+* UNKNOWN only updates the last-poll fields: it never opens or closes an outage
+  and never counts towards a confirmation.
+* ``confirm_down`` consecutive DOWN results declare a service DOWN: its outage
+  opens at the first of them (``service lost`` + ``outage opened``);
+  ``confirm_up`` consecutive UP results close it at the first of those
+  (``service regained`` + ``outage closed``). Defaults 1 and 1 (OpenNMS).
+* Node-outage processing: a service declared DOWN on an interface with a
+  critical service triggers an immediate poll of the critical service; if that
+  is down too, the interface is down (``interface down``, or ``node down`` when
+  it was the node's last interface up): every service of the interface gets an
+  outage caused by that one event and no individual event. Recovery of the
+  critical service closes them with ``interface up`` / ``node up``.
+* Flapping: ``threshold`` changes in the last ``window`` UP/DOWN results emit
+  ``service flapping`` once; lost/regained events are then suppressed (outages
+  are still recorded) until the service settles (``service settled``).
+* Maintenance windows: events are emitted but marked ``suppressed``.
+* Stale: a service without any result for two intervals emits ``poller stale`` once.
 """
 
 from __future__ import annotations
@@ -17,18 +32,57 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from minion.monitors.base import Status
 from services.common.events import Event, make_event
 from services.scheduler import metrics
-from services.scheduler.model import Observation, ServiceKey, ServiceRuntime
-from services.scheduler.store import OutageRow, SchedulerStore, StateRow, Transaction
+from services.scheduler.model import (
+    InterfaceState,
+    NodeState,
+    Observation,
+    ServiceKey,
+    ServiceRuntime,
+)
+from services.scheduler.packages import DEFAULT_POLICY, Policy
+from services.scheduler.store import DownElement, OutageRow, SchedulerStore, StateRow, Transaction
+from services.scheduler.timing import effective_interval
 
 log = logging.getLogger(__name__)
 
 SOURCE = "scheduler"
 MAX_BATCH = 2000
+MAX_HISTORY_BUFFER = 200_000
+
+
+class Scheduling(Protocol):
+    """What the keeper asks of the dispatcher."""
+
+    def reschedule(self, key: ServiceKey) -> None: ...
+
+    def poll_now(self, key: ServiceKey, *, urgent: bool) -> str | None: ...
+
+
+@dataclass(slots=True)
+class _Command:
+    fn: Callable[[], Awaitable[Any]]
+    done: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(slots=True)
+class _Op:
+    """A transition to persist, in order."""
+
+    kind: str
+    rt: ServiceRuntime | None = None
+    at: float = 0.0
+    reason: str = ""
+    outage_id: int | None = None
+    itf: InterfaceState | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class StateKeeper:
@@ -39,14 +93,26 @@ class StateKeeper:
         services: dict[ServiceKey, ServiceRuntime],
         store: SchedulerStore,
         on_events: Callable[[], None],
+        *,
+        interfaces: dict[tuple[str, str], InterfaceState] | None = None,
+        nodes: dict[str, NodeState] | None = None,
+        keep_history: bool = True,
         queue_size: int = 20_000,
     ) -> None:
         self.services = services
+        self.interfaces = interfaces if interfaces is not None else {}
+        self.nodes = nodes if nodes is not None else {}
         self.store = store
         self._on_events = on_events
-        self._queue: asyncio.Queue[Observation] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[Observation | _Command] = asyncio.Queue(maxsize=queue_size)
         self._dirty: set[ServiceKey] = set()
+        self._history: deque[dict[str, Any]] = deque()
+        self.keep_history = keep_history
+        self.history_dropped = 0
         self.applied = 0
+        self.scheduling: Scheduling | None = None
+        #: PollNow callers waiting for the result of a request id.
+        self.waiters: dict[str, list[asyncio.Future[ServiceRuntime]]] = {}
 
     # -- intake ----------------------------------------------------------------------
 
@@ -54,68 +120,234 @@ class StateKeeper:
         """Queue an observation; waits while the queue is full (back-pressure)."""
         await self._queue.put(obs)
 
+    async def call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``fn`` in the keeper's task, in order with observations; returns its result."""
+        cmd = _Command(fn)
+        await self._queue.put(cmd)
+        return await cmd.done
+
+    def wait_result(self, request_id: str) -> asyncio.Future[ServiceRuntime]:
+        """A future resolved with the service once the result of ``request_id`` is applied."""
+        fut: asyncio.Future[ServiceRuntime] = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(request_id, []).append(fut)
+        return fut
+
     @property
     def backlog(self) -> int:
         """Observations waiting to be applied."""
         return self._queue.qsize()
 
     async def run(self) -> None:
-        """Apply observations for ever, in batches."""
+        """Apply observations and commands for ever, observations in batches."""
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self.apply(batch)
+            item = await self._queue.get()
+            batch: list[Observation] = []
+            while True:
+                if isinstance(item, _Command):
+                    if batch:
+                        await self.apply(batch)
+                        batch = []
+                    await self._run_command(item)
+                else:
+                    batch.append(item)
+                if len(batch) >= MAX_BATCH or self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            if batch:
+                await self.apply(batch)
 
-    # -- transitions -----------------------------------------------------------------
+    @staticmethod
+    async def _run_command(cmd: _Command) -> None:
+        try:
+            result = await cmd.fn()
+        except asyncio.CancelledError:
+            cmd.done.cancel()
+            raise
+        except Exception as exc:
+            if not cmd.done.done():
+                cmd.done.set_exception(exc)
+            return
+        if not cmd.done.done():
+            cmd.done.set_result(result)
+
+    # -- applying results ------------------------------------------------------------
+
+    def _policy(self, rt: ServiceRuntime) -> Policy:
+        return rt.spec.policy or DEFAULT_POLICY
+
+    def _itf(self, rt: ServiceRuntime) -> InterfaceState | None:
+        return self.interfaces.get(rt.key.interface)
 
     async def apply(self, batch: Iterable[Observation]) -> None:
         """Apply observations in order; persist the transitions they cause."""
-        transitions: list[tuple[str, ServiceRuntime, Observation, int | None]] = []
+        ops: list[_Op] = []
+        resolved: list[tuple[str, ServiceRuntime]] = []
+        reschedule: set[ServiceKey] = set()
         for obs in batch:
             rt = self.services.get(obs.key)
             if rt is None:
                 continue  # unconfigured since the poll was sent
             self.applied += 1
             metrics.RESULTS.labels(obs.status.value).inc()
-            rt.last_poll_status = obs.status
-            rt.last_reason = obs.reason
-            rt.last_poll_at = obs.at
-            if obs.status is not Status.UNKNOWN:
-                rt.response_time_ms = obs.response_time_ms
-                rt.values = dict(obs.values)
-            self._dirty.add(obs.key)
-            if obs.status is Status.DOWN and rt.status is not Status.DOWN:
-                rt.status, rt.status_since = Status.DOWN, obs.at
-                transitions.append(("lost", rt, obs, None))
-            elif obs.status is Status.UP and rt.status is Status.DOWN:
-                rt.status, rt.status_since = Status.UP, obs.at
-                transitions.append(("regained", rt, obs, rt.open_outage_id))
-                rt.open_outage_id = None
-            elif obs.status is Status.UP and rt.status is Status.UNKNOWN:
-                rt.status, rt.status_since = Status.UP, obs.at
-        if transitions:
-            await self._persist(transitions)
+            self._record(rt, obs)
+            if obs.request_id in self.waiters:
+                resolved.append((obs.request_id, rt))
+            if rt.stale:
+                rt.stale = False
+            if obs.status is Status.UNKNOWN:
+                self._critical_answered(rt, obs, ops)
+                continue
+            self._flapping(rt, obs, ops)
+            before = (rt.status, rt.against)
+            self._judge(rt, obs, ops)
+            self._critical_answered(rt, obs, ops)
+            if (rt.status, rt.against) != before:
+                reschedule.add(rt.key)
+        if ops:
+            await self._persist(ops)
+            for op in ops:
+                if op.rt is not None:
+                    reschedule.add(op.rt.key)
+        if self.scheduling is not None:
+            for key in reschedule:
+                if key in self.services:
+                    self.scheduling.reschedule(key)
+            for op in ops:
+                self._follow_up(op)
+        for rid, rt in resolved:
+            for fut in self.waiters.pop(rid, []):
+                if not fut.done():
+                    fut.set_result(rt)
 
-    async def _persist(
-        self, transitions: list[tuple[str, ServiceRuntime, Observation, int | None]]
-    ) -> None:
+    def _record(self, rt: ServiceRuntime, obs: Observation) -> None:
+        rt.last_poll_status = obs.status
+        rt.last_reason = obs.reason
+        rt.last_poll_at = obs.at
+        if obs.status is not Status.UNKNOWN:
+            rt.response_time_ms = obs.response_time_ms
+            rt.values = dict(obs.values)
+        self._dirty.add(obs.key)
+        if self.keep_history:
+            if len(self._history) >= MAX_HISTORY_BUFFER:
+                self._history.popleft()
+                self.history_dropped += 1
+            self._history.append(
+                {
+                    "node_id": obs.key.node_id,
+                    "ip": obs.key.ip,
+                    "service": obs.key.service,
+                    "status": obs.status.value,
+                    "reason": obs.reason[:2000],
+                    "response_time_ms": obs.response_time_ms,
+                    "values": obs.values,
+                    "at": obs.at,
+                    "system_id": obs.system_id,
+                }
+            )
+
+    def _judge(self, rt: ServiceRuntime, obs: Observation, ops: list[_Op]) -> None:
+        """Confirmation counting and declaration of DOWN / UP."""
+        policy = self._policy(rt)
+        if obs.status is Status.DOWN:
+            if rt.status is Status.DOWN:
+                rt.against, rt.against_since = 0, None
+                return
+            rt.against += 1
+            if rt.against_since is None:
+                rt.against_since = obs.at
+            if rt.against >= policy.confirm_down:
+                since = rt.against_since
+                rt.against, rt.against_since = 0, None
+                self._declare_down(rt, since, obs.reason, ops)
+            return
+        # UP
+        if rt.status is Status.DOWN:
+            rt.against += 1
+            if rt.against_since is None:
+                rt.against_since = obs.at
+            if rt.against >= policy.confirm_up:
+                since = rt.against_since
+                rt.against, rt.against_since = 0, None
+                self._declare_up(rt, since, ops)
+            return
+        rt.against, rt.against_since = 0, None
+        if rt.status is Status.UNKNOWN:
+            rt.status, rt.status_since = Status.UP, obs.at
+        rt.polling_stopped = False
+
+    def _declare_down(self, rt: ServiceRuntime, since: float, reason: str, ops: list[_Op]) -> None:
+        rt.status, rt.status_since = Status.DOWN, since
+        itf = self._itf(rt)
+        if itf is not None and itf.critical == rt.key:
+            if not itf.down:
+                ops.append(_Op("critical_down", rt, since, reason, itf=itf))
+                return
+        elif itf is not None and itf.down:
+            # Polled although its interface is down (e.g. poll-now): blame the interface.
+            ops.append(_Op("lost_by_cause", rt, since, reason, itf=itf))
+            return
+        elif itf is not None and itf.critical is not None and itf.critical in self.services:
+            rt.awaiting_critical = True
+            ops.append(_Op("check_critical", None, since, itf=itf))
+            return
+        ops.append(_Op("lost", rt, since, reason))
+
+    def _declare_up(self, rt: ServiceRuntime, since: float, ops: list[_Op]) -> None:
+        rt.status, rt.status_since = Status.UP, since
+        rt.polling_stopped = False
+        if rt.awaiting_critical:
+            rt.awaiting_critical = False  # recovered before anything was reported
+            return
+        itf = self._itf(rt)
+        if itf is not None and itf.critical == rt.key and itf.down:
+            ops.append(_Op("critical_up", rt, since, itf=itf))
+            return
+        outage_id, rt.open_outage_id = rt.open_outage_id, None
+        ops.append(_Op("regained", rt, since, outage_id=outage_id, extra={"cause": rt.outage_cause}))
+        rt.outage_cause = ""
+
+    def _critical_answered(self, rt: ServiceRuntime, obs: Observation, ops: list[_Op]) -> None:
+        """Release services waiting on this critical service unless it is (becoming) down."""
+        itf = self._itf(rt)
+        if itf is None or itf.critical != rt.key or itf.down:
+            return
+        if rt.status is Status.DOWN or (obs.status is Status.DOWN and rt.suspect):
+            return  # down, or being confirmed down: wait
+        for other in self._services_of(itf):
+            if other.awaiting_critical:
+                other.awaiting_critical = False
+                why = "" if obs.status is Status.UP else " (critical service state unknown)"
+                ops.append(_Op("lost", other, other.status_since or obs.at, other.last_reason + why))
+
+    def _services_of(self, itf: InterfaceState) -> list[ServiceRuntime]:
+        return [rt for k, rt in self.services.items() if k.node_id == itf.node_id and k.ip == itf.ip]
+
+    def _flapping(self, rt: ServiceRuntime, obs: Observation, ops: list[_Op]) -> None:
+        rt.history.append(obs.status)
+        cfg = self._policy(rt).flapping
+        if cfg is None:
+            return
+        recent = list(rt.history)[-cfg.window :]
+        changes = sum(1 for a, b in zip(recent, recent[1:], strict=False) if a is not b)
+        if not rt.flapping and changes >= cfg.threshold:
+            rt.flapping = True
+            self._dirty.add(rt.key)
+            ops.append(_Op("flapping", rt, obs.at, extra={"changes": changes, "window": cfg.window}))
+        elif rt.flapping and len(recent) >= cfg.window and changes * 2 < cfg.threshold:
+            rt.flapping = False
+            self._dirty.add(rt.key)
+            ops.append(_Op("settled", rt, obs.at))
+
+    # -- persisting transitions ------------------------------------------------------
+
+    async def _persist(self, ops: list[_Op]) -> None:
         delay = 0.5
         while True:
             emitted: list[Event] = []
-            # Outages opened in this batch and still open at its end.
-            opened: dict[ServiceKey, int] = {}
             try:
                 async with self.store.transaction() as tx:
-                    for kind, rt, obs, outage_id in transitions:
-                        if kind == "lost":
-                            new_id, events = await self._open(tx, rt, obs)
-                            opened[rt.key] = new_id
-                        else:
-                            if outage_id is None:
-                                outage_id = opened.pop(rt.key, None)
-                            events = await self._close(tx, rt, obs, outage_id)
-                        emitted += events
+                    for op in ops:
+                        emitted += await self._write(tx, op)
                 break
             except asyncio.CancelledError:
                 raise
@@ -123,43 +355,190 @@ class StateKeeper:
                 log.error("store write failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(10.0, delay * 2) * random.uniform(0.8, 1.2)
-        for key, outage_id in opened.items():
-            if (rt := self.services.get(key)) is not None:
-                rt.open_outage_id = outage_id
         for e in emitted:
             metrics.EVENTS_EMITTED.labels(e.type, e.action).inc()
-        self._on_events()
+        if emitted:
+            self._on_events()
 
-    async def _open(
-        self, tx: Transaction, rt: ServiceRuntime, obs: Observation
-    ) -> tuple[int, list[Event]]:
-        lost = self._event("service", "lost", rt, obs.at, reason=obs.reason)
-        outage_id = await tx.open_outage(rt.key, obs.at, obs.reason, lost.id)
+    async def _write(self, tx: Transaction, op: _Op) -> list[Event]:
+        if op.kind == "lost":
+            assert op.rt is not None
+            return await self._open(tx, op.rt, op.at, op.reason)
+        if op.kind == "lost_by_cause":
+            assert op.rt is not None and op.itf is not None
+            await self._open_caused(tx, op.rt, op.at, op.reason, op.itf)
+            return []
+        if op.kind == "regained":
+            assert op.rt is not None
+            return await self._close(tx, op.rt, op.at, op.outage_id)
+        if op.kind == "critical_down":
+            assert op.rt is not None and op.itf is not None
+            return await self._interface_down(tx, op.rt, op.itf, op.at, op.reason)
+        if op.kind == "critical_up":
+            assert op.rt is not None and op.itf is not None
+            return await self._interface_up(tx, op.rt, op.itf, op.at)
+        if op.kind in ("flapping", "settled"):
+            assert op.rt is not None
+            data = dict(op.extra)
+            if op.kind == "settled":
+                data["status"] = op.rt.status.value
+            events = [self._event("service", op.kind, op.rt, op.at, **data)]
+            await tx.enqueue(events)
+            return events
+        return []  # check_critical: nothing to write
+
+    def _follow_up(self, op: _Op) -> None:
+        """Polls that a transition calls for, once it is committed."""
+        assert self.scheduling is not None
+        if op.kind == "check_critical" and op.itf is not None and op.itf.critical is not None:
+            self.scheduling.poll_now(op.itf.critical, urgent=True)
+        elif op.kind == "critical_up" and op.itf is not None:
+            for rt in self._services_of(op.itf):
+                if rt.key != op.itf.critical:
+                    self.scheduling.poll_now(rt.key, urgent=False)
+
+    def _suppression(self, rt: ServiceRuntime, at: float) -> str | None:
+        window = self._policy(rt).in_maintenance(at)
+        return f"maintenance: {window.name}" if window is not None else None
+
+    async def _open(self, tx: Transaction, rt: ServiceRuntime, at: float, reason: str) -> list[Event]:
+        suppressed = self._suppression(rt, at)
+        lost = self._event("service", "lost", rt, at, reason=reason, suppressed=suppressed)
+        outage_id = await tx.open_outage(rt.key, at, reason, lost.id)
+        rt.open_outage_id, rt.outage_cause = outage_id, "service"
         lost.data["outageId"] = outage_id
-        opened = self._event("outage", "opened", rt, obs.at, reason=obs.reason, outageId=outage_id)
-        opened.data["lostEventId"] = lost.id
-        events = [lost, opened]
+        opened = self._event(
+            "outage", "opened", rt, at, reason=reason, outageId=outage_id, lostEventId=lost.id,
+            suppressed=suppressed or ("flapping" if rt.flapping else None),
+        )
+        # While flapping, the individual lost/regained events are what floods consumers.
+        events = [opened] if rt.flapping else [lost, opened]
         await tx.enqueue(events)
-        return outage_id, events
+        return events
 
-    async def _close(
-        self, tx: Transaction, rt: ServiceRuntime, obs: Observation, outage_id: int | None
-    ) -> list[Event]:
-        regained = self._event("service", "regained", rt, obs.at, outageId=outage_id)
-        events = [regained]
+    async def _open_caused(
+        self, tx: Transaction, rt: ServiceRuntime, at: float, reason: str, itf: InterfaceState
+    ) -> None:
+        node = self.nodes.get(itf.node_id)
+        cause = "node" if node is not None and node.down else "interface"
+        event_id = (node.down_event_id if cause == "node" and node else itf.down_event_id) or ""
+        if rt.open_outage_id is not None:
+            return
+        rt.status = Status.DOWN
+        rt.status_since = rt.status_since or at
+        rt.open_outage_id = await tx.open_outage(rt.key, at, reason, event_id, cause=cause, cause_event_id=event_id)
+        rt.outage_cause = cause
+        self._dirty.add(rt.key)
+
+    async def _close(self, tx: Transaction, rt: ServiceRuntime, at: float, outage_id: int | None) -> list[Event]:
+        suppressed = self._suppression(rt, at)
+        regained = self._event("service", "regained", rt, at, outageId=outage_id, suppressed=suppressed)
+        events = [] if rt.flapping else [regained]
         if outage_id is not None:
-            await tx.close_outage(outage_id, obs.at, regained.id, "service regained")
+            await tx.close_outage(outage_id, at, regained.id, "service regained")
             events.append(
                 self._event(
-                    "outage", "closed", rt, obs.at,
-                    outageId=outage_id, regainedEventId=regained.id, reason="service regained",
+                    "outage", "closed", rt, at, outageId=outage_id, regainedEventId=regained.id,
+                    reason="service regained", suppressed=suppressed or ("flapping" if rt.flapping else None),
                 )
             )
         await tx.enqueue(events)
         return events
 
+    async def _interface_down(
+        self, tx: Transaction, critical: ServiceRuntime, itf: InterfaceState, at: float, reason: str
+    ) -> list[Event]:
+        node = self.nodes.get(itf.node_id)
+        itf.down, itf.down_since = True, at
+        node_interfaces = [i for i in self.interfaces.values() if i.node_id == itf.node_id]
+        node_down = node is not None and all(i.down for i in node_interfaces)
+        kind = "node" if node_down else "interface"
+        event = make_event(
+            kind,
+            "down",
+            source=SOURCE,
+            type_id=itf.node_id if node_down else f"{itf.node_id}/{itf.ip}",
+            node_id=itf.node_id,
+            location=critical.spec.location,
+            created_at=at,
+            ip=None if node_down else itf.ip,
+            criticalService=critical.key.service,
+            reason=reason,
+            nodeLabel=critical.spec.node_label or None,
+            suppressed=self._suppression(critical, at),
+        )
+        itf.down_event_id = event.id
+        await tx.mark_down(DownElement("interface", itf.node_id, itf.ip, at, event.id))
+        if node_down and node is not None:
+            node.down, node.down_since, node.down_event_id = True, at, event.id
+            await tx.mark_down(DownElement("node", itf.node_id, "", at, event.id))
+        affected = 0
+        for rt in self._services_of(itf):
+            if rt.open_outage_id is not None:
+                continue  # already down on its own, with its own outage
+            rt.awaiting_critical = False
+            rt.status, rt.status_since = Status.DOWN, at
+            rt.against, rt.against_since = 0, None
+            cause_reason = reason if rt is critical else f"{kind} down"
+            rt.open_outage_id = await tx.open_outage(rt.key, at, cause_reason, event.id, cause=kind, cause_event_id=event.id)
+            rt.outage_cause = kind
+            self._dirty.add(rt.key)
+            affected += 1
+        event.data["outages"] = affected
+        await tx.enqueue([event])
+        return [event]
+
+    async def _interface_up(
+        self, tx: Transaction, critical: ServiceRuntime, itf: InterfaceState, at: float
+    ) -> list[Event]:
+        node = self.nodes.get(itf.node_id)
+        node_was_down = node is not None and node.down
+        kind = "node" if node_was_down else "interface"
+        event = make_event(
+            kind,
+            "up",
+            source=SOURCE,
+            type_id=itf.node_id if node_was_down else f"{itf.node_id}/{itf.ip}",
+            node_id=itf.node_id,
+            location=critical.spec.location,
+            created_at=at,
+            ip=None if node_was_down else itf.ip,
+            criticalService=critical.key.service,
+            nodeLabel=critical.spec.node_label or None,
+            suppressed=self._suppression(critical, at),
+        )
+        events = [event]
+        itf.down, itf.down_since, itf.down_event_id = False, None, None
+        await tx.mark_up("interface", itf.node_id, itf.ip)
+        if node_was_down and node is not None:
+            node.down, node.down_since, node.down_event_id = False, None, None
+            await tx.mark_up("node", itf.node_id)
+            # Interfaces still down were covered by the node event: say so now.
+            for other in self.interfaces.values():
+                if other.node_id == itf.node_id and other.down and other is not itf:
+                    still = make_event(
+                        "interface", "down", source=SOURCE, type_id=f"{other.node_id}/{other.ip}",
+                        node_id=other.node_id, location=critical.spec.location, created_at=at, ip=other.ip,
+                        reason="still down after node up",
+                    )
+                    events.append(still)
+        closed = 0
+        for rt in self._services_of(itf):
+            if rt.outage_cause in ("interface", "node") and rt.open_outage_id is not None:
+                await tx.close_outage(rt.open_outage_id, at, event.id, f"{kind} up")
+                rt.open_outage_id, rt.outage_cause = None, ""
+                closed += 1
+            if rt.status is Status.DOWN and rt.open_outage_id is None:
+                # Presumed up with its interface; the immediate re-poll tells the truth.
+                rt.status, rt.status_since = Status.UP, at
+            rt.against, rt.against_since = 0, None
+            self._dirty.add(rt.key)
+        event.data["outagesClosed"] = closed
+        await tx.enqueue(events)
+        return events
+
     @staticmethod
-    def _event(kind: str, action: str, rt: ServiceRuntime, at: float, **data: object) -> Event:
+    def _event(kind: str, action: str, rt: ServiceRuntime, at: float, **data: Any) -> Event:
         return make_event(
             kind,
             action,
@@ -185,13 +564,63 @@ class StateKeeper:
             metrics.EVENTS_EMITTED.labels(e.type, e.action).inc()
         self._on_events()
 
-    # -- start-up and persistence ----------------------------------------------------
+    # -- stale detection -------------------------------------------------------------
 
-    async def restore(self, states: dict[ServiceKey, StateRow], open_outages: list[OutageRow]) -> list[OutageRow]:
+    def polled(self, rt: ServiceRuntime) -> bool:
+        """Whether the scheduler currently polls this service at all."""
+        if rt.paused or rt.polling_stopped:
+            return False
+        itf = self._itf(rt)
+        return not (itf is not None and itf.down and itf.critical != rt.key)
+
+    async def sweep_stale(self, now: float) -> int:
+        """Emit ``poller stale`` once for each service without a result for 2 intervals."""
+        events = []
+        for rt in self.services.values():
+            if not self.polled(rt):
+                rt.stale = False
+                continue
+            interval = effective_interval(rt, now)
+            reference = rt.last_poll_at if rt.last_poll_at is not None else rt.added
+            if interval is None or reference == 0.0:
+                continue
+            late = now - reference > 2 * interval
+            if late and not rt.stale:
+                rt.stale = True
+                events.append(
+                    self._event(
+                        "poller", "stale", rt, now,
+                        lastPollAt=reference if rt.last_poll_at is not None else None,
+                        interval=interval,
+                    )
+                )
+        if events:
+            await self.emit(events)
+        return len(events)
+
+    async def run_stale_sweeper(self, period: float = 1.0) -> None:
+        """Sweep for ever."""
+        import time
+
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.sweep_stale(time.time())
+            except Exception as exc:
+                log.warning("stale sweep failed: %s", exc)
+
+    # -- start-up, inventory changes, persistence --------------------------------------
+
+    async def restore(
+        self,
+        states: dict[ServiceKey, StateRow],
+        open_outages: list[OutageRow],
+        down: list[DownElement] | None = None,
+    ) -> list[OutageRow]:
         """Load the last known state; returns open outages of services no longer configured.
 
-        A service with an open outage starts DOWN with that outage; no event
-        is emitted for the restored state.
+        A service with an open outage starts DOWN with that outage and its
+        cause; no event is emitted for the restored state.
         """
         for key, row in states.items():
             rt = self.services.get(key)
@@ -203,6 +632,8 @@ class StateKeeper:
             rt.last_reason = row.last_reason
             rt.last_poll_at = row.last_poll_at
             rt.response_time_ms = row.response_time_ms
+            rt.paused = row.paused
+            rt.flapping = row.flapping
         orphans = []
         for outage in open_outages:
             rt = self.services.get(outage.key)
@@ -212,28 +643,53 @@ class StateKeeper:
             rt.status = Status.DOWN
             rt.status_since = rt.status_since or outage.opened_at
             rt.open_outage_id = outage.id
+            rt.outage_cause = outage.cause
             if not rt.last_reason:
                 rt.last_reason = outage.reason
+        for el in down or []:
+            if el.kind == "interface" and (itf := self.interfaces.get((el.node_id, el.ip))) is not None:
+                itf.down, itf.down_since, itf.down_event_id = True, el.since, el.event_id
+            elif el.kind == "node" and (node := self.nodes.get(el.node_id)) is not None:
+                node.down, node.down_since, node.down_event_id = True, el.since, el.event_id
         return orphans
 
-    async def close_unmanaged(self, orphans: list[OutageRow], at: float) -> None:
-        """Close outages of services that are no longer configured (reason "unmanaged")."""
+    async def close_unmanaged(self, orphans: list[OutageRow], at: float, reason: str = "unmanaged") -> None:
+        """Close outages of services that are no longer configured."""
         if not orphans:
             return
         async with self.store.transaction() as tx:
             for o in orphans:
-                if await tx.close_outage(o.id, at, None, "unmanaged"):
+                if await tx.close_outage(o.id, at, None, reason):
                     await tx.enqueue(
                         [
                             make_event(
                                 "outage", "closed", source=SOURCE, type_id=str(o.key),
                                 node_id=o.key.node_id, created_at=at, ip=o.key.ip,
-                                service=o.key.service, outageId=o.id, reason="unmanaged",
+                                service=o.key.service, outageId=o.id, reason=reason,
                             )
                         ]
                     )
-        log.info("closed %d outage(s) of services no longer configured", len(orphans))
+        log.info("closed %d outage(s) of services no longer monitored (%s)", len(orphans), reason)
         self._on_events()
+
+    async def forget(self, runtimes: list[ServiceRuntime], at: float, reason: str) -> None:
+        """Services removed from the inventory: close their outages (with ``reason``), drop their state."""
+        orphans = [
+            OutageRow(rt.open_outage_id, rt.key, rt.status_since or at, "", "", None, None, None)
+            for rt in runtimes
+            if rt.open_outage_id is not None
+        ]
+        await self.close_unmanaged(orphans, at, reason)
+        for rt in runtimes:
+            self._dirty.discard(rt.key)
+            for fut in self.waiters.pop(rt.in_flight or "", []):
+                if not fut.done():
+                    fut.set_result(rt)
+        await self.store.delete_states([rt.key for rt in runtimes])
+
+    def mark_dirty(self, key: ServiceKey) -> None:
+        """Persist this service's state at the next flush."""
+        self._dirty.add(key)
 
     def take_dirty(self) -> list[StateRow]:
         """Rows for every service changed since the last call."""
@@ -251,18 +707,33 @@ class StateKeeper:
                     last_reason=rt.last_reason,
                     last_poll_at=rt.last_poll_at,
                     response_time_ms=rt.response_time_ms,
+                    paused=rt.paused,
+                    flapping=rt.flapping,
                 )
             )
         self._dirty.clear()
         return rows
 
     async def flush(self) -> None:
-        """Write changed service states; on failure they stay dirty for the next flush."""
+        """Write changed service states and buffered results.
+
+        On failure they stay queued for the next flush.
+        """
         rows = self.take_dirty()
         try:
             await self.store.save_states(rows)
         except Exception:
             self._dirty.update(r.key for r in rows)
+            raise
+        history = list(self._history)
+        self._history.clear()
+        try:
+            await self.store.add_results(history)
+        except Exception:
+            self._history.extendleft(reversed(history))
+            while len(self._history) > MAX_HISTORY_BUFFER:
+                self._history.popleft()
+                self.history_dropped += 1
             raise
         counts = {s: 0 for s in Status}
         for rt in self.services.values():
@@ -278,3 +749,16 @@ class StateKeeper:
                 await self.flush()
             except Exception as exc:
                 log.warning("flushing service state failed: %s", exc)
+
+    async def run_pruner(self, retention: float, period: float = 300.0) -> None:
+        """Delete results older than ``retention`` every ``period`` seconds."""
+        import time
+
+        while True:
+            try:
+                removed = await self.store.prune_results(time.time() - retention)
+                if removed:
+                    log.info("pruned %d result(s) older than the retention", removed)
+            except Exception as exc:
+                log.warning("pruning results failed: %s", exc)
+            await asyncio.sleep(period)

@@ -1,4 +1,4 @@
-"""The scheduler's persistent state: latest service state, outages, event outbox.
+"""The scheduler's persistent state: inventory, service state, outages, results, outbox.
 
 Every outage change and the events that announce it are written in one
 transaction (the *transactional outbox*): an outage is never recorded without
@@ -8,6 +8,7 @@ outbox relay publishes the events to JetStream afterwards.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -44,6 +45,8 @@ service_state = sa.Table(
     sa.Column("last_poll_at", When),
     sa.Column("response_time_ms", sa.Float, nullable=False),
     sa.Column("updated_at", When, nullable=False),
+    sa.Column("paused", sa.Boolean, nullable=False),
+    sa.Column("flapping", sa.Boolean, nullable=False),
 )
 
 outages = sa.Table(
@@ -59,6 +62,8 @@ outages = sa.Table(
     sa.Column("closed_at", When),
     sa.Column("regained_event_id", sa.String(64)),
     sa.Column("close_reason", sa.Text),
+    sa.Column("cause", sa.String(16), nullable=False),
+    sa.Column("cause_event_id", sa.String(64)),
 )
 
 event_outbox = sa.Table(
@@ -68,6 +73,39 @@ event_outbox = sa.Table(
     sa.Column("event_id", sa.String(64), nullable=False, unique=True),
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Column("created_at", When, nullable=False),
+)
+
+down_elements = sa.Table(
+    "down_elements",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("node_id", sa.String(128), primary_key=True),
+    sa.Column("ip", sa.String(64), primary_key=True),
+    sa.Column("since", When, nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=False),
+)
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("document", sa.Text, nullable=False),
+    sa.Column("updated_at", When, nullable=False),
+)
+
+results = sa.Table(
+    "results",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("node_id", sa.String(128), nullable=False),
+    sa.Column("ip", sa.String(64), nullable=False),
+    sa.Column("service", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("response_time_ms", sa.Float, nullable=False),
+    sa.Column("values", sa.Text, nullable=False),
+    sa.Column("at", When, nullable=False),
+    sa.Column("system_id", sa.String(128), nullable=False),
 )
 
 
@@ -81,6 +119,8 @@ class OutageRow:
     closed_at: float | None
     regained_event_id: str | None
     close_reason: str | None
+    cause: str = "service"
+    cause_event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +132,29 @@ class StateRow:
     last_reason: str
     last_poll_at: float | None
     response_time_ms: float
+    paused: bool = False
+    flapping: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    id: int
+    key: ServiceKey
+    status: str
+    reason: str
+    response_time_ms: float
+    values: dict[str, float]
+    at: float
+    system_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DownElement:
+    kind: str  # "interface" or "node"
+    node_id: str
+    ip: str  # "" for a node
+    since: float
+    event_id: str
 
 
 def _outage(row: Any) -> OutageRow:
@@ -104,7 +167,13 @@ def _outage(row: Any) -> OutageRow:
         closed_at=db.epoch(row.closed_at),
         regained_event_id=row.regained_event_id,
         close_reason=row.close_reason,
+        cause=row.cause,
+        cause_event_id=row.cause_event_id,
     )
+
+
+def _key_cond(table: sa.Table, key: ServiceKey) -> Any:
+    return sa.and_(table.c.node_id == key.node_id, table.c.ip == key.ip, table.c.service == key.service)
 
 
 class Transaction:
@@ -113,7 +182,15 @@ class Transaction:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
-    async def open_outage(self, key: ServiceKey, at: float, reason: str, lost_event_id: str) -> int:
+    async def open_outage(
+        self,
+        key: ServiceKey,
+        at: float,
+        reason: str,
+        lost_event_id: str,
+        cause: str = "service",
+        cause_event_id: str | None = None,
+    ) -> int:
         """Record a new open outage; returns its id."""
         result = await self.conn.execute(
             outages.insert()
@@ -124,6 +201,8 @@ class Transaction:
                 opened_at=db.utc(at),
                 lost_event_id=lost_event_id,
                 reason=reason[:2000],
+                cause=cause,
+                cause_event_id=cause_event_id,
             )
             .returning(outages.c.id)
         )
@@ -142,11 +221,34 @@ class Transaction:
 
     async def enqueue(self, events: Iterable[Event]) -> None:
         """Put events in the outbox; the relay publishes them after commit."""
-        rows = [
-            {"event_id": e.id, "payload": e.to_json(), "created_at": db.utc(now())} for e in events
-        ]
+        rows = [{"event_id": e.id, "payload": e.to_json(), "created_at": db.utc(now())} for e in events]
         if rows:
             await self.conn.execute(event_outbox.insert(), rows)
+
+    async def mark_down(self, element: DownElement) -> None:
+        """Remember that an interface or node is down (survives restarts)."""
+        await db.upsert(
+            self.conn,
+            down_elements,
+            [
+                {
+                    "kind": element.kind,
+                    "node_id": element.node_id,
+                    "ip": element.ip,
+                    "since": db.utc(element.since),
+                    "event_id": element.event_id,
+                }
+            ],
+            ("kind", "node_id", "ip"),
+        )
+
+    async def mark_up(self, kind: str, node_id: str, ip: str = "") -> None:
+        """Forget a down interface or node."""
+        await self.conn.execute(
+            down_elements.delete().where(
+                down_elements.c.kind == kind, down_elements.c.node_id == node_id, down_elements.c.ip == ip
+            )
+        )
 
 
 class SchedulerStore:
@@ -171,6 +273,30 @@ class SchedulerStore:
         async with self.engine.begin() as conn:
             yield Transaction(conn)
 
+    # -- inventory (nodes managed through the API) -----------------------------------
+
+    async def load_nodes(self) -> dict[str, dict[str, Any]]:
+        """Every API-managed node document by id."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(nodes.c.id, nodes.c.document))).all()
+        return {r.id: json.loads(r.document) for r in rows}
+
+    async def put_node(self, node_id: str, document: dict[str, Any]) -> None:
+        """Create or replace a node document."""
+        async with self.engine.begin() as conn:
+            await db.upsert(
+                conn,
+                nodes,
+                [{"id": node_id, "document": json.dumps(document, sort_keys=True), "updated_at": db.utc(now())}],
+                ("id",),
+            )
+
+    async def delete_node(self, node_id: str) -> bool:
+        """Remove a node document; ``False`` when there was none."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(nodes.delete().where(nodes.c.id == node_id))
+        return bool(result.rowcount)
+
     # -- service state ---------------------------------------------------------------
 
     async def load_states(self) -> dict[ServiceKey, StateRow]:
@@ -186,6 +312,8 @@ class SchedulerStore:
                 last_reason=r.last_reason,
                 last_poll_at=db.epoch(r.last_poll_at),
                 response_time_ms=r.response_time_ms,
+                paused=bool(r.paused),
+                flapping=bool(r.flapping),
             )
             for r in rows
         }
@@ -207,6 +335,8 @@ class SchedulerStore:
                 "last_poll_at": db.utc(r.last_poll_at),
                 "response_time_ms": r.response_time_ms,
                 "updated_at": stamp,
+                "paused": r.paused,
+                "flapping": r.flapping,
             }
             for r in rows
         ]
@@ -218,13 +348,15 @@ class SchedulerStore:
         """Forget the state of services that are no longer configured."""
         async with self.engine.begin() as conn:
             for k in keys:
-                await conn.execute(
-                    service_state.delete().where(
-                        service_state.c.node_id == k.node_id,
-                        service_state.c.ip == k.ip,
-                        service_state.c.service == k.service,
-                    )
-                )
+                await conn.execute(service_state.delete().where(_key_cond(service_state, k)))
+
+    # -- node-outage processing ------------------------------------------------------
+
+    async def down_elements(self) -> list[DownElement]:
+        """Interfaces and nodes recorded as down."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(down_elements))).all()
+        return [DownElement(r.kind, r.node_id, r.ip, db.epoch(r.since) or 0.0, r.event_id) for r in rows]
 
     # -- outages ---------------------------------------------------------------------
 
@@ -264,6 +396,75 @@ class SchedulerStore:
                 await conn.execute(sa.select(sa.func.count()).select_from(outages).where(*conds))
             ).scalar_one()
         return [_outage(r) for r in rows], int(total)
+
+    # -- results history -------------------------------------------------------------
+
+    async def add_results(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Append poll results (dicts with the ``results`` columns, epoch ``at``)."""
+        if not rows:
+            return
+        values = [r | {"at": db.utc(r["at"]), "values": json.dumps(r["values"])} for r in rows]
+        async with self.engine.begin() as conn:
+            for i in range(0, len(values), 2000):
+                await conn.execute(results.insert(), values[i : i + 2000])
+
+    async def list_results(
+        self,
+        *,
+        node_id: str | None,
+        ip: str | None,
+        service: str | None,
+        since: float | None,
+        until: float | None,
+        before_id: int | None,
+        limit: int,
+    ) -> tuple[list[ResultRow], int]:
+        """A page of results, newest first, and the total matching."""
+        conds: list[Any] = []
+        if node_id:
+            conds.append(results.c.node_id == node_id)
+        if ip:
+            conds.append(results.c.ip == ip)
+        if service:
+            conds.append(results.c.service == service)
+        if since is not None:
+            conds.append(results.c.at >= db.utc(since))
+        if until is not None:
+            conds.append(results.c.at < db.utc(until))
+        page = [*conds, results.c.id < before_id] if before_id is not None else conds
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(sa.select(results).where(*page).order_by(results.c.id.desc()).limit(limit))
+            ).all()
+            total = (await conn.execute(sa.select(sa.func.count()).select_from(results).where(*conds))).scalar_one()
+        return [
+            ResultRow(
+                id=r.id,
+                key=ServiceKey(r.node_id, r.ip, r.service),
+                status=r.status,
+                reason=r.reason,
+                response_time_ms=r.response_time_ms,
+                values=json.loads(r.values),
+                at=db.epoch(r.at) or 0.0,
+                system_id=r.system_id,
+            )
+            for r in rows
+        ], int(total)
+
+    async def prune_results(self, older_than: float, batch: int = 10_000) -> int:
+        """Delete results older than ``older_than`` (epoch), in bounded batches."""
+        removed = 0
+        while True:
+            async with self.engine.begin() as conn:
+                ids = (
+                    await conn.execute(
+                        sa.select(results.c.id).where(results.c.at < db.utc(older_than)).limit(batch)
+                    )
+                ).scalars().all()
+                if not ids:
+                    return removed
+                await conn.execute(results.delete().where(results.c.id.in_(ids)))
+            removed += len(ids)
 
     # -- outbox ----------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class EventsStub:
-    """Normalized events: history and live delivery.
+    """Normalized events: intake, history, live delivery and webhooks.
     """
 
     def __init__(self, channel):
@@ -35,19 +35,94 @@ class EventsStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Publish = channel.unary_unary(
+                '/vigil.v1.Events/Publish',
+                request_serializer=vigil_dot_v1_dot_events__pb2.PublishRequest.SerializeToString,
+                response_deserializer=vigil_dot_v1_dot_events__pb2.PublishResponse.FromString,
+                _registered_method=True)
+        self.Subscribe = channel.unary_stream(
+                '/vigil.v1.Events/Subscribe',
+                request_serializer=vigil_dot_v1_dot_events__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=vigil_dot_v1_dot_events__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
         self.ListEvents = channel.unary_unary(
                 '/vigil.v1.Events/ListEvents',
                 request_serializer=vigil_dot_v1_dot_events__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=vigil_dot_v1_dot_events__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.CreateHook = channel.unary_unary(
+                '/vigil.v1.Events/CreateHook',
+                request_serializer=vigil_dot_v1_dot_events__pb2.CreateHookRequest.SerializeToString,
+                response_deserializer=vigil_dot_v1_dot_events__pb2.Hook.FromString,
+                _registered_method=True)
+        self.ListHooks = channel.unary_unary(
+                '/vigil.v1.Events/ListHooks',
+                request_serializer=vigil_dot_v1_dot_events__pb2.ListHooksRequest.SerializeToString,
+                response_deserializer=vigil_dot_v1_dot_events__pb2.ListHooksResponse.FromString,
+                _registered_method=True)
+        self.DeleteHook = channel.unary_unary(
+                '/vigil.v1.Events/DeleteHook',
+                request_serializer=vigil_dot_v1_dot_events__pb2.DeleteHookRequest.SerializeToString,
+                response_deserializer=vigil_dot_v1_dot_events__pb2.DeleteHookResponse.FromString,
+                _registered_method=True)
+        self.ListHookFailures = channel.unary_unary(
+                '/vigil.v1.Events/ListHookFailures',
+                request_serializer=vigil_dot_v1_dot_events__pb2.ListHookFailuresRequest.SerializeToString,
+                response_deserializer=vigil_dot_v1_dot_events__pb2.ListHookFailuresResponse.FromString,
+                _registered_method=True)
 
 
 class EventsServicer:
-    """Normalized events: history and live delivery.
+    """Normalized events: intake, history, live delivery and webhooks.
     """
 
+    def Publish(self, request, context):
+        """Hands a raw event to the event service. It is validated at once
+        (INVALID_ARGUMENT names the field), then travels the same durable path
+        as every producer's events (JetStream subject vigil.ingest.api).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Subscribe(self, request, context):
+        """Live events matching the filters, optionally resuming after a sequence.
+        Keep-alives arrive when nothing else was sent for a while. A subscriber
+        that stops reading is cut off with RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListEvents(self, request, context):
+        """History, newest first, AIP-158 paging.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateHook(self, request, context):
+        """Webhooks: every matching event is POSTed (signed) at least once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHooks(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteHook(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHookFailures(self, request, context):
+        """Deliveries given up after retrying for the configured maximum age.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -55,10 +130,40 @@ class EventsServicer:
 
 def add_EventsServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Publish': grpc.unary_unary_rpc_method_handler(
+                    servicer.Publish,
+                    request_deserializer=vigil_dot_v1_dot_events__pb2.PublishRequest.FromString,
+                    response_serializer=vigil_dot_v1_dot_events__pb2.PublishResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=vigil_dot_v1_dot_events__pb2.SubscribeRequest.FromString,
+                    response_serializer=vigil_dot_v1_dot_events__pb2.SubscribeResponse.SerializeToString,
+            ),
             'ListEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEvents,
                     request_deserializer=vigil_dot_v1_dot_events__pb2.ListEventsRequest.FromString,
                     response_serializer=vigil_dot_v1_dot_events__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'CreateHook': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateHook,
+                    request_deserializer=vigil_dot_v1_dot_events__pb2.CreateHookRequest.FromString,
+                    response_serializer=vigil_dot_v1_dot_events__pb2.Hook.SerializeToString,
+            ),
+            'ListHooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHooks,
+                    request_deserializer=vigil_dot_v1_dot_events__pb2.ListHooksRequest.FromString,
+                    response_serializer=vigil_dot_v1_dot_events__pb2.ListHooksResponse.SerializeToString,
+            ),
+            'DeleteHook': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteHook,
+                    request_deserializer=vigil_dot_v1_dot_events__pb2.DeleteHookRequest.FromString,
+                    response_serializer=vigil_dot_v1_dot_events__pb2.DeleteHookResponse.SerializeToString,
+            ),
+            'ListHookFailures': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHookFailures,
+                    request_deserializer=vigil_dot_v1_dot_events__pb2.ListHookFailuresRequest.FromString,
+                    response_serializer=vigil_dot_v1_dot_events__pb2.ListHookFailuresResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -69,8 +174,62 @@ def add_EventsServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Events:
-    """Normalized events: history and live delivery.
+    """Normalized events: intake, history, live delivery and webhooks.
     """
+
+    @staticmethod
+    def Publish(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vigil.v1.Events/Publish',
+            vigil_dot_v1_dot_events__pb2.PublishRequest.SerializeToString,
+            vigil_dot_v1_dot_events__pb2.PublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vigil.v1.Events/Subscribe',
+            vigil_dot_v1_dot_events__pb2.SubscribeRequest.SerializeToString,
+            vigil_dot_v1_dot_events__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def ListEvents(request,
@@ -89,6 +248,114 @@ class Events:
             '/vigil.v1.Events/ListEvents',
             vigil_dot_v1_dot_events__pb2.ListEventsRequest.SerializeToString,
             vigil_dot_v1_dot_events__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateHook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vigil.v1.Events/CreateHook',
+            vigil_dot_v1_dot_events__pb2.CreateHookRequest.SerializeToString,
+            vigil_dot_v1_dot_events__pb2.Hook.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vigil.v1.Events/ListHooks',
+            vigil_dot_v1_dot_events__pb2.ListHooksRequest.SerializeToString,
+            vigil_dot_v1_dot_events__pb2.ListHooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteHook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vigil.v1.Events/DeleteHook',
+            vigil_dot_v1_dot_events__pb2.DeleteHookRequest.SerializeToString,
+            vigil_dot_v1_dot_events__pb2.DeleteHookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHookFailures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vigil.v1.Events/ListHookFailures',
+            vigil_dot_v1_dot_events__pb2.ListHookFailuresRequest.SerializeToString,
+            vigil_dot_v1_dot_events__pb2.ListHookFailuresResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,29 +27,116 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class EventsStub:
-    """Normalized events: history and live delivery."""
+    """Normalized events: intake, history, live delivery and webhooks."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> EventsAsyncStub: ...
+    Publish: _grpc.UnaryUnaryMultiCallable[_events_pb2.PublishRequest, _events_pb2.PublishResponse]
+    """Hands a raw event to the event service. It is validated at once
+    (INVALID_ARGUMENT names the field), then travels the same durable path
+    as every producer's events (JetStream subject vigil.ingest.api).
+    """
+    Subscribe: _grpc.UnaryStreamMultiCallable[_events_pb2.SubscribeRequest, _events_pb2.SubscribeResponse]
+    """Live events matching the filters, optionally resuming after a sequence.
+    Keep-alives arrive when nothing else was sent for a while. A subscriber
+    that stops reading is cut off with RESOURCE_EXHAUSTED.
+    """
     ListEvents: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListEventsRequest, _events_pb2.ListEventsResponse]
+    """History, newest first, AIP-158 paging."""
+    CreateHook: _grpc.UnaryUnaryMultiCallable[_events_pb2.CreateHookRequest, _events_pb2.Hook]
+    """Webhooks: every matching event is POSTed (signed) at least once."""
+    ListHooks: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListHooksRequest, _events_pb2.ListHooksResponse]
+    DeleteHook: _grpc.UnaryUnaryMultiCallable[_events_pb2.DeleteHookRequest, _events_pb2.DeleteHookResponse]
+    ListHookFailures: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListHookFailuresRequest, _events_pb2.ListHookFailuresResponse]
+    """Deliveries given up after retrying for the configured maximum age."""
 
 @_typing.type_check_only
 class EventsAsyncStub(EventsStub):
-    """Normalized events: history and live delivery."""
+    """Normalized events: intake, history, live delivery and webhooks."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    Publish: _aio.UnaryUnaryMultiCallable[_events_pb2.PublishRequest, _events_pb2.PublishResponse]  # type: ignore[assignment]
+    """Hands a raw event to the event service. It is validated at once
+    (INVALID_ARGUMENT names the field), then travels the same durable path
+    as every producer's events (JetStream subject vigil.ingest.api).
+    """
+    Subscribe: _aio.UnaryStreamMultiCallable[_events_pb2.SubscribeRequest, _events_pb2.SubscribeResponse]  # type: ignore[assignment]
+    """Live events matching the filters, optionally resuming after a sequence.
+    Keep-alives arrive when nothing else was sent for a while. A subscriber
+    that stops reading is cut off with RESOURCE_EXHAUSTED.
+    """
     ListEvents: _aio.UnaryUnaryMultiCallable[_events_pb2.ListEventsRequest, _events_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """History, newest first, AIP-158 paging."""
+    CreateHook: _aio.UnaryUnaryMultiCallable[_events_pb2.CreateHookRequest, _events_pb2.Hook]  # type: ignore[assignment]
+    """Webhooks: every matching event is POSTed (signed) at least once."""
+    ListHooks: _aio.UnaryUnaryMultiCallable[_events_pb2.ListHooksRequest, _events_pb2.ListHooksResponse]  # type: ignore[assignment]
+    DeleteHook: _aio.UnaryUnaryMultiCallable[_events_pb2.DeleteHookRequest, _events_pb2.DeleteHookResponse]  # type: ignore[assignment]
+    ListHookFailures: _aio.UnaryUnaryMultiCallable[_events_pb2.ListHookFailuresRequest, _events_pb2.ListHookFailuresResponse]  # type: ignore[assignment]
+    """Deliveries given up after retrying for the configured maximum age."""
 
 class EventsServicer(metaclass=_abc_1.ABCMeta):
-    """Normalized events: history and live delivery."""
+    """Normalized events: intake, history, live delivery and webhooks."""
+
+    @_abc_1.abstractmethod
+    def Publish(
+        self,
+        request: _events_pb2.PublishRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.PublishResponse, _abc.Awaitable[_events_pb2.PublishResponse]]:
+        """Hands a raw event to the event service. It is validated at once
+        (INVALID_ARGUMENT names the field), then travels the same durable path
+        as every producer's events (JetStream subject vigil.ingest.api).
+        """
+
+    @_abc_1.abstractmethod
+    def Subscribe(
+        self,
+        request: _events_pb2.SubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_events_pb2.SubscribeResponse], _abc.AsyncIterator[_events_pb2.SubscribeResponse]]:
+        """Live events matching the filters, optionally resuming after a sequence.
+        Keep-alives arrive when nothing else was sent for a while. A subscriber
+        that stops reading is cut off with RESOURCE_EXHAUSTED.
+        """
 
     @_abc_1.abstractmethod
     def ListEvents(
         self,
         request: _events_pb2.ListEventsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_events_pb2.ListEventsResponse, _abc.Awaitable[_events_pb2.ListEventsResponse]]: ...
+    ) -> _typing.Union[_events_pb2.ListEventsResponse, _abc.Awaitable[_events_pb2.ListEventsResponse]]:
+        """History, newest first, AIP-158 paging."""
+
+    @_abc_1.abstractmethod
+    def CreateHook(
+        self,
+        request: _events_pb2.CreateHookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.Hook, _abc.Awaitable[_events_pb2.Hook]]:
+        """Webhooks: every matching event is POSTed (signed) at least once."""
+
+    @_abc_1.abstractmethod
+    def ListHooks(
+        self,
+        request: _events_pb2.ListHooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.ListHooksResponse, _abc.Awaitable[_events_pb2.ListHooksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteHook(
+        self,
+        request: _events_pb2.DeleteHookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.DeleteHookResponse, _abc.Awaitable[_events_pb2.DeleteHookResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListHookFailures(
+        self,
+        request: _events_pb2.ListHookFailuresRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.ListHookFailuresResponse, _abc.Awaitable[_events_pb2.ListHookFailuresResponse]]:
+        """Deliveries given up after retrying for the configured maximum age."""
 
 def add_EventsServicer_to_server(servicer: EventsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from vigil.v1 import common_pb2 as vigil_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vigil/v1/poller.proto\x12\x08vigil.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15vigil/v1/common.proto\"\xeb\x03\n\rServiceStatus\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.vigil.v1.ServiceRef\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x0f\n\x07monitor\x18\x03 \x01(\t\x12$\n\x06status\x18\x04 \x01(\x0e\x32\x14.vigil.v1.PollStatus\x12\x30\n\x0cstatus_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x10last_poll_status\x18\x06 \x01(\x0e\x32\x14.vigil.v1.PollStatus\x12\x13\n\x0blast_reason\x18\x07 \x01(\t\x12\x30\n\x0clast_poll_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10response_time_ms\x18\t \x01(\x01\x12\x33\n\x06values\x18\n \x03(\x0b\x32#.vigil.v1.ServiceStatus.ValuesEntry\x12\x16\n\x0eopen_outage_id\x18\x0b \x01(\x03\x12+\n\x08interval\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x85\x01\n\x13ListServicesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x10\n\x08location\x18\x04 \x01(\t\x12$\n\x06status\x18\x05 \x01(\x0e\x32\x14.vigil.v1.PollStatus\"n\n\x14ListServicesResponse\x12)\n\x08services\x18\x01 \x03(\x0b\x32\x17.vigil.v1.ServiceStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\":\n\x11GetServiceRequest\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.vigil.v1.ServiceRef\"\xf1\x01\n\x06Outage\x12\n\n\x02id\x18\x01 \x01(\x03\x12%\n\x07service\x18\x02 \x01(\x0b\x32\x14.vigil.v1.ServiceRef\x12-\n\topened_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlost_event_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12-\n\tclosed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11regained_event_id\x18\x07 \x01(\t\x12\x14\n\x0c\x63lose_reason\x18\x08 \x01(\t\"\x83\x01\n\x12ListOutagesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.vigil.v1.OutageState\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0f\n\x07service\x18\x05 \x01(\t\"e\n\x13ListOutagesResponse\x12!\n\x07outages\x18\x01 \x03(\x0b\x32\x10.vigil.v1.Outage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\x9d\x02\n\x06Minion\x12\x11\n\tsystem_id\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08monitors\x18\x04 \x03(\t\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.vigil.v1.MinionStatus\x12\x30\n\x0c\x63onnected_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_heartbeat\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tin_flight\x18\x08 \x01(\r\x12\x12\n\npolls_done\x18\t \x01(\x04\x12\x16\n\x0enats_connected\x18\n \x01(\x08\"M\n\x12ListMinionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08location\x18\x03 \x01(\t\"e\n\x13ListMinionsResponse\x12!\n\x07minions\x18\x01 \x03(\x0b\x32\x10.vigil.v1.Minion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05*[\n\x0bOutageState\x12\x1c\n\x18OUTAGE_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTAGE_STATE_OPEN\x10\x01\x12\x17\n\x13OUTAGE_STATE_CLOSED\x10\x02*[\n\x0cMinionStatus\x12\x1d\n\x19MINION_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10MINION_STATUS_UP\x10\x01\x12\x16\n\x12MINION_STATUS_DOWN\x10\x02\x32\xb3\x02\n\x06Poller\x12M\n\x0cListServices\x12\x1d.vigil.v1.ListServicesRequest\x1a\x1e.vigil.v1.ListServicesResponse\x12\x42\n\nGetService\x12\x1b.vigil.v1.GetServiceRequest\x1a\x17.vigil.v1.ServiceStatus\x12J\n\x0bListOutages\x12\x1c.vigil.v1.ListOutagesRequest\x1a\x1d.vigil.v1.ListOutagesResponse\x12J\n\x0bListMinions\x12\x1c.vigil.v1.ListMinionsRequest\x1a\x1d.vigil.v1.ListMinionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vigil/v1/poller.proto\x12\x08vigil.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15vigil/v1/common.proto\"\x88\x05\n\rServiceStatus\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.vigil.v1.ServiceRef\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x0f\n\x07monitor\x18\x03 \x01(\t\x12$\n\x06status\x18\x04 \x01(\x0e\x32\x14.vigil.v1.PollStatus\x12\x30\n\x0cstatus_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x10last_poll_status\x18\x06 \x01(\x0e\x32\x14.vigil.v1.PollStatus\x12\x13\n\x0blast_reason\x18\x07 \x01(\t\x12\x30\n\x0clast_poll_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10response_time_ms\x18\t \x01(\x01\x12\x33\n\x06values\x18\n \x03(\x0b\x32#.vigil.v1.ServiceStatus.ValuesEntry\x12\x16\n\x0eopen_outage_id\x18\x0b \x01(\x03\x12+\n\x08interval\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0coutage_cause\x18\r \x01(\t\x12\x0e\n\x06paused\x18\x0e \x01(\x08\x12\r\n\x05stale\x18\x0f \x01(\x08\x12\x10\n\x08\x66lapping\x18\x10 \x01(\x08\x12\x17\n\x0fpolling_stopped\x18\x11 \x01(\x08\x12\x12\n\nconfirming\x18\x12 \x01(\x08\x12\x0f\n\x07package\x18\x13 \x01(\t\x12\x16\n\x0eheld_by_outage\x18\x14 \x01(\x08\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x85\x01\n\x13ListServicesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x10\n\x08location\x18\x04 \x01(\t\x12$\n\x06status\x18\x05 \x01(\x0e\x32\x14.vigil.v1.PollStatus\"n\n\x14ListServicesResponse\x12)\n\x08services\x18\x01 \x03(\x0b\x32\x17.vigil.v1.ServiceStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\":\n\x11GetServiceRequest\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.vigil.v1.ServiceRef\"7\n\x0ePollNowRequest\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.vigil.v1.ServiceRef\"O\n\x0fPollNowResponse\x12(\n\x07service\x18\x01 \x01(\x0b\x32\x17.vigil.v1.ServiceStatus\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"I\n\x10SetPausedRequest\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.vigil.v1.ServiceRef\x12\x0e\n\x06paused\x18\x02 \x01(\x08\"\x98\x02\n\x06Outage\x12\n\n\x02id\x18\x01 \x01(\x03\x12%\n\x07service\x18\x02 \x01(\x0b\x32\x14.vigil.v1.ServiceRef\x12-\n\topened_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlost_event_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12-\n\tclosed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11regained_event_id\x18\x07 \x01(\t\x12\x14\n\x0c\x63lose_reason\x18\x08 \x01(\t\x12\r\n\x05\x63\x61use\x18\t \x01(\t\x12\x16\n\x0e\x63\x61use_event_id\x18\n \x01(\t\"\x83\x01\n\x12ListOutagesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.vigil.v1.OutageState\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0f\n\x07service\x18\x05 \x01(\t\"e\n\x13ListOutagesResponse\x12!\n\x07outages\x18\x01 \x03(\x0b\x32\x10.vigil.v1.Outage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\xa3\x02\n\x06Result\x12\n\n\x02id\x18\x01 \x01(\x03\x12%\n\x07service\x18\x02 \x01(\x0b\x32\x14.vigil.v1.ServiceRef\x12$\n\x06status\x18\x03 \x01(\x0e\x32\x14.vigil.v1.PollStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x18\n\x10response_time_ms\x18\x05 \x01(\x01\x12,\n\x06values\x18\x06 \x03(\x0b\x32\x1c.vigil.v1.Result.ValuesEntry\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsystem_id\x18\x08 \x01(\t\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xbf\x01\n\x12ListResultsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\n\n\x02ip\x18\x04 \x01(\t\x12\x0f\n\x07service\x18\x05 \x01(\t\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x13ListResultsResponse\x12!\n\x07results\x18\x01 \x03(\x0b\x32\x10.vigil.v1.Result\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\x9d\x02\n\x06Minion\x12\x11\n\tsystem_id\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08monitors\x18\x04 \x03(\t\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.vigil.v1.MinionStatus\x12\x30\n\x0c\x63onnected_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_heartbeat\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tin_flight\x18\x08 \x01(\r\x12\x12\n\npolls_done\x18\t \x01(\x04\x12\x16\n\x0enats_connected\x18\n \x01(\x08\"M\n\x12ListMinionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08location\x18\x03 \x01(\t\"e\n\x13ListMinionsResponse\x12!\n\x07minions\x18\x01 \x03(\x0b\x32\x10.vigil.v1.Minion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05*[\n\x0bOutageState\x12\x1c\n\x18OUTAGE_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTAGE_STATE_OPEN\x10\x01\x12\x17\n\x13OUTAGE_STATE_CLOSED\x10\x02*[\n\x0cMinionStatus\x12\x1d\n\x19MINION_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10MINION_STATUS_UP\x10\x01\x12\x16\n\x12MINION_STATUS_DOWN\x10\x02\x32\x81\x04\n\x06Poller\x12M\n\x0cListServices\x12\x1d.vigil.v1.ListServicesRequest\x1a\x1e.vigil.v1.ListServicesResponse\x12\x42\n\nGetService\x12\x1b.vigil.v1.GetServiceRequest\x1a\x17.vigil.v1.ServiceStatus\x12>\n\x07PollNow\x12\x18.vigil.v1.PollNowRequest\x1a\x19.vigil.v1.PollNowResponse\x12@\n\tSetPaused\x12\x1a.vigil.v1.SetPausedRequest\x1a\x17.vigil.v1.ServiceStatus\x12J\n\x0bListOutages\x12\x1c.vigil.v1.ListOutagesRequest\x1a\x1d.vigil.v1.ListOutagesResponse\x12J\n\x0bListResults\x12\x1c.vigil.v1.ListResultsRequest\x1a\x1d.vigil.v1.ListResultsResponse\x12J\n\x0bListMinions\x12\x1c.vigil.v1.ListMinionsRequest\x1a\x1d.vigil.v1.ListMinionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,32 +36,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SERVICESTATUS_VALUESENTRY']._loaded_options = None
   _globals['_SERVICESTATUS_VALUESENTRY']._serialized_options = b'8\001'
-  _globals['_OUTAGESTATE']._serialized_start=1876
-  _globals['_OUTAGESTATE']._serialized_end=1967
-  _globals['_MINIONSTATUS']._serialized_start=1969
-  _globals['_MINIONSTATUS']._serialized_end=2060
+  _globals['_RESULT_VALUESENTRY']._loaded_options = None
+  _globals['_RESULT_VALUESENTRY']._serialized_options = b'8\001'
+  _globals['_OUTAGESTATE']._serialized_start=2876
+  _globals['_OUTAGESTATE']._serialized_end=2967
+  _globals['_MINIONSTATUS']._serialized_start=2969
+  _globals['_MINIONSTATUS']._serialized_end=3060
   _globals['_SERVICESTATUS']._serialized_start=124
-  _globals['_SERVICESTATUS']._serialized_end=615
-  _globals['_SERVICESTATUS_VALUESENTRY']._serialized_start=570
-  _globals['_SERVICESTATUS_VALUESENTRY']._serialized_end=615
-  _globals['_LISTSERVICESREQUEST']._serialized_start=618
-  _globals['_LISTSERVICESREQUEST']._serialized_end=751
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=753
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=863
-  _globals['_GETSERVICEREQUEST']._serialized_start=865
-  _globals['_GETSERVICEREQUEST']._serialized_end=923
-  _globals['_OUTAGE']._serialized_start=926
-  _globals['_OUTAGE']._serialized_end=1167
-  _globals['_LISTOUTAGESREQUEST']._serialized_start=1170
-  _globals['_LISTOUTAGESREQUEST']._serialized_end=1301
-  _globals['_LISTOUTAGESRESPONSE']._serialized_start=1303
-  _globals['_LISTOUTAGESRESPONSE']._serialized_end=1404
-  _globals['_MINION']._serialized_start=1407
-  _globals['_MINION']._serialized_end=1692
-  _globals['_LISTMINIONSREQUEST']._serialized_start=1694
-  _globals['_LISTMINIONSREQUEST']._serialized_end=1771
-  _globals['_LISTMINIONSRESPONSE']._serialized_start=1773
-  _globals['_LISTMINIONSRESPONSE']._serialized_end=1874
-  _globals['_POLLER']._serialized_start=2063
-  _globals['_POLLER']._serialized_end=2370
+  _globals['_SERVICESTATUS']._serialized_end=772
+  _globals['_SERVICESTATUS_VALUESENTRY']._serialized_start=727
+  _globals['_SERVICESTATUS_VALUESENTRY']._serialized_end=772
+  _globals['_LISTSERVICESREQUEST']._serialized_start=775
+  _globals['_LISTSERVICESREQUEST']._serialized_end=908
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=910
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=1020
+  _globals['_GETSERVICEREQUEST']._serialized_start=1022
+  _globals['_GETSERVICEREQUEST']._serialized_end=1080
+  _globals['_POLLNOWREQUEST']._serialized_start=1082
+  _globals['_POLLNOWREQUEST']._serialized_end=1137
+  _globals['_POLLNOWRESPONSE']._serialized_start=1139
+  _globals['_POLLNOWRESPONSE']._serialized_end=1218
+  _globals['_SETPAUSEDREQUEST']._serialized_start=1220
+  _globals['_SETPAUSEDREQUEST']._serialized_end=1293
+  _globals['_OUTAGE']._serialized_start=1296
+  _globals['_OUTAGE']._serialized_end=1576
+  _globals['_LISTOUTAGESREQUEST']._serialized_start=1579
+  _globals['_LISTOUTAGESREQUEST']._serialized_end=1710
+  _globals['_LISTOUTAGESRESPONSE']._serialized_start=1712
+  _globals['_LISTOUTAGESRESPONSE']._serialized_end=1813
+  _globals['_RESULT']._serialized_start=1816
+  _globals['_RESULT']._serialized_end=2107
+  _globals['_RESULT_VALUESENTRY']._serialized_start=727
+  _globals['_RESULT_VALUESENTRY']._serialized_end=772
+  _globals['_LISTRESULTSREQUEST']._serialized_start=2110
+  _globals['_LISTRESULTSREQUEST']._serialized_end=2301
+  _globals['_LISTRESULTSRESPONSE']._serialized_start=2303
+  _globals['_LISTRESULTSRESPONSE']._serialized_end=2404
+  _globals['_MINION']._serialized_start=2407
+  _globals['_MINION']._serialized_end=2692
+  _globals['_LISTMINIONSREQUEST']._serialized_start=2694
+  _globals['_LISTMINIONSREQUEST']._serialized_end=2771
+  _globals['_LISTMINIONSRESPONSE']._serialized_start=2773
+  _globals['_LISTMINIONSRESPONSE']._serialized_end=2874
+  _globals['_POLLER']._serialized_start=3063
+  _globals['_POLLER']._serialized_end=3576
 # @@protoc_insertion_point(module_scope)

@@ -96,6 +96,14 @@ class ServiceStatus(_message.Message):
     VALUES_FIELD_NUMBER: _builtins.int
     OPEN_OUTAGE_ID_FIELD_NUMBER: _builtins.int
     INTERVAL_FIELD_NUMBER: _builtins.int
+    OUTAGE_CAUSE_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    FLAPPING_FIELD_NUMBER: _builtins.int
+    POLLING_STOPPED_FIELD_NUMBER: _builtins.int
+    CONFIRMING_FIELD_NUMBER: _builtins.int
+    PACKAGE_FIELD_NUMBER: _builtins.int
+    HELD_BY_OUTAGE_FIELD_NUMBER: _builtins.int
     location: _builtins.str
     monitor: _builtins.str
     status: _common_pb2.PollStatus.ValueType
@@ -108,6 +116,19 @@ class ServiceStatus(_message.Message):
     response_time_ms: _builtins.float
     open_outage_id: _builtins.int
     """Id of the open outage, 0 when none."""
+    outage_cause: _builtins.str
+    """"service", "interface" or "node": what the open outage is blamed on."""
+    paused: _builtins.bool
+    stale: _builtins.bool
+    """No result (UP, DOWN or UNKNOWN) within two intervals."""
+    flapping: _builtins.bool
+    polling_stopped: _builtins.bool
+    """The downtime model said to stop polling (resumes on poll-now or a change)."""
+    confirming: _builtins.bool
+    """A change of state is being confirmed (confirm_down / confirm_up)."""
+    package: _builtins.str
+    held_by_outage: _builtins.bool
+    """Not polled because its interface (or node) is down; only the critical service is."""
     @_builtins.property
     def service(self) -> _common_pb2.ServiceRef: ...
     @_builtins.property
@@ -133,10 +154,18 @@ class ServiceStatus(_message.Message):
         values: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         open_outage_id: _builtins.int = ...,
         interval: _duration_pb2.Duration | None = ...,
+        outage_cause: _builtins.str = ...,
+        paused: _builtins.bool = ...,
+        stale: _builtins.bool = ...,
+        flapping: _builtins.bool = ...,
+        polling_stopped: _builtins.bool = ...,
+        confirming: _builtins.bool = ...,
+        package: _builtins.str = ...,
+        held_by_outage: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "last_poll_at", b"last_poll_at", "service", b"service", "status_since", b"status_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "last_poll_at", b"last_poll_at", "last_poll_status", b"last_poll_status", "last_reason", b"last_reason", "location", b"location", "monitor", b"monitor", "open_outage_id", b"open_outage_id", "response_time_ms", b"response_time_ms", "service", b"service", "status", b"status", "status_since", b"status_since", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirming", b"confirming", "flapping", b"flapping", "held_by_outage", b"held_by_outage", "interval", b"interval", "last_poll_at", b"last_poll_at", "last_poll_status", b"last_poll_status", "last_reason", b"last_reason", "location", b"location", "monitor", b"monitor", "open_outage_id", b"open_outage_id", "outage_cause", b"outage_cause", "package", b"package", "paused", b"paused", "polling_stopped", b"polling_stopped", "response_time_ms", b"response_time_ms", "service", b"service", "stale", b"stale", "status", b"status", "status_since", b"status_since", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -221,6 +250,74 @@ class GetServiceRequest(_message.Message):
 Global___GetServiceRequest: _TypeAlias = GetServiceRequest  # noqa: Y015
 
 @_typing.final
+class PollNowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def service(self) -> _common_pb2.ServiceRef: ...
+    def __init__(
+        self,
+        *,
+        service: _common_pb2.ServiceRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PollNowRequest: _TypeAlias = PollNowRequest  # noqa: Y015
+
+@_typing.final
+class PollNowResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def service(self) -> Global___ServiceStatus:
+        """The service's state after the poll; its last_* fields are the fresh result."""
+
+    def __init__(
+        self,
+        *,
+        service: Global___ServiceStatus | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PollNowResponse: _TypeAlias = PollNowResponse  # noqa: Y015
+
+@_typing.final
+class SetPausedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    paused: _builtins.bool
+    @_builtins.property
+    def service(self) -> _common_pb2.ServiceRef: ...
+    def __init__(
+        self,
+        *,
+        service: _common_pb2.ServiceRef | None = ...,
+        paused: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["paused", b"paused", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPausedRequest: _TypeAlias = SetPausedRequest  # noqa: Y015
+
+@_typing.final
 class Outage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -232,11 +329,16 @@ class Outage(_message.Message):
     CLOSED_AT_FIELD_NUMBER: _builtins.int
     REGAINED_EVENT_ID_FIELD_NUMBER: _builtins.int
     CLOSE_REASON_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    CAUSE_EVENT_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     lost_event_id: _builtins.str
     reason: _builtins.str
     regained_event_id: _builtins.str
     close_reason: _builtins.str
+    cause: _builtins.str
+    """"service", or "interface"/"node" when node-outage processing opened it."""
+    cause_event_id: _builtins.str
     @_builtins.property
     def service(self) -> _common_pb2.ServiceRef: ...
     @_builtins.property
@@ -256,10 +358,12 @@ class Outage(_message.Message):
         closed_at: _timestamp_pb2.Timestamp | None = ...,
         regained_event_id: _builtins.str = ...,
         close_reason: _builtins.str = ...,
+        cause: _builtins.str = ...,
+        cause_event_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "opened_at", b"opened_at", "service", b"service"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_reason", b"close_reason", "closed_at", b"closed_at", "id", b"id", "lost_event_id", b"lost_event_id", "opened_at", b"opened_at", "reason", b"reason", "regained_event_id", b"regained_event_id", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "cause_event_id", b"cause_event_id", "close_reason", b"close_reason", "closed_at", b"closed_at", "id", b"id", "lost_event_id", b"lost_event_id", "opened_at", b"opened_at", "reason", b"reason", "regained_event_id", b"regained_event_id", "service", b"service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -323,6 +427,134 @@ class ListOutagesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListOutagesResponse: _TypeAlias = ListOutagesResponse  # noqa: Y015
+
+@_typing.final
+class Result(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ValuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RESPONSE_TIME_MS_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    SYSTEM_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    status: _common_pb2.PollStatus.ValueType
+    reason: _builtins.str
+    response_time_ms: _builtins.float
+    system_id: _builtins.str
+    @_builtins.property
+    def service(self) -> _common_pb2.ServiceRef: ...
+    @_builtins.property
+    def values(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        service: _common_pb2.ServiceRef | None = ...,
+        status: _common_pb2.PollStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+        response_time_ms: _builtins.float = ...,
+        values: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        system_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "service", b"service"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "id", b"id", "reason", b"reason", "response_time_ms", b"response_time_ms", "service", b"service", "status", b"status", "system_id", b"system_id", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Result: _TypeAlias = Result  # noqa: Y015
+
+@_typing.final
+class ListResultsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    IP_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    node_id: _builtins.str
+    ip: _builtins.str
+    service: _builtins.str
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        ip: _builtins.str = ...,
+        service: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ip", b"ip", "node_id", b"node_id", "page_size", b"page_size", "page_token", b"page_token", "service", b"service", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListResultsRequest: _TypeAlias = ListResultsRequest  # noqa: Y015
+
+@_typing.final
+class ListResultsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    total_size: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___Result]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___Result] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "results", b"results", "total_size", b"total_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListResultsResponse: _TypeAlias = ListResultsResponse  # noqa: Y015
 
 @_typing.final
 class Minion(_message.Message):

@@ -47,10 +47,25 @@ class PollerStub:
                 request_serializer=vigil_dot_v1_dot_poller__pb2.GetServiceRequest.SerializeToString,
                 response_deserializer=vigil_dot_v1_dot_poller__pb2.ServiceStatus.FromString,
                 _registered_method=True)
+        self.PollNow = channel.unary_unary(
+                '/vigil.v1.Poller/PollNow',
+                request_serializer=vigil_dot_v1_dot_poller__pb2.PollNowRequest.SerializeToString,
+                response_deserializer=vigil_dot_v1_dot_poller__pb2.PollNowResponse.FromString,
+                _registered_method=True)
+        self.SetPaused = channel.unary_unary(
+                '/vigil.v1.Poller/SetPaused',
+                request_serializer=vigil_dot_v1_dot_poller__pb2.SetPausedRequest.SerializeToString,
+                response_deserializer=vigil_dot_v1_dot_poller__pb2.ServiceStatus.FromString,
+                _registered_method=True)
         self.ListOutages = channel.unary_unary(
                 '/vigil.v1.Poller/ListOutages',
                 request_serializer=vigil_dot_v1_dot_poller__pb2.ListOutagesRequest.SerializeToString,
                 response_deserializer=vigil_dot_v1_dot_poller__pb2.ListOutagesResponse.FromString,
+                _registered_method=True)
+        self.ListResults = channel.unary_unary(
+                '/vigil.v1.Poller/ListResults',
+                request_serializer=vigil_dot_v1_dot_poller__pb2.ListResultsRequest.SerializeToString,
+                response_deserializer=vigil_dot_v1_dot_poller__pb2.ListResultsResponse.FromString,
                 _registered_method=True)
         self.ListMinions = channel.unary_unary(
                 '/vigil.v1.Poller/ListMinions',
@@ -77,8 +92,29 @@ class PollerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PollNow(self, request, context):
+        """Poll a service now (even when paused) and return its state with the fresh result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPaused(self, request, context):
+        """Pause or resume scheduled polling of a service (survives restarts).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListOutages(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListResults(self, request, context):
+        """Poll results kept for the configured retention, newest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -102,10 +138,25 @@ def add_PollerServicer_to_server(servicer, server):
                     request_deserializer=vigil_dot_v1_dot_poller__pb2.GetServiceRequest.FromString,
                     response_serializer=vigil_dot_v1_dot_poller__pb2.ServiceStatus.SerializeToString,
             ),
+            'PollNow': grpc.unary_unary_rpc_method_handler(
+                    servicer.PollNow,
+                    request_deserializer=vigil_dot_v1_dot_poller__pb2.PollNowRequest.FromString,
+                    response_serializer=vigil_dot_v1_dot_poller__pb2.PollNowResponse.SerializeToString,
+            ),
+            'SetPaused': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPaused,
+                    request_deserializer=vigil_dot_v1_dot_poller__pb2.SetPausedRequest.FromString,
+                    response_serializer=vigil_dot_v1_dot_poller__pb2.ServiceStatus.SerializeToString,
+            ),
             'ListOutages': grpc.unary_unary_rpc_method_handler(
                     servicer.ListOutages,
                     request_deserializer=vigil_dot_v1_dot_poller__pb2.ListOutagesRequest.FromString,
                     response_serializer=vigil_dot_v1_dot_poller__pb2.ListOutagesResponse.SerializeToString,
+            ),
+            'ListResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResults,
+                    request_deserializer=vigil_dot_v1_dot_poller__pb2.ListResultsRequest.FromString,
+                    response_serializer=vigil_dot_v1_dot_poller__pb2.ListResultsResponse.SerializeToString,
             ),
             'ListMinions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMinions,
@@ -181,6 +232,60 @@ class Poller:
             _registered_method=True)
 
     @staticmethod
+    def PollNow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vigil.v1.Poller/PollNow',
+            vigil_dot_v1_dot_poller__pb2.PollNowRequest.SerializeToString,
+            vigil_dot_v1_dot_poller__pb2.PollNowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPaused(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vigil.v1.Poller/SetPaused',
+            vigil_dot_v1_dot_poller__pb2.SetPausedRequest.SerializeToString,
+            vigil_dot_v1_dot_poller__pb2.ServiceStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListOutages(request,
             target,
             options=(),
@@ -197,6 +302,33 @@ class Poller:
             '/vigil.v1.Poller/ListOutages',
             vigil_dot_v1_dot_poller__pb2.ListOutagesRequest.SerializeToString,
             vigil_dot_v1_dot_poller__pb2.ListOutagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vigil.v1.Poller/ListResults',
+            vigil_dot_v1_dot_poller__pb2.ListResultsRequest.SerializeToString,
+            vigil_dot_v1_dot_poller__pb2.ListResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

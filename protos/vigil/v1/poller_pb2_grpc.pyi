@@ -38,7 +38,13 @@ class PollerStub:
     def __new__(cls, channel: _aio.Channel) -> PollerAsyncStub: ...
     ListServices: _grpc.UnaryUnaryMultiCallable[_poller_pb2.ListServicesRequest, _poller_pb2.ListServicesResponse]
     GetService: _grpc.UnaryUnaryMultiCallable[_poller_pb2.GetServiceRequest, _poller_pb2.ServiceStatus]
+    PollNow: _grpc.UnaryUnaryMultiCallable[_poller_pb2.PollNowRequest, _poller_pb2.PollNowResponse]
+    """Poll a service now (even when paused) and return its state with the fresh result."""
+    SetPaused: _grpc.UnaryUnaryMultiCallable[_poller_pb2.SetPausedRequest, _poller_pb2.ServiceStatus]
+    """Pause or resume scheduled polling of a service (survives restarts)."""
     ListOutages: _grpc.UnaryUnaryMultiCallable[_poller_pb2.ListOutagesRequest, _poller_pb2.ListOutagesResponse]
+    ListResults: _grpc.UnaryUnaryMultiCallable[_poller_pb2.ListResultsRequest, _poller_pb2.ListResultsResponse]
+    """Poll results kept for the configured retention, newest first."""
     ListMinions: _grpc.UnaryUnaryMultiCallable[_poller_pb2.ListMinionsRequest, _poller_pb2.ListMinionsResponse]
 
 @_typing.type_check_only
@@ -51,7 +57,13 @@ class PollerAsyncStub(PollerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListServices: _aio.UnaryUnaryMultiCallable[_poller_pb2.ListServicesRequest, _poller_pb2.ListServicesResponse]  # type: ignore[assignment]
     GetService: _aio.UnaryUnaryMultiCallable[_poller_pb2.GetServiceRequest, _poller_pb2.ServiceStatus]  # type: ignore[assignment]
+    PollNow: _aio.UnaryUnaryMultiCallable[_poller_pb2.PollNowRequest, _poller_pb2.PollNowResponse]  # type: ignore[assignment]
+    """Poll a service now (even when paused) and return its state with the fresh result."""
+    SetPaused: _aio.UnaryUnaryMultiCallable[_poller_pb2.SetPausedRequest, _poller_pb2.ServiceStatus]  # type: ignore[assignment]
+    """Pause or resume scheduled polling of a service (survives restarts)."""
     ListOutages: _aio.UnaryUnaryMultiCallable[_poller_pb2.ListOutagesRequest, _poller_pb2.ListOutagesResponse]  # type: ignore[assignment]
+    ListResults: _aio.UnaryUnaryMultiCallable[_poller_pb2.ListResultsRequest, _poller_pb2.ListResultsResponse]  # type: ignore[assignment]
+    """Poll results kept for the configured retention, newest first."""
     ListMinions: _aio.UnaryUnaryMultiCallable[_poller_pb2.ListMinionsRequest, _poller_pb2.ListMinionsResponse]  # type: ignore[assignment]
 
 class PollerServicer(metaclass=_abc_1.ABCMeta):
@@ -75,11 +87,35 @@ class PollerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_poller_pb2.ServiceStatus, _abc.Awaitable[_poller_pb2.ServiceStatus]]: ...
 
     @_abc_1.abstractmethod
+    def PollNow(
+        self,
+        request: _poller_pb2.PollNowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_poller_pb2.PollNowResponse, _abc.Awaitable[_poller_pb2.PollNowResponse]]:
+        """Poll a service now (even when paused) and return its state with the fresh result."""
+
+    @_abc_1.abstractmethod
+    def SetPaused(
+        self,
+        request: _poller_pb2.SetPausedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_poller_pb2.ServiceStatus, _abc.Awaitable[_poller_pb2.ServiceStatus]]:
+        """Pause or resume scheduled polling of a service (survives restarts)."""
+
+    @_abc_1.abstractmethod
     def ListOutages(
         self,
         request: _poller_pb2.ListOutagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_poller_pb2.ListOutagesResponse, _abc.Awaitable[_poller_pb2.ListOutagesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListResults(
+        self,
+        request: _poller_pb2.ListResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_poller_pb2.ListResultsResponse, _abc.Awaitable[_poller_pb2.ListResultsResponse]]:
+        """Poll results kept for the configured retention, newest first."""
 
     @_abc_1.abstractmethod
     def ListMinions(

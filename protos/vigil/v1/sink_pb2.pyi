@@ -7,8 +7,10 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from vigil.v1 import common_pb2 as _common_pb2
 from vigil.v1 import poll_pb2 as _poll_pb2
 import builtins as _builtins
 import sys
@@ -29,11 +31,25 @@ class MinionHello(_message.Message):
     LOCATION_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     MONITORS_FIELD_NUMBER: _builtins.int
+    LAST_CONNECTED_AT_FIELD_NUMBER: _builtins.int
+    SCHEDULE_DIGEST_FIELD_NUMBER: _builtins.int
     system_id: _builtins.str
     location: _builtins.str
     version: _builtins.str
+    schedule_digest: _builtins.str
+    """Digest of the location schedule the minion holds (store-and-forward), so
+    an unchanged schedule is not sent again.
+    """
     @_builtins.property
     def monitors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def last_connected_at(self) -> _timestamp_pb2.Timestamp:
+        """When this minion process last had a working session with a scheduler
+        (unset: never). A scheduler that does not know the minion (it restarted)
+        treats a session that broke less than a heartbeat window ago as resumed,
+        not as a minion coming up.
+        """
+
     def __init__(
         self,
         *,
@@ -41,10 +57,12 @@ class MinionHello(_message.Message):
         location: _builtins.str = ...,
         version: _builtins.str = ...,
         monitors: _abc.Iterable[_builtins.str] | None = ...,
+        last_connected_at: _timestamp_pb2.Timestamp | None = ...,
+        schedule_digest: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_connected_at", b"last_connected_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "monitors", b"monitors", "system_id", b"system_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_connected_at", b"last_connected_at", "location", b"location", "monitors", b"monitors", "schedule_digest", b"schedule_digest", "system_id", b"system_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -59,11 +77,29 @@ class Heartbeat(_message.Message):
     POLLS_DONE_FIELD_NUMBER: _builtins.int
     NATS_CONNECTED_FIELD_NUMBER: _builtins.int
     DROPPED_EXPIRED_FIELD_NUMBER: _builtins.int
+    INTAKE_PAUSED_FIELD_NUMBER: _builtins.int
+    AUTONOMOUS_FIELD_NUMBER: _builtins.int
+    SPOOLED_FIELD_NUMBER: _builtins.int
+    RESULTS_DROPPED_FIELD_NUMBER: _builtins.int
     in_flight: _builtins.int
     polls_done: _builtins.int
     nats_connected: _builtins.bool
     """False while the minion cannot receive poll requests from NATS."""
     dropped_expired: _builtins.int
+    intake_paused: _builtins.bool
+    """True while the minion is not taking requests from its location's queue
+    group (at its in-flight cap, or polling on its own).
+    """
+    autonomous: _builtins.bool
+    """True while the minion polls its location's schedule on its own
+    (store-and-forward, central site unreachable).
+    """
+    spooled: _builtins.int
+    """Store-and-forward results on disk, not yet delivered."""
+    results_dropped: _builtins.int
+    """Results dropped by the minion: buffers full, spool limits, or their
+    request expired before they could be sent.
+    """
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -74,10 +110,14 @@ class Heartbeat(_message.Message):
         polls_done: _builtins.int = ...,
         nats_connected: _builtins.bool = ...,
         dropped_expired: _builtins.int = ...,
+        intake_paused: _builtins.bool = ...,
+        autonomous: _builtins.bool = ...,
+        spooled: _builtins.int = ...,
+        results_dropped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped_expired", b"dropped_expired", "in_flight", b"in_flight", "nats_connected", b"nats_connected", "polls_done", b"polls_done", "sent_at", b"sent_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["autonomous", b"autonomous", "dropped_expired", b"dropped_expired", "in_flight", b"in_flight", "intake_paused", b"intake_paused", "nats_connected", b"nats_connected", "polls_done", b"polls_done", "results_dropped", b"results_dropped", "sent_at", b"sent_at", "spooled", b"spooled"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -89,8 +129,15 @@ class ResultBatch(_message.Message):
 
     SEQ_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Increases by one per batch within a session; echoed in the ack."""
+    replayed: _builtins.bool
+    """Results of polls the minion ran on its own schedule while the central
+    site was unreachable (store-and-forward), in the order they were taken.
+    They answer no request: the scheduler applies them by service, at their
+    original finished_at.
+    """
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[_poll_pb2.PollResult]: ...
     def __init__(
@@ -98,14 +145,36 @@ class ResultBatch(_message.Message):
         *,
         seq: _builtins.int = ...,
         results: _abc.Iterable[_poll_pb2.PollResult] | None = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed", "results", b"results", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResultBatch: _TypeAlias = ResultBatch  # noqa: Y015
+
+@_typing.final
+class Goodbye(_message.Message):
+    """The minion is stopping on purpose (after flushing its results)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Goodbye: _TypeAlias = Goodbye  # noqa: Y015
 
 @_typing.final
 class MinionMessage(_message.Message):
@@ -114,24 +183,28 @@ class MinionMessage(_message.Message):
     HELLO_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
+    GOODBYE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___MinionHello: ...
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
     @_builtins.property
     def results(self) -> Global___ResultBatch: ...
+    @_builtins.property
+    def goodbye(self) -> Global___Goodbye: ...
     def __init__(
         self,
         *,
         hello: Global___MinionHello | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         results: Global___ResultBatch | None = ...,
+        goodbye: Global___Goodbye | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "results", b"results"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["goodbye", b"goodbye", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "results", b"results"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["goodbye", b"goodbye", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "heartbeat", "results"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "heartbeat", "results", "goodbye"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -143,7 +216,16 @@ class Welcome(_message.Message):
 
     SCHEDULER_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    STORE_AND_FORWARD_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_MISSES_FIELD_NUMBER: _builtins.int
     scheduler_id: _builtins.str
+    store_and_forward: _builtins.bool
+    """Store-and-forward is on for the minion's location: the scheduler sends
+    the location's schedule, and the minion polls it on its own (buffering
+    results on disk) while the central site is unreachable.
+    """
+    heartbeat_misses: _builtins.int
+    """How many heartbeats may be missed before the minion counts as down."""
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """How often the minion must send a heartbeat."""
@@ -153,10 +235,12 @@ class Welcome(_message.Message):
         *,
         scheduler_id: _builtins.str = ...,
         heartbeat_interval: _duration_pb2.Duration | None = ...,
+        store_and_forward: _builtins.bool = ...,
+        heartbeat_misses: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "scheduler_id", b"scheduler_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "heartbeat_misses", b"heartbeat_misses", "scheduler_id", b"scheduler_id", "store_and_forward", b"store_and_forward"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -173,7 +257,10 @@ class BatchAck(_message.Message):
     accepted: _builtins.int
     """Results applied to service state."""
     late: _builtins.int
-    """Results whose request had already expired (or was unknown): counted, ignored."""
+    """Results whose request had already expired (or was unknown), and replayed
+    results that were stale, for an unknown service or from the future:
+    counted, ignored.
+    """
     def __init__(
         self,
         *,
@@ -190,26 +277,110 @@ class BatchAck(_message.Message):
 Global___BatchAck: _TypeAlias = BatchAck  # noqa: Y015
 
 @_typing.final
+class ScheduledService(_message.Message):
+    """One service of a location's schedule (store-and-forward)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    MONITOR_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    monitor: _builtins.str
+    retries: _builtins.int
+    @_builtins.property
+    def service(self) -> _common_pb2.ServiceRef: ...
+    @_builtins.property
+    def params(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        service: _common_pb2.ServiceRef | None = ...,
+        monitor: _builtins.str = ...,
+        params: _struct_pb2.Struct | None = ...,
+        interval: _duration_pb2.Duration | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        retries: _builtins.int = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "params", b"params", "service", b"service", "timeout", b"timeout", "ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "monitor", b"monitor", "params", b"params", "retries", b"retries", "service", b"service", "timeout", b"timeout", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduledService: _TypeAlias = ScheduledService  # noqa: Y015
+
+@_typing.final
+class LocationSchedule(_message.Message):
+    """A location's schedule, in one or more parts (`index` of `count`); the
+    minion replaces its copy once every part of a digest has arrived.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    location: _builtins.str
+    digest: _builtins.str
+    index: _builtins.int
+    count: _builtins.int
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduledService]: ...
+    def __init__(
+        self,
+        *,
+        location: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        index: _builtins.int = ...,
+        count: _builtins.int = ...,
+        services: _abc.Iterable[Global___ScheduledService] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "digest", b"digest", "index", b"index", "location", b"location", "services", b"services"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocationSchedule: _TypeAlias = LocationSchedule  # noqa: Y015
+
+@_typing.final
 class SinkMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WELCOME_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
     def ack(self) -> Global___BatchAck: ...
+    @_builtins.property
+    def schedule(self) -> Global___LocationSchedule: ...
     def __init__(
         self,
         *,
         welcome: Global___Welcome | None = ...,
         ack: Global___BatchAck | None = ...,
+        schedule: Global___LocationSchedule | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "schedule", b"schedule", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "schedule", b"schedule", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "ack"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "ack", "schedule"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

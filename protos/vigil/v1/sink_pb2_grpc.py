@@ -29,7 +29,8 @@ class ResultSinkStub:
     """The scheduler's result sink. A minion keeps one session open: it says hello,
     then streams batched results and heartbeats; the scheduler acknowledges each
     batch. The open session is also how the scheduler knows a location has a
-    live minion.
+    live minion. A minion that stops on purpose says goodbye last, so that the
+    scheduler does not wait for missed heartbeats to mark it down.
     """
 
     def __init__(self, channel):
@@ -49,7 +50,8 @@ class ResultSinkServicer:
     """The scheduler's result sink. A minion keeps one session open: it says hello,
     then streams batched results and heartbeats; the scheduler acknowledges each
     batch. The open session is also how the scheduler knows a location has a
-    live minion.
+    live minion. A minion that stops on purpose says goodbye last, so that the
+    scheduler does not wait for missed heartbeats to mark it down.
     """
 
     def Connect(self, request_iterator, context):
@@ -78,7 +80,8 @@ class ResultSink:
     """The scheduler's result sink. A minion keeps one session open: it says hello,
     then streams batched results and heartbeats; the scheduler acknowledges each
     batch. The open session is also how the scheduler knows a location has a
-    live minion.
+    live minion. A minion that stops on purpose says goodbye last, so that the
+    scheduler does not wait for missed heartbeats to mark it down.
     """
 
     @staticmethod

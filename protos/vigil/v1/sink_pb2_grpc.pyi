@@ -30,7 +30,8 @@ class ResultSinkStub:
     """The scheduler's result sink. A minion keeps one session open: it says hello,
     then streams batched results and heartbeats; the scheduler acknowledges each
     batch. The open session is also how the scheduler knows a location has a
-    live minion.
+    live minion. A minion that stops on purpose says goodbye last, so that the
+    scheduler does not wait for missed heartbeats to mark it down.
     """
 
     @_typing.overload
@@ -44,7 +45,8 @@ class ResultSinkAsyncStub(ResultSinkStub):
     """The scheduler's result sink. A minion keeps one session open: it says hello,
     then streams batched results and heartbeats; the scheduler acknowledges each
     batch. The open session is also how the scheduler knows a location has a
-    live minion.
+    live minion. A minion that stops on purpose says goodbye last, so that the
+    scheduler does not wait for missed heartbeats to mark it down.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -54,7 +56,8 @@ class ResultSinkServicer(metaclass=_abc_1.ABCMeta):
     """The scheduler's result sink. A minion keeps one session open: it says hello,
     then streams batched results and heartbeats; the scheduler acknowledges each
     batch. The open session is also how the scheduler knows a location has a
-    live minion.
+    live minion. A minion that stops on purpose says goodbye last, so that the
+    scheduler does not wait for missed heartbeats to mark it down.
     """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,269 @@
+"""Store-and-forward: polling the location's schedule on our own while cut off.
+
+For a location where the scheduler turned store-and-forward on (its
+``Welcome`` says so), the scheduler sends the location's schedule over the
+session; it is kept on disk (``schedule.pb`` in the minion's spool
+directory) so that a minion restarted during a partition still has it.
+
+When the minion has been cut off from the central site for
+``autonomous_after`` (no scheduler session, or no NATS connection), it goes
+*autonomous*: it polls every service of the schedule at its interval (a
+fixed-rate grid with a stable per-service phase, at most one poll of a
+service at a time, each bounded by its TTL like any request), and the results
+go to the on-disk spool instead of the live queue. The minion also stops
+taking requests from its location's queue group meanwhile, so nothing is
+polled twice by it. Once the central site is back, the session replays the
+spool and the scheduler applies the results at their original times.
+
+Every store-and-forward minion of a location polls the whole schedule while
+cut off (they cannot agree on shares while partitioned); the scheduler drops
+the duplicates as stale on replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+from vigil.v1 import common_pb2, poll_pb2, sink_pb2
+
+from minion.buffer import DiskSpool
+from minion.runner import PollRunner
+from services.common.timeutil import from_duration, set_timestamp
+
+log = logging.getLogger(__name__)
+
+SCHEDULE_FILE = "schedule.pb"
+#: How often the cut-off condition is looked at (seconds).
+TICK = 0.2
+
+ServiceId = tuple[str, str, str]
+
+
+def _sid(ref: common_pb2.ServiceRef) -> ServiceId:
+    return (ref.node_id, ref.ip, ref.service)
+
+
+class SitePoller:
+    """Holds the location schedule and polls it while the central site is unreachable."""
+
+    def __init__(
+        self,
+        system_id: str,
+        location: str,
+        directory: Path,
+        runner: PollRunner,
+        spool: DiskSpool,
+        *,
+        autonomous_after: float,
+        cut_off: Callable[[], bool],
+        on_spooled: Callable[[], None] | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.system_id = system_id
+        self.location = location
+        self.directory = directory
+        self.runner = runner
+        self.spool = spool
+        self.autonomous_after = autonomous_after
+        self._cut_off = cut_off
+        self._on_spooled = on_spooled
+        self._on_change = on_change
+        self.schedule: sink_pb2.LocationSchedule | None = None
+        self._parts: dict[int, sink_pb2.LocationSchedule] = {}
+        self._parts_digest = ""
+        self.autonomous = False
+        self._cut_since: float | None = None
+        self._heap: list[tuple[float, int, ServiceId]] = []
+        self._specs: dict[ServiceId, sink_pb2.ScheduledService] = {}
+        #: Services with a poll of ours running, and when that poll's TTL ends (loop clock).
+        self._busy: dict[ServiceId, float] = {}
+        self._ids = itertools.count(1)
+        self._stopping = False
+        self.polls = 0
+        self.skipped = 0
+        self._load()
+
+    # -- the schedule -------------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        """Store-and-forward is on (we hold a schedule)."""
+        return self.schedule is not None
+
+    @property
+    def digest(self) -> str:
+        """Digest of the schedule we hold ("" when none)."""
+        return self.schedule.digest if self.schedule is not None else ""
+
+    def _load(self) -> None:
+        path = self.directory / SCHEDULE_FILE
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return
+        try:
+            schedule = sink_pb2.LocationSchedule.FromString(data)
+        except DecodeError:
+            log.warning("%s is not a schedule; ignoring it", path)
+            return
+        if schedule.location != self.location:
+            log.info("%s is the schedule of %s, not %s; ignoring it", path, schedule.location, self.location)
+            return
+        self.schedule = schedule
+        log.info("store-and-forward schedule of %s loaded: %d service(s)", self.location, len(schedule.services))
+
+    def _save(self) -> None:
+        assert self.schedule is not None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / (SCHEDULE_FILE + ".tmp")
+        tmp.write_bytes(self.schedule.SerializeToString())
+        os.replace(tmp, self.directory / SCHEDULE_FILE)
+
+    def on_welcome(self, welcome: sink_pb2.Welcome) -> None:
+        """The scheduler says whether store-and-forward is on for our location."""
+        if welcome.store_and_forward or self.schedule is None:
+            return
+        log.info("store-and-forward is off for %s: dropping the schedule", self.location)
+        self.schedule = None
+        self._rebuild()
+        try:
+            (self.directory / SCHEDULE_FILE).unlink()
+        except OSError:
+            pass
+
+    def on_schedule(self, part: sink_pb2.LocationSchedule) -> None:
+        """A part of the location's schedule; the schedule changes once all parts are in."""
+        if part.location != self.location or part.count == 0 or part.index >= part.count:
+            log.warning("ignoring a schedule part for %s (%d of %d)", part.location, part.index, part.count)
+            return
+        if part.digest != self._parts_digest:
+            self._parts, self._parts_digest = {}, part.digest
+        self._parts[part.index] = part
+        if len(self._parts) < part.count:
+            return
+        whole = sink_pb2.LocationSchedule(location=part.location, digest=part.digest, index=0, count=1)
+        for i in range(part.count):
+            whole.services.extend(self._parts[i].services)
+        self._parts, self._parts_digest = {}, ""
+        self.schedule = whole
+        self._save()
+        log.info("store-and-forward schedule of %s: %d service(s) (digest %s)", self.location, len(whole.services), whole.digest)
+        self._rebuild()
+
+    # -- autonomous polling --------------------------------------------------------------
+
+    def _rebuild(self) -> None:
+        """(Re)build the local grid from the schedule, keeping nothing of the old one."""
+        self._heap.clear()
+        self._specs.clear()
+        if self.schedule is None or not self.autonomous:
+            return
+        now = asyncio.get_running_loop().time()
+        for i, entry in enumerate(self.schedule.services):
+            sid = _sid(entry.service)
+            interval = from_duration(entry.interval)
+            if interval <= 0:
+                continue
+            self._specs[sid] = entry
+            # A stable phase per service within its interval: no burst when going autonomous.
+            phase = zlib.crc32("/".join(sid).encode()) / 2**32 * min(interval, 5.0)
+            heapq.heappush(self._heap, (now + phase, i, sid))
+
+    def stop(self) -> None:
+        """No more polls of our own (shutdown)."""
+        self._stopping = True
+        self._set_autonomous(False)
+
+    def _set_autonomous(self, on: bool) -> None:
+        if on == self.autonomous:
+            return
+        self.autonomous = on
+        if on:
+            log.warning(
+                "central site unreachable for %.0fs: polling %d service(s) of %s on our own",
+                self.autonomous_after,
+                len(self.schedule.services) if self.schedule else 0,
+                self.location,
+            )
+        else:
+            log.info("central site reachable: autonomous polling ends (%d result(s) spooled)", self.spool.pending)
+        self._rebuild()
+        if self._on_change is not None:
+            self._on_change()
+
+    async def run(self) -> None:
+        """Watch the link; while cut off long enough, poll the schedule. For ever."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            if self._cut_off() and not self._stopping:
+                if self._cut_since is None:
+                    self._cut_since = now
+            else:
+                self._cut_since = None
+            want = self.enabled and self._cut_since is not None and now - self._cut_since >= self.autonomous_after
+            self._set_autonomous(want)
+            if self.autonomous:
+                self._dispatch_due(now)
+            wake = TICK
+            if self._heap:
+                wake = min(TICK, max(0.0, self._heap[0][0] - loop.time()))
+            await asyncio.sleep(wake)
+
+    def _dispatch_due(self, now: float) -> None:
+        while self._heap and self._heap[0][0] <= now:
+            due, i, sid = heapq.heappop(self._heap)
+            entry = self._specs.get(sid)
+            if entry is None:
+                continue
+            interval = from_duration(entry.interval)
+            nxt = due + interval
+            if nxt <= now:  # we fell behind: skip missed slots, do not bunch them
+                nxt = now + interval - ((now - due) % interval)
+            heapq.heappush(self._heap, (nxt, i, sid))
+            busy_until = self._busy.get(sid)
+            if busy_until is not None and busy_until > now:
+                self.skipped += 1
+                continue
+            self._poll(entry, sid, now)
+
+    def _poll(self, entry: sink_pb2.ScheduledService, sid: ServiceId, now: float) -> None:
+        wall = time.time()
+        ttl = from_duration(entry.ttl) or from_duration(entry.interval)
+        req = poll_pb2.PollRequest(
+            id=f"local-{self.system_id}-{next(self._ids):x}",
+            service=entry.service,
+            location=self.location,
+            monitor=entry.monitor,
+            retries=entry.retries,
+        )
+        req.params.CopyFrom(entry.params)
+        req.timeout.CopyFrom(entry.timeout)
+        set_timestamp(req.expires_at, wall + ttl)
+        set_timestamp(req.sent_at, wall)
+        self._busy[sid] = now + ttl
+
+        def spool_result(result: poll_pb2.PollResult, _expires_at: float) -> None:
+            self._busy.pop(sid, None)
+            try:
+                self.spool.append(result)
+            except OSError as exc:
+                self.spool.dropped += 1
+                log.error("cannot spool a result to %s: %s", self.spool.directory, exc)
+                return
+            if self._on_spooled is not None:
+                self._on_spooled()
+
+        if self.runner.submit(req, emit=spool_result):
+            self.polls += 1
+        else:
+            self._busy.pop(sid, None)

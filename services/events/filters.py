@@ -1,0 +1,113 @@
+"""Interest filters for Subscribe and webhooks (RackHD semantics made explicit).
+
+A filter names some of ``type``, ``action``, ``severity``, ``nodeId``,
+``location``; each value is matched exactly, or as a shell-style glob when it
+holds ``*``, ``?`` or ``[...]`` (``node-1*``, ``[mc]*``). Inside one filter the
+fields AND; a list of filters ORs; an empty list matches every event; an empty
+field matches anything.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.events import CATALOGUE, SEVERITIES, Event
+from services.common.grpcerrors import InvalidArgument
+
+FIELDS = ("type", "action", "severity", "node_id", "location")
+#: Wire (JSON/proto JSON) names of the fields, for messages and storage.
+JSON_NAMES = {
+    "type": "type",
+    "action": "action",
+    "severity": "severity",
+    "node_id": "nodeId",
+    "location": "location",
+}
+MAX_FILTERS = 32
+MAX_VALUE = 128
+_GLOB = re.compile(r"[*?\[]")
+
+
+def is_glob(value: str) -> bool:
+    """Whether ``value`` is a pattern rather than an exact value."""
+    return bool(_GLOB.search(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Interest:
+    """One filter: every set field must match."""
+
+    type: str = ""
+    action: str = ""
+    severity: str = ""
+    node_id: str = ""
+    location: str = ""
+
+    def matches(self, event: Event) -> bool:
+        """Whether ``event`` satisfies every set field."""
+        for name in FIELDS:
+            want: str = getattr(self, name)
+            if not want:
+                continue
+            have = getattr(event, name) or ""
+            if want == have:
+                continue
+            if not is_glob(want) or not fnmatch.fnmatchcase(have, want):
+                return False
+        return True
+
+    def as_dict(self) -> dict[str, str]:
+        """The set fields, with wire names (how hooks store their filters)."""
+        return {JSON_NAMES[n]: getattr(self, n) for n in FIELDS if getattr(self, n)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Interest:
+        """The inverse of :meth:`as_dict`."""
+        return cls(**{n: str(data.get(JSON_NAMES[n], "")) for n in FIELDS})
+
+
+def matches_any(interests: Sequence[Interest], event: Event) -> bool:
+    """OR over the filters; no filter at all matches everything."""
+    return not interests or any(i.matches(event) for i in interests)
+
+
+def validate(raw: Iterable[Any], field: str = "filters") -> list[Interest]:
+    """Protobuf ``EventFilter`` messages (or objects with the same attributes) → interests.
+
+    Exact values are checked against the catalogue so that a typo
+    (``type: "servcie"``) is an error rather than a filter that never matches.
+    """
+    out: list[Interest] = []
+    for i, f in enumerate(raw):
+        where = f"{field}[{i}]"
+        if i >= MAX_FILTERS:
+            raise InvalidArgument(field, f"at most {MAX_FILTERS} filters")
+        values = {n: getattr(f, n, "") or "" for n in FIELDS}
+        for name, value in values.items():
+            if len(value) > MAX_VALUE:
+                raise InvalidArgument(f"{where}.{name}", f"longer than {MAX_VALUE} characters")
+            if any(ord(c) < 32 for c in value):
+                raise InvalidArgument(f"{where}.{name}", "contains control characters")
+        t, a, s = values["type"], values["action"], values["severity"]
+        known_types = {kt for kt, _ in CATALOGUE}
+        if t and not is_glob(t) and t not in known_types:
+            raise InvalidArgument(
+                f"{where}.type",
+                f"unknown event type {t!r} (known: {', '.join(sorted(known_types))})",
+            )
+        if a and not is_glob(a):
+            actions = {ka for kt, ka in CATALOGUE if not t or is_glob(t) or kt == t}
+            if a not in actions:
+                raise InvalidArgument(
+                    f"{where}.action", f"{a!r} is not an action of {t or 'any type'}"
+                )
+        if s and not is_glob(s) and s not in SEVERITIES:
+            raise InvalidArgument(
+                f"{where}.severity", f"{s!r} is not one of {', '.join(SEVERITIES)}"
+            )
+        out.append(Interest(**values))
+    return out

@@ -1,0 +1,222 @@
+"""``Subscribe``: one resumable, filtered, live stream of events per call.
+
+Each call reads ``VIGIL_EVENTS`` through an ephemeral pull consumer starting
+right after its position (the ``after_sequence`` asked for, or the newest
+event for a live start). Sequences of that stream are contiguous (it holds
+only events, and de-duplicated publishes take no sequence), so a jump between
+two delivered sequences means retention removed events the subscriber still
+needs: they are read from the history store instead, in order, before the
+message that revealed the gap. The result has no gap and no duplicate, from
+any resume point the history still covers.
+
+Memory is bounded per subscriber: at most one fetched batch is held, and the
+gRPC stream's own flow control pushes back. A subscriber whose stream accepts
+nothing for ``subscribe_stall_timeout`` is cut off with ``RESOURCE_EXHAUSTED``
+rather than holding a consumer for ever; it can resume after the last
+sequence it received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+from vigil.v1 import events_pb2
+
+from services.common.events import EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, Event
+from services.common.timeutil import now, set_timestamp
+from services.events import metrics
+from services.events.convert import event_pb
+from services.events.filters import Interest, matches_any
+from services.events.store import EventStore
+
+log = logging.getLogger(__name__)
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+FETCH_BATCH = 128
+STORE_PAGE = 500
+#: An abandoned consumer (process killed mid-stream) is removed by the server after this.
+INACTIVE_THRESHOLD = 60.0
+
+
+class TooSlow(Exception):
+    """The subscriber did not accept a message within the stall timeout."""
+
+
+class Subscription:
+    """Streams events after ``position`` matching ``interests`` to one gRPC call."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        store: EventStore,
+        context: Ctx,
+        interests: Sequence[Interest],
+        position: int,
+        *,
+        keepalive: float,
+        stall_timeout: float,
+    ) -> None:
+        self.js = js
+        self.store = store
+        self.context = context
+        self.interests = interests
+        self.position = position
+        self.keepalive = keepalive
+        self.stall_timeout = stall_timeout
+        self.sent = 0
+        self._last_write = 0.0
+        self._consumer: str | None = None
+
+    async def _write(self, msg: events_pb2.SubscribeResponse) -> None:
+        try:
+            await asyncio.wait_for(self.context.write(msg), self.stall_timeout)
+        except TimeoutError:
+            raise TooSlow from None
+        self._last_write = asyncio.get_running_loop().time()
+
+    async def _keepalive(self) -> None:
+        ka = events_pb2.KeepAlive(sequence=self.position)
+        set_timestamp(ka.time, now())
+        await self._write(events_pb2.SubscribeResponse(keep_alive=ka))
+
+    async def _send(self, seq: int, event: Event) -> None:
+        if matches_any(self.interests, event):
+            await self._write(events_pb2.SubscribeResponse(event=event_pb(event, seq)))
+            self.sent += 1
+        self.position = seq
+        if asyncio.get_running_loop().time() - self._last_write >= self.keepalive:
+            # A long run of events that do not match: tell the client how far we got.
+            await self._keepalive()
+
+    async def _bind(self) -> Any:
+        """A fresh ephemeral consumer starting right after the position."""
+        await self._unbind()
+        name = f"vigil-sub-{uuid.uuid4().hex}"
+        config = ConsumerConfig(
+            name=name,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.position + 1,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=INACTIVE_THRESHOLD,
+            mem_storage=True,
+            num_replicas=1,
+            filter_subject=f"{EVENTS_SUBJECT_PREFIX}.>",
+        )
+        await self.js.add_consumer(EVENTS_STREAM, config=config)
+        self._consumer = name
+        return await self.js.pull_subscribe_bind(consumer=name, stream=EVENTS_STREAM)
+
+    async def _unbind(self, sub: Any = None) -> None:
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if self._consumer is not None:
+            name, self._consumer = self._consumer, None
+            try:
+                await asyncio.wait_for(self.js.delete_consumer(EVENTS_STREAM, name), 2.0)
+            except Exception as exc:  # it expires on its own (inactive_threshold)
+                log.debug("cannot delete consumer %s: %s", name, exc)
+
+    async def _fill_from_store(self, before: int) -> None:
+        """Send what retention removed from the stream: history with position < seq < before."""
+        while self.position + 1 < before:
+            rows = await self.store.range(self.position, before, STORE_PAGE)
+            if not rows:
+                log.warning(
+                    "events %d..%d are neither in the stream nor in the history",
+                    self.position + 1,
+                    before - 1,
+                )
+                return
+            for row in rows:
+                await self._send(row.seq, row.event)
+            if len(rows) < STORE_PAGE:
+                return
+
+    async def _handle(self, m: Msg) -> None:
+        seq = m.metadata.sequence.stream
+        if seq <= self.position:
+            return  # a redelivery after a re-bind
+        if seq > self.position + 1:
+            await self._fill_from_store(seq)
+        try:
+            event = Event.model_validate_json(m.data)
+        except ValidationError:
+            log.warning(
+                "%s seq %d is not an event in the common format; skipped", EVENTS_STREAM, seq
+            )
+            self.position = seq
+            return
+        await self._send(seq, event)
+
+    async def run(self) -> None:
+        """Stream until the client goes away; raises :class:`TooSlow` for a stalled client."""
+        loop = asyncio.get_running_loop()
+        await self._keepalive()
+        sub = None
+        delay = 0.2
+        try:
+            while True:
+                if sub is None:
+                    try:
+                        sub = await self._bind()
+                        delay = 0.2
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.warning("subscriber cannot read %s (%s); retrying", EVENTS_STREAM, exc)
+                        await asyncio.sleep(delay)
+                        delay = min(5.0, delay * 2) * random.uniform(0.8, 1.2)
+                        continue
+                idle = self.keepalive - (loop.time() - self._last_write)
+                msgs: list[Msg] = []
+                if idle > 0.01:
+                    try:
+                        msgs = await sub.fetch(FETCH_BATCH, timeout=min(idle, 5.0))
+                    except (TimeoutError, NatsTimeoutError):
+                        pass
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        # The consumer may be gone (NATS restarted): bind again at the position.
+                        log.info(
+                            "subscriber fetch failed (%s); re-binding after %d", exc, self.position
+                        )
+                        await self._unbind(sub)
+                        sub = None
+                        continue
+                for m in msgs:
+                    await self._handle(m)
+                if loop.time() - self._last_write >= self.keepalive:
+                    await self._keepalive()
+        finally:
+            await self._unbind(sub)
+
+
+async def start_position(js: JetStreamContext, after: int | None) -> tuple[int, int]:
+    """``(position, last)``: where a subscription starts and the stream's newest sequence."""
+    info = await js.stream_info(EVENTS_STREAM)
+    last = int(info.state.last_seq)
+    return (last if after is None else after), last
+
+
+def cut_off(sub: Subscription) -> str:
+    """The status message for a stalled subscriber."""
+    metrics.SUBSCRIBERS_CUT.inc()
+    return (
+        f"subscriber too slow: nothing accepted for {sub.stall_timeout:g}s; "
+        "subscribe again with after_sequence = the last sequence received"
+    )

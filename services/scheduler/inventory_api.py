@@ -1,0 +1,179 @@
+"""``vigil.v1.Inventory``: nodes, interfaces and monitored services over gRPC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from vigil.v1 import inventory_pb2, inventory_pb2_grpc
+
+from services.common import paging
+from services.common.grpcerrors import InvalidArgument, NotFound, handle_errors
+from services.common.timeutil import from_duration, from_timestamp, set_timestamp, to_duration
+from services.scheduler.inventory import API, Inventory, InventoryError, NodeEntry, ReadOnlyNode
+from services.scheduler.packages import DEFAULT_POLICY
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+def node_document(node: inventory_pb2.Node) -> dict[str, Any]:
+    """A Node message as the document the configuration schema validates."""
+    doc: dict[str, Any] = {"id": node.id, "label": node.label, "interfaces": []}
+    if node.location:
+        doc["location"] = node.location
+    if node.foreign_id:
+        doc["foreign_id"] = node.foreign_id
+    for itf in node.interfaces:
+        services = []
+        for svc in itf.services:
+            entry: dict[str, Any] = {"name": svc.name}
+            if svc.monitor:
+                entry["monitor"] = svc.monitor
+            if svc.HasField("params"):
+                entry["params"] = json_format.MessageToDict(svc.params)
+            for name in ("interval", "timeout", "ttl"):
+                if svc.HasField(name):
+                    entry[name] = from_duration(getattr(svc, name))
+            if svc.HasField("retries"):
+                entry["retries"] = svc.retries
+            services.append(entry)
+        doc["interfaces"].append({"ip": itf.ip, "services": services})
+    if node.maintenance:
+        doc["maintenance"] = [
+            {
+                "name": w.name or "maintenance",
+                "start": _iso(from_timestamp(w.start)),
+                "end": _iso(from_timestamp(w.end)),
+                "weekly": w.weekly,
+            }
+            for w in node.maintenance
+        ]
+    return doc
+
+
+def _iso(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat()
+
+
+def node_message(entry: NodeEntry) -> inventory_pb2.Node:
+    """The wire form of a node, with each service's resolved settings."""
+    node = entry.node
+    msg = inventory_pb2.Node(
+        id=node.id,
+        label=node.label,
+        location=node.location,
+        foreign_id=node.foreign_id or "",
+        source=inventory_pb2.NODE_SOURCE_API if entry.source == API else inventory_pb2.NODE_SOURCE_CONFIG,
+    )
+    for itf in node.interfaces:
+        out = msg.interfaces.add(ip=str(itf.ip))
+        for svc in itf.services:
+            s = out.services.add(name=svc.name, monitor=svc.monitor or "")
+            if svc.params:
+                s.params.update(svc.params)
+            for name in ("interval", "timeout", "ttl"):
+                value = getattr(svc, name)
+                if value is not None:
+                    getattr(s, name).CopyFrom(to_duration(value))
+            if svc.retries is not None:
+                s.retries = svc.retries
+            spec = next((sp for k, sp in entry.specs.items() if k.ip == str(itf.ip) and k.service == svc.name), None)
+            if spec is not None:
+                policy = spec.policy or DEFAULT_POLICY
+                r = s.resolved
+                r.monitor = spec.monitor
+                r.params.update(spec.params)
+                r.interval.CopyFrom(to_duration(spec.interval))
+                r.timeout.CopyFrom(to_duration(spec.timeout))
+                r.retries = spec.retries
+                r.ttl.CopyFrom(to_duration(spec.ttl))
+                r.package = policy.package
+                r.critical = policy.critical_service == svc.name
+    for w in node.maintenance:
+        mw = msg.maintenance.add(name=w.name, weekly=w.weekly)
+        set_timestamp(mw.start, w.start.timestamp())
+        set_timestamp(mw.end, w.end.timestamp())
+    return msg
+
+
+class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
+    """Validates completely, then applies inside the state keeper's task."""
+
+    def __init__(self, inventory: Inventory, scheduler: Any, keeper: Any) -> None:
+        self.inventory = inventory
+        self.scheduler = scheduler
+        self.keeper = keeper
+
+    @handle_errors
+    async def PutNode(self, request: inventory_pb2.PutNodeRequest, context: Ctx) -> inventory_pb2.Node:  # noqa: N802
+        if not request.HasField("node"):
+            raise InvalidArgument("node", "is required")
+        if not request.node.id:
+            raise InvalidArgument("node.id", "is required")
+        try:
+            node, specs = self.inventory.validate(node_document(request.node))
+        except InventoryError as exc:
+            field, _, problem = str(exc).partition(": ")
+            raise InvalidArgument(field, problem) from None
+        try:
+            self.inventory.check_writable(node.id)
+        except ReadOnlyNode as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        entry: NodeEntry = await self.keeper.call(lambda: self.inventory.put(node, specs, self.scheduler, self.keeper))
+        return node_message(entry)
+
+    @handle_errors
+    async def GetNode(self, request: inventory_pb2.GetNodeRequest, context: Ctx) -> inventory_pb2.Node:  # noqa: N802
+        if not request.id:
+            raise InvalidArgument("id", "is required")
+        entry = self.inventory.get(request.id)
+        if entry is None:
+            raise NotFound(f"node {request.id} does not exist")
+        return node_message(entry)
+
+    @handle_errors
+    async def ListNodes(  # noqa: N802
+        self, request: inventory_pb2.ListNodesRequest, context: Ctx
+    ) -> inventory_pb2.ListNodesResponse:
+        filters = [request.location, request.foreign_id]
+        size = paging.page_size(request.page_size)
+        after = paging.decode_token(request.page_token, filters)
+        if after is not None and not isinstance(after, str):
+            raise InvalidArgument("page_token", "not a token this server issued")
+        ids = sorted(
+            node_id
+            for node_id, e in self.inventory.entries.items()
+            if (not request.location or e.node.location == request.location)
+            and (not request.foreign_id or e.node.foreign_id == request.foreign_id)
+        )
+        start = 0 if after is None else next((i for i, n in enumerate(ids) if n > after), len(ids))
+        page = ids[start : start + size]
+        more = start + size < len(ids)
+        return inventory_pb2.ListNodesResponse(
+            nodes=[node_message(self.inventory.entries[n]) for n in page],
+            next_page_token=paging.encode_token(page[-1], filters) if more and page else "",
+            total_size=len(ids),
+        )
+
+    @handle_errors
+    async def DeleteNode(  # noqa: N802
+        self, request: inventory_pb2.DeleteNodeRequest, context: Ctx
+    ) -> inventory_pb2.DeleteNodeResponse:
+        if not request.id:
+            raise InvalidArgument("id", "is required")
+        if self.inventory.get(request.id) is None:
+            raise NotFound(f"node {request.id} does not exist")
+        try:
+            self.inventory.check_writable(request.id)
+        except ReadOnlyNode as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        try:
+            services, outages = await self.keeper.call(
+                lambda: self.inventory.delete(request.id, self.scheduler, self.keeper)
+            )
+        except KeyError:
+            raise NotFound(f"node {request.id} does not exist") from None
+        return inventory_pb2.DeleteNodeResponse(services_removed=services, outages_closed=outages)

@@ -1,0 +1,211 @@
+"""Durable ingestion: nothing lost while the event service is down, nothing published twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from minion.monitors.base import Status
+from services.common.events import EVENTS_STREAM, INGEST_STREAM
+from services.common.natsserver import NatsServer
+from services.common.streams import ensure_stream, events_stream_config, ingest_stream_config
+from services.events.app import EventService
+from services.events.normalize import normalize
+from services.events.ingest import Ingestor
+from services.events.store import EventFilter, EventStore
+from services.scheduler.model import ServiceKey
+from tests.events.util import events_config, jetstream, publish_raw, raw_event
+from tests.helpers import EventCollector, Stack, TcpTarget, make_config, wait_for
+
+
+async def stream_events(url: str) -> list[tuple[int, dict[str, Any]]]:
+    """Every message in VIGIL_EVENTS with its sequence (an independent JetStream reader)."""
+    async with jetstream(url) as js:
+        info = await js.stream_info(EVENTS_STREAM)
+        if info.state.messages == 0:
+            return []
+        sub = await js.pull_subscribe(
+            "vigil.events.>",
+            stream=EVENTS_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL),
+        )
+        out: list[tuple[int, dict[str, Any]]] = []
+        while len(out) < info.state.messages:
+            for m in await sub.fetch(256, timeout=5):
+                out.append((m.metadata.sequence.stream, json.loads(m.data)))
+        return out
+
+
+async def stored(svc: EventService) -> list[tuple[int, str]]:
+    rows, _ = await svc.store.list_events(EventFilter(), before_seq=None, limit=1000)
+    return [(r.seq, r.event.id) for r in rows]
+
+
+async def test_events_produced_while_the_event_service_is_down_are_published_once_after_restart(
+    tmp_path: Path, nats_server: NatsServer, events_seen: EventCollector
+) -> None:
+    target = await TcpTarget().start()
+    node = {
+        "id": "node-1",
+        "label": "test node",
+        "interfaces": [
+            {"ip": "127.0.0.1", "services": [{"name": "Echo", "monitor": "tcp", "params": {"port": target.port}}]}
+        ],
+    }
+    cfg = make_config(tmp_path, nats_server.url, [node], events={"summary_interval": None})
+    stack = await Stack(cfg, nats_server.url).start()
+    try:
+        assert stack.scheduler is not None and stack.events is not None
+        rt = stack.scheduler.services[ServiceKey("node-1", "127.0.0.1", "Echo")]
+        await wait_for(lambda: rt.status is Status.UP, what="service UP")
+        await stack.events.stop()
+
+        # The scheduler keeps producing: an outage opens and closes while nobody normalizes.
+        await target.stop()
+        await wait_for(lambda: rt.status is Status.DOWN, what="service DOWN")
+        await target.start()
+        await wait_for(lambda: rt.status is Status.UP, what="service UP again")
+        await wait_for(lambda: stack.scheduler.relay.published >= 4, what="4 raw events in JetStream")  # type: ignore[union-attr]
+        assert events_seen.events == []
+
+        stack.events = EventService(cfg, nats_url=nats_server.url)
+        await stack.events.start()
+        await wait_for(lambda: len(events_seen.events) >= 4, what="the 4 events published")
+        kinds = sorted((e["type"], e["action"]) for e in events_seen.events)
+        assert kinds == [("outage", "closed"), ("outage", "opened"), ("service", "lost"), ("service", "regained")]
+        ids = [e["id"] for e in events_seen.events]
+        assert len(set(ids)) == 4
+
+        # The scheduler's outbox may hand an event over again (crash before its
+        # bookkeeping): the event service must not publish it a second time.
+        again = next(e for e in events_seen.events if e["action"] == "lost")
+        async with jetstream(nats_server.url) as js:
+            await publish_raw(js, {k: v for k, v in again.items() if k != "reductionKey"}, "scheduler", msg_id="x-1")
+            await publish_raw(js, raw_event("node", "down", "marker"), "scheduler")
+        await wait_for(lambda: events_seen.find(nodeId="marker"), what="marker event")
+        assert Counter(e["id"] for e in events_seen.events)[again["id"]] == 1
+
+        in_stream = await stream_events(nats_server.url)
+        assert sorted(e["id"] for _, e in in_stream) == sorted([*ids, events_seen.find(nodeId="marker")[0]["id"]])
+        # History holds each once, under the sequence JetStream gave it.
+        assert sorted(await stored(stack.events)) == sorted((seq, e["id"]) for seq, e in in_stream)
+    finally:
+        await stack.stop()
+        await target.stop()
+
+
+async def test_raw_events_wait_in_the_stream_until_the_service_starts(
+    tmp_path: Path, nats_server: NatsServer, events_seen: EventCollector
+) -> None:
+    cfg = events_config(tmp_path, nats_server.url)
+    first = EventService(cfg, nats_url=nats_server.url)
+    await first.start()  # declares the streams and its durable consumer
+    await first.stop()
+    sent = [raw_event("node", "down", f"n{i}") for i in range(30)]
+    async with jetstream(nats_server.url) as js:
+        for e in sent:
+            await publish_raw(js, e)
+        await publish_raw(js, sent[3])  # a producer retry within the duplicate window
+    svc = EventService(cfg, nats_url=nats_server.url)
+    await svc.start()
+    try:
+        await wait_for(lambda: svc.ingestor and svc.ingestor.processed >= 30, what="30 events processed")
+        await wait_for(lambda: len(events_seen.events) >= 30, what="30 events on NATS")
+        assert sorted(e["id"] for e in events_seen.events) == sorted(e["id"] for e in sent)
+        seqs = [seq for seq, _ in await stored(svc)]
+        assert sorted(seqs) == list(range(1, 31))  # one stream sequence per event, no gap
+    finally:
+        await svc.stop()
+
+
+async def test_publish_then_crash_before_store_is_not_published_again(tmp_path: Path, nats_server: NatsServer) -> None:
+    """A raw event redelivered after its normalized form was published (but not stored).
+
+    With a short duplicate window JetStream no longer recognises the repeat;
+    the ingestor must find the earlier publication itself.
+    """
+    store = EventStore(f"sqlite:///{tmp_path}/events.db")
+    await store.open()
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await ensure_stream(js, ingest_stream_config())
+        config = events_stream_config(60.0, 1 << 20)
+        config.duplicate_window = 0.2
+        await ensure_stream(js, config)
+        ingestor = Ingestor(nc, js, store)  # driven by hand: its run() loop is not started
+
+        raw = raw_event("node", "down", "crashy")
+        event = normalize(raw, default_source="test")
+        # The "previous life": published, then a crash before storing and acknowledging.
+        first = await js.publish(event.subject, event.to_json(), headers={"Nats-Msg-Id": event.id})
+        await asyncio.sleep(0.5)  # past the duplicate window
+
+        await js.publish("vigil.ingest.test", json.dumps(raw).encode())
+        sub = await js.pull_subscribe(
+            "vigil.ingest.>",
+            durable="crash-test",
+            stream=INGEST_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=0.5),
+        )
+        await sub.fetch(1, timeout=5)  # first delivery: "lost in the crash"
+        again = await wait_for(lambda: _fetch(sub), timeout=10, what="redelivery")
+        assert again[0].metadata.num_delivered == 2
+        await ingestor.process(again)
+
+        rows, _ = await store.list_events(EventFilter(), before_seq=None, limit=10)
+        assert [(r.seq, r.event.id) for r in rows] == [(first.seq, event.id)]
+        info = await js.stream_info(EVENTS_STREAM)
+        assert info.state.last_seq == first.seq  # nothing published again
+        assert ingestor.processed == 1
+    finally:
+        await nc.close()
+        await store.close()
+
+
+async def _fetch(sub: Any) -> list[Any]:
+    try:
+        return list(await sub.fetch(1, timeout=1))
+    except (TimeoutError, nats.errors.TimeoutError):
+        return []
+
+
+async def test_invalid_raw_events_are_rejected_counted_and_the_service_keeps_running(
+    nats_server: NatsServer, service: EventService, events_seen: EventCollector
+) -> None:
+    notices: list[dict[str, Any]] = []
+    nc = await nats.connect(nats_server.url)
+
+    async def on_notice(msg: Any) -> None:
+        notices.append(json.loads(msg.data))
+
+    await nc.subscribe("vigil.rejected.>", cb=on_notice)
+    await nc.flush()
+    try:
+        async with jetstream(nats_server.url) as js:
+            await publish_raw(js, b"{not json", "junk")
+            await publish_raw(js, {"type": "volcano", "action": "erupted"}, "junk")
+            await publish_raw(js, raw_event("service", "lost", data={"blob": "x" * 200_000}), "junk")
+            await publish_raw(js, {"type": "node", "action": "down", "nodeId": 5}, "junk")
+            good = raw_event("node", "down", "after-junk")
+            await publish_raw(js, good, "junk")
+        await wait_for(lambda: events_seen.find(id=good["id"]), what="the good event")
+        assert service.ingestor is not None
+        assert service.ingestor.rejected == 4
+        await wait_for(lambda: len(notices) >= 4, what="4 rejection notices")
+        reasons = {n["field"]: n["reason"] for n in notices}
+        assert reasons["event"].startswith("event: ")
+        assert "volcano" in reasons["type"]
+        assert reasons["nodeId"] == "nodeId: must be a string, not int"
+        assert any("exceeds" in n["reason"] for n in notices)
+        assert len(events_seen.events) == 1
+        assert [i for _, i in await stored(service)] == [good["id"]]
+        assert not service.tasks.failed.is_set()
+    finally:
+        await nc.close()
