@@ -147,10 +147,11 @@ class EventService:
             # Flush (the last acks) and close. Not drain(): it waits for pull
             # subscriptions' internal queues to be "done", which nats-py's fetch
             # does not always mark, so it would sit out its timeout.
-            try:
-                await asyncio.wait_for(self._nc.flush(), 2.0)
-            except Exception as exc:
-                log.warning("NATS flush at shutdown failed: %s", exc)
+            if self._nc.is_connected:
+                try:
+                    await asyncio.wait_for(self._nc.flush(), 2.0)
+                except Exception as exc:
+                    log.warning("NATS flush at shutdown failed: %s", exc)
             await self._nc.close()
         await self.store.close()
         log.info("event service stopped")

@@ -2,7 +2,8 @@
 
 A filter names some of ``type``, ``action``, ``severity``, ``nodeId``,
 ``location``; each value is matched exactly, or as a shell-style glob when it
-holds ``*``, ``?`` or ``[...]`` (``node-1*``, ``[mc]*``). Inside one filter the
+holds ``*``, ``?`` or ``[...]`` (``node-1*``, ``[mc]*``). An absent field of
+the event is matched as ``""`` (``*`` accepts it, ``?*`` does not). Inside one filter the
 fields AND; a list of filters ORs; an empty list matches every event; an empty
 field matches anything.
 """

@@ -151,7 +151,14 @@ class Ingestor:
             source = m.subject[len(INGEST_SUBJECT_PREFIX) + 1 :][:64]
             try:
                 good.append(
-                    (m, normalize(m.data, default_source=source, default_id=functools.partial(_default_id, m)))
+                    (
+                        m,
+                        normalize(
+                            m.data,
+                            default_source=source,
+                            default_id=functools.partial(_default_id, m),
+                        ),
+                    )
                 )
             except InvalidEvent as exc:
                 await self._reject(m, source, exc)

@@ -191,7 +191,7 @@ class Inventory:
         removed = self._uninstall(node_id)
         for rt in removed:
             scheduler.remove(rt.key)
-        outages = sum(1 for rt in removed if rt.open_outage_id is not None)
+        outages = sum(1 for rt in removed if rt.outage is not None)
         await keeper.forget(removed, now(), "deleted")
         log.info("node %s deleted: %d service(s), %d outage(s) closed", node_id, len(removed), outages)
         return len(removed), outages

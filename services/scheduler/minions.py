@@ -8,7 +8,7 @@ it is alive with heartbeats on that session. The registry keeps one record per
 Liveness is decided in one place, :meth:`MinionRegistry.run` (the sweeper,
 owned by the scheduler's Supervisor):
 
-* a minion unheard for ``heartbeat_interval × heartbeat_misses`` is marked
+* a minion unheard for ``heartbeat_interval * heartbeat_misses`` is marked
   DOWN: one ``minion down`` event; one that says goodbye (it is stopping on
   purpose) is marked DOWN at once;
 * when the last live minion of a location goes, one ``location unreachable``
@@ -41,6 +41,7 @@ location") but is not a site outage worth an event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import deque
@@ -155,7 +156,12 @@ class MinionRegistry:
         if old is not None and old.up:
             if old.location != session.location:
                 # Moved: for the old location it is gone.
-                log.info("minion %s moved from %s to %s", session.system_id, old.location, session.location)
+                log.info(
+                    "minion %s moved from %s to %s",
+                    session.system_id,
+                    old.location,
+                    session.location,
+                )
                 self._after_down(old.location, session.system_id)
                 self._came_up(session, "moved")
             else:
@@ -179,7 +185,7 @@ class MinionRegistry:
         return 0 <= now() - session.last_connected_at <= self.timeout
 
     def unregister(self, session: MinionSession) -> None:
-        """The session's stream ended. The minion stays known; the sweeper decides when it is down."""
+        """Stream ended: The minion stays known; the sweeper decides when it is DOWN."""
         session.open = False
         if self._minions.get(session.system_id) is session:
             log.info("minion %s: session closed (location %s)", session.system_id, session.location)
@@ -233,7 +239,11 @@ class MinionRegistry:
 
     def _came_up(self, session: MinionSession, how: str) -> None:
         log.info(
-            "minion %s up (%s; location %s, version %s)", session.system_id, how, session.location, session.version
+            "minion %s up (%s; location %s, version %s)",
+            session.system_id,
+            how,
+            session.location,
+            session.version,
         )
         self._queue_event(
             make_event(
@@ -257,7 +267,12 @@ class MinionRegistry:
             log.info("location %s reachable again (minion %s)", loc, session.system_id)
             self._queue_event(
                 make_event(
-                    "location", "reachable", source=SOURCE, type_id=loc, location=loc, systemId=session.system_id
+                    "location",
+                    "reachable",
+                    source=SOURCE,
+                    type_id=loc,
+                    location=loc,
+                    systemId=session.system_id,
                 )
             )
         self._locations[loc] = True
@@ -281,7 +296,11 @@ class MinionRegistry:
         self._after_down(session.location, session.system_id)
 
     def _after_down(self, location: str, system_id: str) -> None:
-        if any(s.up and s.location == location for s in self._minions.values() if s.system_id != system_id):
+        if any(
+            s.up and s.location == location
+            for s in self._minions.values()
+            if s.system_id != system_id
+        ):
             return
         self._location_down(location)
 
@@ -291,7 +310,16 @@ class MinionRegistry:
         self._locations[location] = False
         reason = unreachable_reason(location)
         log.warning("%s", reason)
-        self._queue_event(make_event("location", "unreachable", source=SOURCE, type_id=location, location=location, reason=reason))
+        self._queue_event(
+            make_event(
+                "location",
+                "unreachable",
+                source=SOURCE,
+                type_id=location,
+                location=location,
+                reason=reason,
+            )
+        )
         self._expire.append(location)
 
     def _queue_event(self, event: Event) -> None:
@@ -299,7 +327,9 @@ class MinionRegistry:
             # Only reachable when the store has been down for very long; say so.
             self._events.popleft()
             self.events_dropped += 1
-            log.error("minion/location events: the store is unavailable and the queue is full; dropped one")
+            log.error(
+                "minion/location events: the store is unavailable and the queue is full; dropped 1"
+            )
         self._events.append(event)
         self._wake.set()
 
@@ -321,7 +351,7 @@ class MinionRegistry:
             self._update_gauge()
 
     def scan_locations(self, locations: Iterable[str]) -> None:
-        """After the start-up grace: a location with services and no minion ever seen is unreachable."""
+        """After the start-up grace: a location with services and no minion seen is unreachable."""
         for loc in set(locations):
             if loc not in self._locations:
                 self._location_down(loc)
@@ -339,7 +369,7 @@ class MinionRegistry:
                 excess -= 1
 
     async def run(self, keeper: StateKeeper, dispatcher: Dispatcher) -> None:
-        """The sweeper: liveness, location scans, events out, pending polls of lost locations UNKNOWN."""
+        """The sweeper: liveness, location scans, events, UNKNOWN for lost locations' polls."""
         loop = asyncio.get_running_loop()
         period = max(0.05, min(1.0, self.heartbeat_interval / 2))
         next_scan = 0.0
@@ -368,16 +398,16 @@ class MinionRegistry:
                 except Exception as exc:
                     # Back at the front, in order: retried until the store takes them.
                     self._events.extendleft(reversed(batch))
-                    log.warning("writing %d minion/location event(s) failed (%s); retrying", len(batch), exc)
+                    log.warning(
+                        "writing %d minion/location event(s) failed (%s); retrying", len(batch), exc
+                    )
                     await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                     delay = min(10.0, delay * 2)
                     continue
                 delay = 0.5
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), period)
-            except TimeoutError:
-                pass
 
     def _update_gauge(self) -> None:
         counts: dict[str, int] = {}

@@ -58,6 +58,13 @@ class ServiceSpec:
         return min(self.ttl, self.timeout * (self.retries + 1) + 2.0) if self.ttl > 0 else 5.0
 
 
+@dataclass(eq=False, slots=True)
+class OutageRef:
+    """An outage; ``id`` is filled in by the store when the opening transaction runs."""
+
+    id: int | None = None
+
+
 @dataclass(slots=True)
 class ServiceRuntime:
     """A service's spec plus its live state.
@@ -75,7 +82,8 @@ class ServiceRuntime:
     last_poll_at: float | None = None
     response_time_ms: float = 0.0
     values: dict[str, float] = field(default_factory=dict)
-    open_outage_id: int | None = None
+    #: The open outage (its id is known once the transaction that opened it commits).
+    outage: OutageRef | None = None
     #: What the open outage was blamed on: "service", "interface" or "node".
     outage_cause: str = ""
     #: Id of the request in flight, if any: a service is never polled twice at once.
@@ -99,6 +107,11 @@ class ServiceRuntime:
     @property
     def key(self) -> ServiceKey:
         return self.spec.key
+
+    @property
+    def open_outage_id(self) -> int | None:
+        """Id of the open outage, ``None`` when there is none (or it is not committed yet)."""
+        return self.outage.id if self.outage is not None else None
 
     @property
     def suspect(self) -> bool:

@@ -58,7 +58,9 @@ _STATUS = {
 }
 
 
-def to_observation(result: poll_pb2.PollResult, key: ServiceKey, at: float | None = None) -> Observation:
+def to_observation(
+    result: poll_pb2.PollResult, key: ServiceKey, at: float | None = None
+) -> Observation:
     """A minion's result as an observation of ``key`` (a result without status is UNKNOWN).
 
     ``at`` defaults to the result's ``finished_at``, never later than our clock.
@@ -68,7 +70,11 @@ def to_observation(result: poll_pb2.PollResult, key: ServiceKey, at: float | Non
         return Observation(key, Status.UNKNOWN, "minion sent a result without a status", now())
     if at is None:
         # Never trust a minion clock that runs ahead of ours.
-        at = min(from_timestamp(result.finished_at), now()) if result.HasField("finished_at") else now()
+        at = (
+            min(from_timestamp(result.finished_at), now())
+            if result.HasField("finished_at")
+            else now()
+        )
     return Observation(
         key=key,
         status=status,
@@ -103,7 +109,7 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
         #: results not newer than it are stale. Bounded by the inventory (see _remember).
         self._last_result: dict[ServiceKey, float] = {}
 
-    async def Connect(  # noqa: N802 - gRPC method name
+    async def Connect(
         self,
         request_iterator: AsyncIterator[sink_pb2.MinionMessage],
         context: grpc.aio.ServicerContext[sink_pb2.MinionMessage, sink_pb2.SinkMessage],
@@ -112,7 +118,10 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
         try:
             first = await asyncio.wait_for(messages.__anext__(), HELLO_TIMEOUT)
         except (TimeoutError, StopAsyncIteration):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello: the first message must be a hello, within 10s")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "hello: the first message must be a hello, within 10s",
+            )
         session = self._session(first)
         if isinstance(session, str):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, session)
@@ -129,14 +138,16 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
                 )
             )
             if store_and_forward:
-                for msg in self._schedule_update(session, first.hello.schedule_digest):
-                    yield msg
+                for update in self._schedule_update(session, first.hello.schedule_digest):
+                    yield update
             replaced = asyncio.ensure_future(session.replaced.wait())
             nxt: asyncio.Future[sink_pb2.MinionMessage] | None = None
             try:
                 while True:
                     nxt = asyncio.ensure_future(messages.__anext__())
-                    done, _ = await asyncio.wait({nxt, replaced}, return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(
+                        {nxt, replaced}, return_when=asyncio.FIRST_COMPLETED
+                    )
                     if nxt not in done:
                         return  # a newer session of this minion took over
                     try:
@@ -168,19 +179,23 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
             return "hello: the first message must be a hello"
         hello = msg.hello
         if not NODE_ID_RE.fullmatch(hello.system_id):
-            return f"hello.system_id: {hello.system_id!r} is not a valid id (letters, digits, '-', '_')"
+            sid = hello.system_id
+            return f"hello.system_id: {sid!r} is not a valid id (letters, digits, '-', '_')"
         if not LOCATION_RE.fullmatch(hello.location):
-            return f"hello.location: {hello.location!r} is not a valid location (letters, digits, '-', '_')"
+            loc = hello.location
+            return f"hello.location: {loc!r} is not a valid location (letters, digits, '-', '_')"
         return MinionSession(
             system_id=hello.system_id,
             location=hello.location,
             version=hello.version[:64],
             monitors=list(hello.monitors)[:256],
-            last_connected_at=from_timestamp(hello.last_connected_at) if hello.HasField("last_connected_at") else 0.0,
+            last_connected_at=from_timestamp(hello.last_connected_at)
+            if hello.HasField("last_connected_at")
+            else 0.0,
         )
 
     def _schedule_update(self, session: MinionSession, held: str) -> list[sink_pb2.SinkMessage]:
-        """The location's schedule when the minion does not hold the current one (checked every refresh)."""
+        """The location's schedule, when the minion does not hold it (checked every refresh)."""
         assert self.sites is not None
         loop_now = asyncio.get_running_loop().time()
         if session.schedule_checked and loop_now - session.schedule_checked < self.sites.refresh:
@@ -200,7 +215,9 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
         )
         return [sink_pb2.SinkMessage(schedule=m) for m in schedule.messages]
 
-    async def _handle(self, session: MinionSession, msg: sink_pb2.MinionMessage) -> sink_pb2.BatchAck | None:
+    async def _handle(
+        self, session: MinionSession, msg: sink_pb2.MinionMessage
+    ) -> sink_pb2.BatchAck | None:
         self.registry.touch(session)
         kind = msg.WhichOneof("kind")
         if kind == "heartbeat":
@@ -232,7 +249,9 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
             accepted += 1
         return sink_pb2.BatchAck(seq=batch.seq, accepted=accepted, late=late)
 
-    async def _replay(self, session: MinionSession, batch: sink_pb2.ResultBatch) -> sink_pb2.BatchAck:
+    async def _replay(
+        self, session: MinionSession, batch: sink_pb2.ResultBatch
+    ) -> sink_pb2.BatchAck:
         accepted = ignored = 0
         wall = now()
         for result in batch.results[:MAX_RESULTS_PER_BATCH]:

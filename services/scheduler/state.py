@@ -44,6 +44,7 @@ from services.scheduler.model import (
     InterfaceState,
     NodeState,
     Observation,
+    OutageRef,
     ServiceKey,
     ServiceRuntime,
 )
@@ -73,16 +74,22 @@ class _Command:
 
 
 @dataclass(slots=True)
-class _Op:
-    """A transition to persist, in order."""
+class _Write:
+    """One store write of a batch. Memory is updated when the batch is computed;
+    the writes are replayed as a whole if the transaction has to be retried."""
 
-    kind: str
-    rt: ServiceRuntime | None = None
+    kind: str  # open | close | events | down | up
+    ref: OutageRef | None = None
+    key: ServiceKey | None = None
     at: float = 0.0
     reason: str = ""
-    outage_id: int | None = None
-    itf: InterfaceState | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    event_id: str | None = None
+    cause: str = "service"
+    cause_event_id: str | None = None
+    events: list[Event] = field(default_factory=list)
+    #: (event, data field, outage) pairs: the outage id goes into the event once known.
+    patch: list[tuple[Event, str, OutageRef]] = field(default_factory=list)
+    element: DownElement | None = None
 
 
 class StateKeeper:
@@ -113,6 +120,9 @@ class StateKeeper:
         self.scheduling: Scheduling | None = None
         #: PollNow callers waiting for the result of a request id.
         self.waiters: dict[str, list[asyncio.Future[ServiceRuntime]]] = {}
+        # The batch being computed.
+        self._writes: list[_Write] = []
+        self._follow: list[tuple[ServiceKey, bool]] = []
 
     # -- intake ----------------------------------------------------------------------
 
@@ -180,7 +190,7 @@ class StateKeeper:
 
     async def apply(self, batch: Iterable[Observation]) -> None:
         """Apply observations in order; persist the transitions they cause."""
-        ops: list[_Op] = []
+        self._writes, self._follow = [], []
         resolved: list[tuple[str, ServiceRuntime]] = []
         reschedule: set[ServiceKey] = set()
         for obs in batch:
@@ -192,28 +202,27 @@ class StateKeeper:
             self._record(rt, obs)
             if obs.request_id in self.waiters:
                 resolved.append((obs.request_id, rt))
-            if rt.stale:
-                rt.stale = False
+            rt.stale = False
             if obs.status is Status.UNKNOWN:
-                self._critical_answered(rt, obs, ops)
+                self._critical_answered(rt, obs)
                 continue
-            self._flapping(rt, obs, ops)
+            self._flapping(rt, obs)
             before = (rt.status, rt.against)
-            self._judge(rt, obs, ops)
-            self._critical_answered(rt, obs, ops)
+            self._judge(rt, obs)
+            self._critical_answered(rt, obs)
             if (rt.status, rt.against) != before:
                 reschedule.add(rt.key)
-        if ops:
-            await self._persist(ops)
-            for op in ops:
-                if op.rt is not None:
-                    reschedule.add(op.rt.key)
+        writes, follow = self._writes, self._follow
+        self._writes, self._follow = [], []
+        if writes:
+            await self._persist(writes)
         if self.scheduling is not None:
             for key in reschedule:
                 if key in self.services:
                     self.scheduling.reschedule(key)
-            for op in ops:
-                self._follow_up(op)
+            for key, urgent in follow:
+                if key in self.services:
+                    self.scheduling.poll_now(key, urgent=urgent)
         for rid, rt in resolved:
             for fut in self.waiters.pop(rid, []):
                 if not fut.done():
@@ -245,7 +254,7 @@ class StateKeeper:
                 }
             )
 
-    def _judge(self, rt: ServiceRuntime, obs: Observation, ops: list[_Op]) -> None:
+    def _judge(self, rt: ServiceRuntime, obs: Observation) -> None:
         """Confirmation counting and declaration of DOWN / UP."""
         policy = self._policy(rt)
         if obs.status is Status.DOWN:
@@ -258,9 +267,8 @@ class StateKeeper:
             if rt.against >= policy.confirm_down:
                 since = rt.against_since
                 rt.against, rt.against_since = 0, None
-                self._declare_down(rt, since, obs.reason, ops)
+                self._declare_down(rt, since, obs.reason)
             return
-        # UP
         if rt.status is Status.DOWN:
             rt.against += 1
             if rt.against_since is None:
@@ -268,31 +276,30 @@ class StateKeeper:
             if rt.against >= policy.confirm_up:
                 since = rt.against_since
                 rt.against, rt.against_since = 0, None
-                self._declare_up(rt, since, ops)
+                self._declare_up(rt, since)
             return
         rt.against, rt.against_since = 0, None
         if rt.status is Status.UNKNOWN:
             rt.status, rt.status_since = Status.UP, obs.at
         rt.polling_stopped = False
 
-    def _declare_down(self, rt: ServiceRuntime, since: float, reason: str, ops: list[_Op]) -> None:
+    def _declare_down(self, rt: ServiceRuntime, since: float, reason: str) -> None:
         rt.status, rt.status_since = Status.DOWN, since
         itf = self._itf(rt)
-        if itf is not None and itf.critical == rt.key:
-            if not itf.down:
-                ops.append(_Op("critical_down", rt, since, reason, itf=itf))
-                return
-        elif itf is not None and itf.down:
+        if itf is not None and itf.critical == rt.key and not itf.down:
+            self._interface_down(rt, itf, since, reason)
+        elif itf is not None and itf.down and itf.critical != rt.key:
             # Polled although its interface is down (e.g. poll-now): blame the interface.
-            ops.append(_Op("lost_by_cause", rt, since, reason, itf=itf))
-            return
-        elif itf is not None and itf.critical is not None and itf.critical in self.services:
+            self._open_caused(rt, itf, since, reason)
+        elif itf is not None and itf.critical not in (None, rt.key) and itf.critical in self.services:
+            # Is it the service, or the whole interface? Ask the critical service first.
             rt.awaiting_critical = True
-            ops.append(_Op("check_critical", None, since, itf=itf))
-            return
-        ops.append(_Op("lost", rt, since, reason))
+            assert itf.critical is not None
+            self._follow.append((itf.critical, True))
+        else:
+            self._lost(rt, since, reason)
 
-    def _declare_up(self, rt: ServiceRuntime, since: float, ops: list[_Op]) -> None:
+    def _declare_up(self, rt: ServiceRuntime, since: float) -> None:
         rt.status, rt.status_since = Status.UP, since
         rt.polling_stopped = False
         if rt.awaiting_critical:
@@ -300,29 +307,27 @@ class StateKeeper:
             return
         itf = self._itf(rt)
         if itf is not None and itf.critical == rt.key and itf.down:
-            ops.append(_Op("critical_up", rt, since, itf=itf))
-            return
-        outage_id, rt.open_outage_id = rt.open_outage_id, None
-        ops.append(_Op("regained", rt, since, outage_id=outage_id, extra={"cause": rt.outage_cause}))
-        rt.outage_cause = ""
+            self._interface_up(rt, itf, since)
+        else:
+            self._regained(rt, since)
 
-    def _critical_answered(self, rt: ServiceRuntime, obs: Observation, ops: list[_Op]) -> None:
+    def _critical_answered(self, rt: ServiceRuntime, obs: Observation) -> None:
         """Release services waiting on this critical service unless it is (becoming) down."""
         itf = self._itf(rt)
         if itf is None or itf.critical != rt.key or itf.down:
             return
         if rt.status is Status.DOWN or (obs.status is Status.DOWN and rt.suspect):
             return  # down, or being confirmed down: wait
+        why = "" if obs.status is Status.UP else " (critical service state unknown)"
         for other in self._services_of(itf):
             if other.awaiting_critical:
                 other.awaiting_critical = False
-                why = "" if obs.status is Status.UP else " (critical service state unknown)"
-                ops.append(_Op("lost", other, other.status_since or obs.at, other.last_reason + why))
+                self._lost(other, other.status_since or obs.at, other.last_reason + why)
 
     def _services_of(self, itf: InterfaceState) -> list[ServiceRuntime]:
         return [rt for k, rt in self.services.items() if k.node_id == itf.node_id and k.ip == itf.ip]
 
-    def _flapping(self, rt: ServiceRuntime, obs: Observation, ops: list[_Op]) -> None:
+    def _flapping(self, rt: ServiceRuntime, obs: Observation) -> None:
         rt.history.append(obs.status)
         cfg = self._policy(rt).flapping
         if cfg is None:
@@ -332,126 +337,67 @@ class StateKeeper:
         if not rt.flapping and changes >= cfg.threshold:
             rt.flapping = True
             self._dirty.add(rt.key)
-            ops.append(_Op("flapping", rt, obs.at, extra={"changes": changes, "window": cfg.window}))
+            self._events(self._event("service", "flapping", rt, obs.at, changes=changes, window=cfg.window))
         elif rt.flapping and len(recent) >= cfg.window and changes * 2 < cfg.threshold:
             rt.flapping = False
             self._dirty.add(rt.key)
-            ops.append(_Op("settled", rt, obs.at))
+            self._events(self._event("service", "settled", rt, obs.at, status=rt.status.value))
 
-    # -- persisting transitions ------------------------------------------------------
+    # -- transitions: memory now, writes for the batch's transaction -------------------
 
-    async def _persist(self, ops: list[_Op]) -> None:
-        delay = 0.5
-        while True:
-            emitted: list[Event] = []
-            try:
-                async with self.store.transaction() as tx:
-                    for op in ops:
-                        emitted += await self._write(tx, op)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("store write failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(10.0, delay * 2) * random.uniform(0.8, 1.2)
-        for e in emitted:
-            metrics.EVENTS_EMITTED.labels(e.type, e.action).inc()
-        if emitted:
-            self._on_events()
-
-    async def _write(self, tx: Transaction, op: _Op) -> list[Event]:
-        if op.kind == "lost":
-            assert op.rt is not None
-            return await self._open(tx, op.rt, op.at, op.reason)
-        if op.kind == "lost_by_cause":
-            assert op.rt is not None and op.itf is not None
-            await self._open_caused(tx, op.rt, op.at, op.reason, op.itf)
-            return []
-        if op.kind == "regained":
-            assert op.rt is not None
-            return await self._close(tx, op.rt, op.at, op.outage_id)
-        if op.kind == "critical_down":
-            assert op.rt is not None and op.itf is not None
-            return await self._interface_down(tx, op.rt, op.itf, op.at, op.reason)
-        if op.kind == "critical_up":
-            assert op.rt is not None and op.itf is not None
-            return await self._interface_up(tx, op.rt, op.itf, op.at)
-        if op.kind in ("flapping", "settled"):
-            assert op.rt is not None
-            data = dict(op.extra)
-            if op.kind == "settled":
-                data["status"] = op.rt.status.value
-            events = [self._event("service", op.kind, op.rt, op.at, **data)]
-            await tx.enqueue(events)
-            return events
-        return []  # check_critical: nothing to write
-
-    def _follow_up(self, op: _Op) -> None:
-        """Polls that a transition calls for, once it is committed."""
-        assert self.scheduling is not None
-        if op.kind == "check_critical" and op.itf is not None and op.itf.critical is not None:
-            self.scheduling.poll_now(op.itf.critical, urgent=True)
-        elif op.kind == "critical_up" and op.itf is not None:
-            for rt in self._services_of(op.itf):
-                if rt.key != op.itf.critical:
-                    self.scheduling.poll_now(rt.key, urgent=False)
+    def _events(self, *events: Event, patch: list[tuple[Event, str, OutageRef]] | None = None) -> None:
+        self._writes.append(_Write("events", events=list(events), patch=patch or []))
 
     def _suppression(self, rt: ServiceRuntime, at: float) -> str | None:
         window = self._policy(rt).in_maintenance(at)
         return f"maintenance: {window.name}" if window is not None else None
 
-    async def _open(self, tx: Transaction, rt: ServiceRuntime, at: float, reason: str) -> list[Event]:
+    def _lost(self, rt: ServiceRuntime, at: float, reason: str) -> None:
         suppressed = self._suppression(rt, at)
+        ref = OutageRef()
+        rt.outage, rt.outage_cause = ref, "service"
         lost = self._event("service", "lost", rt, at, reason=reason, suppressed=suppressed)
-        outage_id = await tx.open_outage(rt.key, at, reason, lost.id)
-        rt.open_outage_id, rt.outage_cause = outage_id, "service"
-        lost.data["outageId"] = outage_id
+        self._writes.append(_Write("open", ref=ref, key=rt.key, at=at, reason=reason, event_id=lost.id))
         opened = self._event(
-            "outage", "opened", rt, at, reason=reason, outageId=outage_id, lostEventId=lost.id,
+            "outage", "opened", rt, at, reason=reason, lostEventId=lost.id,
             suppressed=suppressed or ("flapping" if rt.flapping else None),
         )
         # While flapping, the individual lost/regained events are what floods consumers.
         events = [opened] if rt.flapping else [lost, opened]
-        await tx.enqueue(events)
-        return events
+        self._events(*events, patch=[(e, "outageId", ref) for e in events])
 
-    async def _open_caused(
-        self, tx: Transaction, rt: ServiceRuntime, at: float, reason: str, itf: InterfaceState
-    ) -> None:
+    def _regained(self, rt: ServiceRuntime, at: float) -> None:
+        ref, rt.outage, rt.outage_cause = rt.outage, None, ""
+        suppressed = self._suppression(rt, at)
+        regained = self._event("service", "regained", rt, at, suppressed=suppressed)
+        events = [] if rt.flapping else [regained]
+        if ref is not None:
+            self._writes.append(_Write("close", ref=ref, at=at, reason="service regained", event_id=regained.id))
+            events.append(
+                self._event(
+                    "outage", "closed", rt, at, regainedEventId=regained.id, reason="service regained",
+                    suppressed=suppressed or ("flapping" if rt.flapping else None),
+                )
+            )
+        self._events(*events, patch=[(e, "outageId", ref) for e in events] if ref is not None else [])
+
+    def _open_caused(self, rt: ServiceRuntime, itf: InterfaceState, at: float, reason: str) -> None:
+        if rt.outage is not None:
+            return
         node = self.nodes.get(itf.node_id)
         cause = "node" if node is not None and node.down else "interface"
         event_id = (node.down_event_id if cause == "node" and node else itf.down_event_id) or ""
-        if rt.open_outage_id is not None:
-            return
-        rt.status = Status.DOWN
-        rt.status_since = rt.status_since or at
-        rt.open_outage_id = await tx.open_outage(rt.key, at, reason, event_id, cause=cause, cause_event_id=event_id)
-        rt.outage_cause = cause
+        rt.status, rt.status_since = Status.DOWN, rt.status_since or at
+        rt.outage, rt.outage_cause = OutageRef(), cause
+        self._writes.append(
+            _Write("open", ref=rt.outage, key=rt.key, at=at, reason=reason, event_id=event_id, cause=cause, cause_event_id=event_id)
+        )
         self._dirty.add(rt.key)
 
-    async def _close(self, tx: Transaction, rt: ServiceRuntime, at: float, outage_id: int | None) -> list[Event]:
-        suppressed = self._suppression(rt, at)
-        regained = self._event("service", "regained", rt, at, outageId=outage_id, suppressed=suppressed)
-        events = [] if rt.flapping else [regained]
-        if outage_id is not None:
-            await tx.close_outage(outage_id, at, regained.id, "service regained")
-            events.append(
-                self._event(
-                    "outage", "closed", rt, at, outageId=outage_id, regainedEventId=regained.id,
-                    reason="service regained", suppressed=suppressed or ("flapping" if rt.flapping else None),
-                )
-            )
-        await tx.enqueue(events)
-        return events
-
-    async def _interface_down(
-        self, tx: Transaction, critical: ServiceRuntime, itf: InterfaceState, at: float, reason: str
-    ) -> list[Event]:
+    def _interface_down(self, critical: ServiceRuntime, itf: InterfaceState, at: float, reason: str) -> None:
         node = self.nodes.get(itf.node_id)
         itf.down, itf.down_since = True, at
-        node_interfaces = [i for i in self.interfaces.values() if i.node_id == itf.node_id]
-        node_down = node is not None and all(i.down for i in node_interfaces)
+        node_down = node is not None and all(i.down for i in self.interfaces.values() if i.node_id == itf.node_id)
         kind = "node" if node_down else "interface"
         event = make_event(
             kind,
@@ -468,29 +414,30 @@ class StateKeeper:
             suppressed=self._suppression(critical, at),
         )
         itf.down_event_id = event.id
-        await tx.mark_down(DownElement("interface", itf.node_id, itf.ip, at, event.id))
+        self._writes.append(_Write("down", element=DownElement("interface", itf.node_id, itf.ip, at, event.id)))
         if node_down and node is not None:
             node.down, node.down_since, node.down_event_id = True, at, event.id
-            await tx.mark_down(DownElement("node", itf.node_id, "", at, event.id))
+            self._writes.append(_Write("down", element=DownElement("node", itf.node_id, "", at, event.id)))
         affected = 0
         for rt in self._services_of(itf):
-            if rt.open_outage_id is not None:
+            if rt.outage is not None:
                 continue  # already down on its own, with its own outage
             rt.awaiting_critical = False
             rt.status, rt.status_since = Status.DOWN, at
             rt.against, rt.against_since = 0, None
-            cause_reason = reason if rt is critical else f"{kind} down"
-            rt.open_outage_id = await tx.open_outage(rt.key, at, cause_reason, event.id, cause=kind, cause_event_id=event.id)
-            rt.outage_cause = kind
+            rt.outage, rt.outage_cause = OutageRef(), kind
+            self._writes.append(
+                _Write(
+                    "open", ref=rt.outage, key=rt.key, at=at, reason=reason if rt is critical else f"{kind} down",
+                    event_id=event.id, cause=kind, cause_event_id=event.id,
+                )
+            )
             self._dirty.add(rt.key)
             affected += 1
         event.data["outages"] = affected
-        await tx.enqueue([event])
-        return [event]
+        self._events(event)
 
-    async def _interface_up(
-        self, tx: Transaction, critical: ServiceRuntime, itf: InterfaceState, at: float
-    ) -> list[Event]:
+    def _interface_up(self, critical: ServiceRuntime, itf: InterfaceState, at: float) -> None:
         node = self.nodes.get(itf.node_id)
         node_was_down = node is not None and node.down
         kind = "node" if node_was_down else "interface"
@@ -509,33 +456,35 @@ class StateKeeper:
         )
         events = [event]
         itf.down, itf.down_since, itf.down_event_id = False, None, None
-        await tx.mark_up("interface", itf.node_id, itf.ip)
+        self._writes.append(_Write("up", element=DownElement("interface", itf.node_id, itf.ip, at, "")))
         if node_was_down and node is not None:
             node.down, node.down_since, node.down_event_id = False, None, None
-            await tx.mark_up("node", itf.node_id)
+            self._writes.append(_Write("up", element=DownElement("node", itf.node_id, "", at, "")))
             # Interfaces still down were covered by the node event: say so now.
             for other in self.interfaces.values():
                 if other.node_id == itf.node_id and other.down and other is not itf:
-                    still = make_event(
-                        "interface", "down", source=SOURCE, type_id=f"{other.node_id}/{other.ip}",
-                        node_id=other.node_id, location=critical.spec.location, created_at=at, ip=other.ip,
-                        reason="still down after node up",
+                    events.append(
+                        make_event(
+                            "interface", "down", source=SOURCE, type_id=f"{other.node_id}/{other.ip}",
+                            node_id=other.node_id, location=critical.spec.location, created_at=at, ip=other.ip,
+                            reason="still down after node up",
+                        )
                     )
-                    events.append(still)
         closed = 0
         for rt in self._services_of(itf):
-            if rt.outage_cause in ("interface", "node") and rt.open_outage_id is not None:
-                await tx.close_outage(rt.open_outage_id, at, event.id, f"{kind} up")
-                rt.open_outage_id, rt.outage_cause = None, ""
+            if rt.outage_cause in ("interface", "node") and rt.outage is not None:
+                self._writes.append(_Write("close", ref=rt.outage, at=at, reason=f"{kind} up", event_id=event.id))
+                rt.outage, rt.outage_cause = None, ""
                 closed += 1
-            if rt.status is Status.DOWN and rt.open_outage_id is None:
-                # Presumed up with its interface; the immediate re-poll tells the truth.
+            if rt.status is Status.DOWN and rt.outage is None:
+                # Presumed up with its interface; an immediate poll tells the truth.
                 rt.status, rt.status_since = Status.UP, at
             rt.against, rt.against_since = 0, None
             self._dirty.add(rt.key)
+            if rt is not critical:
+                self._follow.append((rt.key, False))
         event.data["outagesClosed"] = closed
-        await tx.enqueue(events)
-        return events
+        self._events(*events)
 
     @staticmethod
     def _event(kind: str, action: str, rt: ServiceRuntime, at: float, **data: Any) -> Event:
@@ -553,6 +502,51 @@ class StateKeeper:
             nodeLabel=rt.spec.node_label or None,
             **data,
         )
+
+    # -- persisting ------------------------------------------------------------------
+
+    async def _persist(self, writes: list[_Write]) -> None:
+        delay = 0.5
+        emitted: list[Event] = []
+        while True:
+            emitted = []
+            try:
+                async with self.store.transaction() as tx:
+                    for w in writes:
+                        emitted += await self._write(tx, w)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("store write failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2) * random.uniform(0.8, 1.2)
+        for e in emitted:
+            metrics.EVENTS_EMITTED.labels(e.type, e.action).inc()
+        if emitted:
+            self._on_events()
+
+    @staticmethod
+    async def _write(tx: Transaction, w: _Write) -> list[Event]:
+        if w.kind == "open":
+            assert w.ref is not None and w.key is not None
+            w.ref.id = await tx.open_outage(w.key, w.at, w.reason, w.event_id or "", w.cause, w.cause_event_id)
+        elif w.kind == "close":
+            assert w.ref is not None
+            if w.ref.id is not None:
+                await tx.close_outage(w.ref.id, w.at, w.event_id, w.reason)
+        elif w.kind == "down":
+            assert w.element is not None
+            await tx.mark_down(w.element)
+        elif w.kind == "up":
+            assert w.element is not None
+            await tx.mark_up(w.element.kind, w.element.node_id, w.element.ip)
+        elif w.kind == "events":
+            for event, name, ref in w.patch:
+                event.data[name] = ref.id
+            await tx.enqueue(w.events)
+            return w.events
+        return []
 
     async def emit(self, events: list[Event]) -> None:
         """Durably queue events that no service transition carries (minions, locations, ...)."""
@@ -642,7 +636,7 @@ class StateKeeper:
                 continue
             rt.status = Status.DOWN
             rt.status_since = rt.status_since or outage.opened_at
-            rt.open_outage_id = outage.id
+            rt.outage = OutageRef(outage.id)
             rt.outage_cause = outage.cause
             if not rt.last_reason:
                 rt.last_reason = outage.reason
