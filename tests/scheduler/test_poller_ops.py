@@ -1,0 +1,162 @@
+"""PollNow, SetPaused, ListResults, and a hung poll that delays nobody else."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from vigil.v1 import common_pb2, poller_pb2, poller_pb2_grpc
+
+from minion.monitors.base import Status
+from services.common.natsserver import NatsServer
+from services.scheduler.model import ServiceKey
+from tests.helpers import Stack, TcpTarget, make_config, wait_for
+
+KEY = ServiceKey("n1", "127.0.0.1", "Echo")
+REF = common_pb2.ServiceRef(node_id="n1", ip="127.0.0.1", service="Echo")
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[TcpTarget]:
+    t = await TcpTarget().start()
+    yield t
+    await t.stop()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, nats_server: NatsServer, target: TcpTarget) -> AsyncIterator[Stack]:
+    node = {
+        "id": "n1",
+        "interfaces": [{"ip": "127.0.0.1", "services": [{"name": "Echo", "monitor": "tcp", "params": {"port": target.port}}]}],
+    }
+    # A long interval: anything polled within the test was polled on demand.
+    cfg = make_config(tmp_path, nats_server.url, [node], defaults={"interval": "1h", "timeout": "1s", "retries": 0})
+    s = await Stack(cfg, nats_server.url).start(events=False)
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+@pytest.fixture
+async def poller(stack: Stack) -> AsyncIterator[poller_pb2_grpc.PollerStub]:
+    assert stack.scheduler is not None
+    async with grpc.aio.insecure_channel(stack.scheduler.grpc_address) as ch:
+        yield poller_pb2_grpc.PollerStub(ch)
+
+
+async def test_poll_now_returns_the_fresh_result(stack: Stack, poller: poller_pb2_grpc.PollerStub, target: TcpTarget) -> None:
+    up = await poller.PollNow(poller_pb2.PollNowRequest(service=REF))
+    assert up.service.last_poll_status == common_pb2.POLL_STATUS_UP
+    assert up.service.status == common_pb2.POLL_STATUS_UP
+    await target.stop()
+    down = await poller.PollNow(poller_pb2.PollNowRequest(service=REF))
+    assert down.service.last_poll_status == common_pb2.POLL_STATUS_DOWN
+    assert "connection refused" in down.service.last_reason
+    assert down.service.open_outage_id > 0
+    assert down.request_id != up.request_id
+
+
+async def test_poll_now_bad_requests(poller: poller_pb2_grpc.PollerStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await poller.PollNow(poller_pb2.PollNowRequest())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await poller.PollNow(poller_pb2.PollNowRequest(service=common_pb2.ServiceRef(node_id="n1", ip="127.0.0.1", service="X")))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_pause_stops_scheduled_polls_and_survives_restart(
+    tmp_path: Path, stack: Stack, poller: poller_pb2_grpc.PollerStub
+) -> None:
+    assert stack.scheduler is not None and stack.scheduler.dispatcher is not None
+    paused = await poller.SetPaused(poller_pb2.SetPausedRequest(service=REF, paused=True))
+    assert paused.paused
+    assert KEY not in stack.scheduler.dispatcher.schedule
+    # PollNow still works on a paused service.
+    polled = await poller.PollNow(poller_pb2.PollNowRequest(service=REF))
+    assert polled.service.last_poll_status == common_pb2.POLL_STATUS_UP and polled.service.paused
+    await stack.scheduler.keeper.flush()  # type: ignore[union-attr]
+    await stack.scheduler.stop()
+    await stack.start_scheduler()
+    rt = stack.scheduler.services[KEY]
+    assert rt.paused
+    assert KEY not in stack.scheduler.dispatcher.schedule  # type: ignore[union-attr]
+    async with grpc.aio.insecure_channel(stack.scheduler.grpc_address) as ch:
+        resumed = await poller_pb2_grpc.PollerStub(ch).SetPaused(poller_pb2.SetPausedRequest(service=REF, paused=False))
+    assert not resumed.paused
+    assert KEY in stack.scheduler.dispatcher.schedule  # type: ignore[union-attr]
+
+
+async def test_list_results_keeps_history_with_paging(stack: Stack, poller: poller_pb2_grpc.PollerStub, target: TcpTarget) -> None:
+    await poller.PollNow(poller_pb2.PollNowRequest(service=REF))
+    await target.stop()
+    await poller.PollNow(poller_pb2.PollNowRequest(service=REF))
+    await target.start()
+    await poller.PollNow(poller_pb2.PollNowRequest(service=REF))
+    await stack.scheduler.keeper.flush()  # type: ignore[union-attr]
+    seen = []
+    token = ""
+    while True:
+        page = await poller.ListResults(poller_pb2.ListResultsRequest(node_id="n1", page_size=2, page_token=token))
+        assert page.total_size == 3
+        seen += list(page.results)
+        token = page.next_page_token
+        if not token:
+            break
+    assert [r.status for r in seen] == [
+        common_pb2.POLL_STATUS_UP,
+        common_pb2.POLL_STATUS_DOWN,
+        common_pb2.POLL_STATUS_UP,
+    ]  # newest first
+    assert seen[1].reason.startswith("connection refused")
+    assert seen[0].system_id
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await poller.ListResults(poller_pb2.ListResultsRequest(node_id="n2", page_token=page.next_page_token or "x"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_hung_poll_delays_no_other_service(tmp_path: Path, nats_server: NatsServer) -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def hang(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)  # accept, then say nothing: a banner check waits
+
+    hung = await asyncio.start_server(hang, "127.0.0.1", 0)
+    fast = await TcpTarget().start()
+    nodes = [
+        {
+            "id": "slow",
+            "interfaces": [{"ip": "127.0.0.1", "services": [
+                {"name": "Hung", "monitor": "tcp", "timeout": "20s", "ttl": "30s",
+                 "params": {"port": hung.sockets[0].getsockname()[1], "banner": "^SSH"}}
+            ]}],
+        },
+        {
+            "id": "quick",
+            "interfaces": [{"ip": "127.0.0.1", "services": [{"name": "Fast", "monitor": "tcp", "params": {"port": fast.port}}]}],
+        },
+    ]
+    cfg = make_config(tmp_path, nats_server.url, nodes)
+    stack = await Stack(cfg, nats_server.url).start(events=False)
+    try:
+        assert stack.scheduler is not None
+        fast_rt = stack.scheduler.services[ServiceKey("quick", "127.0.0.1", "Fast")]
+        hung_rt = stack.scheduler.services[ServiceKey("slow", "127.0.0.1", "Hung")]
+        await wait_for(lambda: hung_rt.in_flight is not None, what="hung poll in flight")
+        polls_at_start = fast_rt.last_poll_at
+        await wait_for(lambda: fast_rt.last_poll_at != polls_at_start, what="a fast poll")
+        for _ in range(4):  # the fast service keeps its 0.5 s rhythm
+            before = fast_rt.last_poll_at
+            await wait_for(lambda: fast_rt.last_poll_at != before, timeout=5, what="next fast poll")
+        assert hung_rt.in_flight is not None and hung_rt.last_poll_at is None
+        assert fast_rt.status is Status.UP
+    finally:
+        await stack.stop()
+        await fast.stop()
+        for w in held:
+            w.close()
+        hung.close()
