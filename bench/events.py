@@ -44,7 +44,12 @@ def _raw(i: int) -> bytes:
             "typeId": f"{node}/10.0.{i % 250}.1/HTTP",
             "nodeId": node,
             "location": f"site-{i % 4}",
-            "data": {"ip": f"10.0.{i % 250}.1", "service": "HTTP", "monitor": "http", "reason": "HTTP 503"},
+            "data": {
+                "ip": f"10.0.{i % 250}.1",
+                "service": "HTTP",
+                "monitor": "http",
+                "reason": "HTTP 503",
+            },
         }
     ).encode()
 
@@ -70,8 +75,8 @@ def _config(work: Path, nats_url: str, store_url: str | None, **events: Any) -> 
     return parse_config({"nats": {"url": nats_url}, "events": section}, "<bench>", env={})
 
 
-async def _wait(predicate: Any, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
+async def _wait(predicate: Any, limit: float, what: str) -> None:
+    end = time.monotonic() + limit
     while not predicate():
         if time.monotonic() > end:
             raise TimeoutError(f"bench: timed out waiting for {what}")
@@ -111,7 +116,9 @@ async def ingest(work: Path, count: int, store_url: str | None) -> list[dict[str
                 t0 = time.monotonic()
                 await _produce(js, count, start=count)
                 await _wait(lambda: ing.processed >= 2 * count, 600, "live events")
-                rows.append(_row("ingest: producer alongside", count, time.monotonic() - t0, "events"))
+                rows.append(
+                    _row("ingest: producer alongside", count, time.monotonic() - t0, "events")
+                )
             finally:
                 await svc.stop()
         finally:
@@ -161,7 +168,9 @@ async def webhooks(work: Path, count: int, hooks: int, store_url: str | None) ->
         nc = await nats.connect(server.url)
         try:
             for i, r in enumerate(receivers):
-                await svc.hooks.create(f"bench-{i}-{uuid.uuid4().hex[:6]}", r.url, [Interest()], "bench-secret-key")
+                await svc.hooks.create(
+                    f"bench-{i}-{uuid.uuid4().hex[:6]}", r.url, [Interest()], "bench-secret-key"
+                )
             t0 = time.monotonic()
             await _produce(nc.jetstream(), count)
             await _wait(lambda: all(r.count >= count for r in receivers), 600, "webhook deliveries")
@@ -172,12 +181,18 @@ async def webhooks(work: Path, count: int, hooks: int, store_url: str | None) ->
             for r in receivers:
                 await r.stop()
     in_flight = cfg.events.hook_max_in_flight
-    return _row(f"webhooks: {hooks} hook(s), {in_flight} in flight each", count * hooks, elapsed, "deliveries")
+    return _row(
+        f"webhooks: {hooks} hook(s), {in_flight} in flight each",
+        count * hooks,
+        elapsed,
+        "deliveries",
+    )
 
 
 async def main(quick: bool = False, store_url: str | None = None) -> list[dict[str, object]]:
     """Run every scenario; returns table rows."""
-    logging.getLogger().setLevel(logging.WARNING)
+    # Reconnect chatter of the services under test is not a figure.
+    logging.getLogger("services").setLevel(logging.ERROR)
     n = 2000 if quick else 10_000
     m = 500 if quick else 2000
     with tempfile.TemporaryDirectory(prefix="vigil-bench-events-") as tmp:

@@ -46,6 +46,8 @@ class EventKind:
 
 
 _SERVICE_FIELDS = ("ip", "service", "monitor", "nodeLabel")
+#: Set (to the reason, e.g. a maintenance window) when notifications about it are suppressed.
+_SUPPRESSED = ("suppressed",)
 
 #: The event catalogue (docs/events.md). Append here; never rename.
 KINDS: tuple[EventKind, ...] = (
@@ -54,62 +56,95 @@ KINDS: tuple[EventKind, ...] = (
         "lost",
         "major",
         "A monitored service went down (an outage opens).",
-        (*_SERVICE_FIELDS, "reason", "outageId"),
+        (*_SERVICE_FIELDS, "reason", "outageId", *_SUPPRESSED),
     ),
     EventKind(
         "service",
         "regained",
         "normal",
         "A service that was down answers again (its outage closes).",
-        (*_SERVICE_FIELDS, "outageId"),
+        (*_SERVICE_FIELDS, "outageId", *_SUPPRESSED),
     ),
     EventKind(
-        "service", "flapping", "warning", "A service changes state too often.", _SERVICE_FIELDS
+        "service",
+        "flapping",
+        "warning",
+        "A service changes state too often; its own lost/regained events pause.",
+        (*_SERVICE_FIELDS, "changes", "window"),
     ),
     EventKind(
-        "service", "settled", "normal", "A flapping service is stable again.", _SERVICE_FIELDS
+        "service",
+        "settled",
+        "normal",
+        "A flapping service is stable again.",
+        (*_SERVICE_FIELDS, "status"),
+    ),
+    EventKind(
+        "service",
+        "deleted",
+        "information",
+        "A service is no longer monitored (removed from the inventory or the configuration).",
+        (*_SERVICE_FIELDS, "reason"),
     ),
     EventKind(
         "interface",
         "down",
         "major",
         "The critical service is down on an interface.",
-        ("ip", "nodeLabel", "reason"),
+        ("ip", "nodeLabel", "criticalService", "reason", *_SUPPRESSED),
     ),
     EventKind(
         "interface",
         "up",
         "normal",
         "The critical service answers again on an interface.",
-        ("ip", "nodeLabel"),
+        ("ip", "nodeLabel", "criticalService", *_SUPPRESSED),
     ),
     EventKind(
         "node",
         "down",
         "critical",
         "The critical service is down on every interface of a node.",
-        ("nodeLabel", "reason"),
+        ("nodeLabel", "criticalService", "reason", *_SUPPRESSED),
     ),
-    EventKind("node", "up", "normal", "A node that was down answers again.", ("nodeLabel",)),
+    EventKind(
+        "node",
+        "up",
+        "normal",
+        "A node that was down answers again.",
+        ("nodeLabel", "criticalService", *_SUPPRESSED),
+    ),
     EventKind(
         "outage",
         "opened",
         "minor",
         "An outage record was opened.",
-        (*_SERVICE_FIELDS, "reason", "outageId", "lostEventId"),
+        (*_SERVICE_FIELDS, "reason", "outageId", "lostEventId", *_SUPPRESSED),
     ),
     EventKind(
         "outage",
         "closed",
         "normal",
-        "An outage record was closed (reason: 'service regained', or 'unmanaged' when the "
-        "service is no longer configured).",
-        (*_SERVICE_FIELDS, "reason", "outageId", "regainedEventId"),
+        "An outage record was closed (reason: 'service regained'; 'unmanaged' or 'deleted' "
+        "when the service is no longer monitored).",
+        (*_SERVICE_FIELDS, "reason", "outageId", "regainedEventId", *_SUPPRESSED),
     ),
-    EventKind("minion", "up", "normal", "A minion connected (first heartbeat).", ("systemId",)),
-    EventKind("minion", "down", "major", "A minion missed its heartbeats.", ("systemId", "reason")),
     EventKind(
-        "location", "unreachable", "critical", "No minion serves a location any more.", ("reason",)
+        "minion", "up", "normal", "A minion connected (first heartbeat).", ("systemId", "version")
+    ),
+    EventKind(
+        "minion",
+        "down",
+        "major",
+        "A minion missed its heartbeats or stopped.",
+        ("systemId", "reason"),
+    ),
+    EventKind(
+        "location",
+        "unreachable",
+        "critical",
+        "No live minion serves a location any more.",
+        ("reason",),
     ),
     EventKind(
         "location", "reachable", "normal", "A minion serves the location again.", ("systemId",)
@@ -118,8 +153,8 @@ KINDS: tuple[EventKind, ...] = (
         "poller",
         "stale",
         "warning",
-        "A service was not polled within its window.",
-        (*_SERVICE_FIELDS, "lastPollAt", "reason"),
+        "A service was not polled within twice its interval.",
+        (*_SERVICE_FIELDS, "lastPollAt", "interval"),
     ),
     EventKind(
         "heartbeat",

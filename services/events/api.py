@@ -115,6 +115,19 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many subscribers (limit {s.max_subscribers})",
             )
+        # Counted from here (before any await), so concurrent calls cannot exceed the limit.
+        self.subscribers += 1
+        metrics.SUBSCRIBERS.inc()
+        try:
+            await self._stream(request, context, interests)
+        finally:
+            self.subscribers -= 1
+            metrics.SUBSCRIBERS.dec()
+
+    async def _stream(
+        self, request: events_pb2.SubscribeRequest, context: Ctx, interests: list[filters.Interest]
+    ) -> None:
+        s = self.svc.settings
         after = request.after_sequence if request.HasField("after_sequence") else None
         try:
             position, last = await start_position(self.svc.js, after)
@@ -136,17 +149,17 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             keepalive=s.subscribe_keepalive,
             stall_timeout=s.subscribe_stall_timeout,
         )
-        self.subscribers += 1
-        metrics.SUBSCRIBERS.inc()
         try:
             await sub.run()
         except TooSlow:
             self.svc.subscribers_cut += 1
             log.info("subscriber cut off at sequence %d (too slow)", sub.position)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, cut_off(sub))
-        finally:
-            self.subscribers -= 1
-            metrics.SUBSCRIBERS.dec()
+        except Exception as exc:  # the store failed while filling a gap, …: resumable
+            log.warning("subscriber stream failed at sequence %d: %s", sub.position, exc)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"{exc}; resume after the last sequence received"
+            )
 
     # -- webhooks --------------------------------------------------------------------------
 
@@ -161,6 +174,11 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except TooManyHooks as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except InvalidArgument:
+            raise
+        except Exception as exc:  # NATS or the store: nothing was kept (see HookManager.create)
+            log.warning("CreateHook failed: %s", exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot create the hook now: {exc}")
         return hook_pb(row)
 
     @handle_errors

@@ -75,6 +75,7 @@ class EventService:
         self._hooks: HookManager | None = None
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
+        self.servicer: EventsServicer | None = None
         self.subscribers_cut = 0
 
     @property
@@ -104,15 +105,10 @@ class EventService:
         self.ingestor = Ingestor(nc, js, self.store, self.summary.apply)
         self._hooks = HookManager(js, self.store, self.settings, self.tasks)
         await self._hooks.start()
+        self.servicer = EventsServicer(self)
         self.grpc = GrpcServer(
             self.settings.listen,
-            [
-                (
-                    events_pb2_grpc.add_EventsServicer_to_server,
-                    EventsServicer(self),
-                    "vigil.v1.Events",
-                )
-            ],
+            [(events_pb2_grpc.add_EventsServicer_to_server, self.servicer, "vigil.v1.Events")],
         )
         await self.grpc.start()
         if self.settings.metrics_listen:
@@ -140,6 +136,8 @@ class EventService:
         await self.tasks.close()
         if self._hooks is not None:
             try:
+                # The cursors' positions too: they restore a hook's place if NATS loses its data.
+                await asyncio.wait_for(self._hooks.refresh_all(), 5.0)
                 await asyncio.wait_for(self._hooks.flush(), 5.0)
             except Exception as exc:
                 log.warning("cannot save hook statuses: %s", exc)

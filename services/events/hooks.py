@@ -262,8 +262,18 @@ class HookRunner:
                     sub = None
                     await asyncio.sleep(delay)
                     continue
-                for m in msgs:
-                    await self._take(m, session)
+                try:
+                    for m in msgs:
+                        await self._take(m, session)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # (an ack lost with the connection: those events simply come back)
+                    log.warning("hook %s: %s; re-binding", self.row.name, exc)
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                    sub = None
+                    await asyncio.sleep(delay)
         finally:
             tasks = list(self.inflight.values())
             for t in tasks:
@@ -521,6 +531,12 @@ class HookManager:
             delivered=runner.row.delivered,
         )
         return live, runner.backlog, len(runner.inflight)
+
+    async def refresh_all(self) -> None:
+        """Refresh every runner's backlog and cursor (best effort)."""
+        for runner in list(self.runners.values()):
+            with contextlib.suppress(Exception):
+                await runner.refresh()
 
     async def flush(self) -> None:
         """Write changed statuses to the store."""

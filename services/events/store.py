@@ -78,7 +78,9 @@ hook_failures = sa.Table(
 service_states = sa.Table(
     "service_states",
     metadata,
+    #: A service's typeId; ``interface:<node>/<ip>`` or ``node:<node>`` for the others.
     sa.Column("type_id", sa.String(256), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False, server_default="service"),
     sa.Column("node_id", sa.String(128)),
     sa.Column("location", sa.String(64)),
     sa.Column("state", sa.String(16), nullable=False),
@@ -86,27 +88,40 @@ service_states = sa.Table(
     sa.Column("seq", sa.BigInteger, nullable=False),
 )
 
-#: (type, action) → the state it puts the service (``typeId``) in.
-STATE_OF: dict[tuple[str, str], str] = {
-    ("service", "lost"): "down",
-    ("outage", "opened"): "down",
-    ("service", "regained"): "up",
-    ("outage", "closed"): "up",
+#: (type, action) → (kind of object, the state it is in afterwards).
+STATE_OF: dict[tuple[str, str], tuple[str, str]] = {
+    ("service", "lost"): ("service", "down"),
+    ("outage", "opened"): ("service", "down"),
+    ("service", "regained"): ("service", "up"),
+    ("outage", "closed"): ("service", "up"),
+    ("interface", "down"): ("interface", "down"),
+    ("interface", "up"): ("interface", "up"),
+    ("node", "down"): ("node", "down"),
+    ("node", "up"): ("node", "up"),
 }
+#: ``outage closed`` reasons meaning "this service is no longer monitored".
+GONE_REASONS = frozenset({"unmanaged", "deleted"})
+FORGET = "forget"
 
 
-def state_change(event: Event) -> str | None:
-    """``"up"``/``"down"``, ``"forget"`` (no longer monitored) or ``None`` (no effect)."""
-    state = STATE_OF.get((event.type, event.action))
-    if state is None or not event.type_id:
+def state_key(kind: str, type_id: str) -> str:
+    """The ``service_states`` key: a service's typeId, ``interface:…`` / ``node:…`` otherwise."""
+    return type_id if kind == "service" else f"{kind}:{type_id}"
+
+
+def state_change(event: Event) -> tuple[str, str] | None:
+    """``(kind, "up"|"down")``, ``("service", FORGET)`` (no longer monitored) or ``None``."""
+    if not event.type_id:
         return None
-    if (
-        event.type == "outage"
-        and event.action == "closed"
-        and event.data.get("reason") == "unmanaged"
-    ):
-        return "forget"
-    return state
+    kind_action = (event.type, event.action)
+    if kind_action == ("service", "deleted"):
+        return ("service", FORGET)
+    change = STATE_OF.get(kind_action)
+    if change is None:
+        return None
+    if kind_action == ("outage", "closed") and event.data.get("reason") in GONE_REASONS:
+        return ("service", FORGET)
+    return change
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +134,13 @@ class StoredEvent:
 
 @dataclass(frozen=True, slots=True)
 class ServiceState:
-    """The last known state of one service, as the event service saw it."""
+    """The last known state of a service (or interface, or node), as the event service saw it."""
 
-    type_id: str
+    key: str
     location: str | None
     state: str
+    kind: str = "service"
+    node_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +208,19 @@ class HookFailureRow:
     payload: bytes
 
 
+_STATE_SELECT = sa.select(
+    service_states.c.type_id,
+    service_states.c.kind,
+    service_states.c.node_id,
+    service_states.c.location,
+    service_states.c.state,
+)
+
+
+def _state(r: Any) -> ServiceState:
+    return ServiceState(r.type_id, r.location, r.state, r.kind, r.node_id)
+
+
 def _dialect(conn: AsyncConnection) -> Any:
     return sqlite if conn.dialect.name == "sqlite" else postgresql
 
@@ -251,8 +281,8 @@ class EventStore:
     async def add(self, batch: Sequence[StoredEvent]) -> list[ServiceState | str]:
         """Store events (ignoring ids already stored) and apply them to the service states.
 
-        Returns the services whose state the batch touched: a :class:`ServiceState`
-        for each one still monitored, the bare ``typeId`` for each forgotten one.
+        Returns the objects whose state the batch touched: a :class:`ServiceState`
+        for each one still known, the bare key for each forgotten one.
         """
         rows = [
             {
@@ -270,12 +300,13 @@ class EventStore:
             }
             for s in batch
         ]
-        # The last change per service within the batch wins (the batch is in sequence order).
-        changes: dict[str, tuple[str, StoredEvent]] = {}
+        # The last change per object within the batch wins (the batch is in sequence order).
+        changes: dict[str, tuple[str, str, StoredEvent]] = {}
         for s in sorted(batch, key=lambda s: s.seq):
             change = state_change(s.event)
             if change is not None:
-                changes[s.event.type_id] = (change, s)
+                kind, state = change
+                changes[state_key(kind, s.event.type_id)] = (kind, state, s)
         async with self.engine.begin() as conn:
             if rows:
                 # Any conflict (id or seq) means "already stored": a redelivery.
@@ -284,32 +315,38 @@ class EventStore:
                 await self._apply_states(conn, changes)
                 touched = list(changes)
                 got = (
-                    await conn.execute(
-                        sa.select(
-                            service_states.c.type_id,
-                            service_states.c.location,
-                            service_states.c.state,
-                        ).where(service_states.c.type_id.in_(touched))
-                    )
+                    await conn.execute(_STATE_SELECT.where(service_states.c.type_id.in_(touched)))
                 ).all()
         if not changes:
             return []
-        present = {r.type_id: ServiceState(r.type_id, r.location, r.state) for r in got}
+        present = {r.type_id: _state(r) for r in got}
         return [present.get(t, t) for t in changes]
 
     @staticmethod
     async def _apply_states(
-        conn: AsyncConnection, changes: dict[str, tuple[str, StoredEvent]]
+        conn: AsyncConnection, changes: dict[str, tuple[str, str, StoredEvent]]
     ) -> None:
         t = service_states
         upserts = []
-        for type_id, (change, s) in changes.items():
-            if change == "forget":
-                await conn.execute(sa.delete(t).where(t.c.type_id == type_id, t.c.seq < s.seq))
+        for key, (kind, change, s) in changes.items():
+            if change == FORGET:
+                await conn.execute(sa.delete(t).where(t.c.type_id == key, t.c.seq < s.seq))
+                if s.event.node_id:
+                    # The node's last service gone: its node/interface states go too (a node
+                    # deleted while down must not make a future namesake look down).
+                    rest = sa.select(t.c.type_id).where(
+                        t.c.kind == "service", t.c.node_id == s.event.node_id
+                    )
+                    await conn.execute(
+                        sa.delete(t).where(
+                            t.c.kind != "service", t.c.node_id == s.event.node_id, ~sa.exists(rest)
+                        )
+                    )
                 continue
             upserts.append(
                 {
-                    "type_id": type_id,
+                    "type_id": key,
+                    "kind": kind,
                     "node_id": s.event.node_id,
                     "location": s.event.location,
                     "state": change,
@@ -323,6 +360,7 @@ class EventStore:
         stmt = stmt.on_conflict_do_update(
             index_elements=[t.c.type_id],
             set_={
+                "kind": stmt.excluded.kind,
                 "node_id": sa.func.coalesce(stmt.excluded.node_id, t.c.node_id),
                 # close_unmanaged-style events carry no location: keep the known one.
                 "location": sa.func.coalesce(stmt.excluded.location, t.c.location),
@@ -338,11 +376,10 @@ class EventStore:
         await conn.execute(stmt, upserts)
 
     async def service_states(self) -> list[ServiceState]:
-        """Every service's last known state."""
-        t = service_states
+        """Every known service's (interface's, node's) last state."""
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(sa.select(t.c.type_id, t.c.location, t.c.state))).all()
-        return [ServiceState(r.type_id, r.location, r.state) for r in rows]
+            rows = (await conn.execute(_STATE_SELECT.order_by(service_states.c.type_id))).all()
+        return [_state(r) for r in rows]
 
     async def list_events(
         self, flt: EventFilter, *, before_seq: int | None, limit: int

@@ -146,6 +146,17 @@ class Subscription:
             if len(rows) < STORE_PAGE:
                 return
 
+    async def _catch_up_expired(self) -> None:
+        """Before reading the stream: what retention already removed comes from the history.
+
+        (Without this, a resume point older than the stream's first event would
+        only be noticed when the next event arrives.)
+        """
+        info = await self.js.stream_info(EVENTS_STREAM)
+        first = int(info.state.first_seq or 0)
+        if self.position + 1 < first:
+            await self._fill_from_store(first)
+
     async def _handle(self, m: Msg) -> None:
         seq = m.metadata.sequence.stream
         if seq <= self.position:
@@ -172,14 +183,17 @@ class Subscription:
             while True:
                 if sub is None:
                     try:
+                        await self._catch_up_expired()
                         sub = await self._bind()
                         delay = 0.2
-                    except asyncio.CancelledError:
+                    except (asyncio.CancelledError, TooSlow):
                         raise
                     except Exception as exc:
                         log.warning("subscriber cannot read %s (%s); retrying", EVENTS_STREAM, exc)
                         await asyncio.sleep(delay)
                         delay = min(5.0, delay * 2) * random.uniform(0.8, 1.2)
+                        if loop.time() - self._last_write >= self.keepalive:
+                            await self._keepalive()  # still here, position unchanged
                         continue
                 idle = self.keepalive - (loop.time() - self._last_write)
                 msgs: list[Msg] = []

@@ -1,12 +1,18 @@
 """``summary updated``: counts of services per state per location (core4 lineage).
 
-The event service derives each service's state from the events it normalizes
-itself, so the scheduler needs to emit nothing extra: ``service lost`` and
-``outage opened`` put a service (its ``typeId``) *down*, ``service regained``
-and ``outage closed`` put it *up*, and ``outage closed`` with reason
-``unmanaged`` forgets it. The states live in the ``service_states`` table,
-written in the same transaction as the events (so a restart neither loses nor
-double-counts anything) and seeded from the history by migration 0002.
+The event service derives the states from the events it normalizes itself, so
+producers emit nothing extra for it:
+
+* ``service lost`` / ``outage opened`` put a service (its ``typeId``) *down*,
+  ``service regained`` / ``outage closed`` put it *up*; ``service deleted`` and
+  ``outage closed`` with reason ``unmanaged`` or ``deleted`` forget it;
+* ``interface down|up`` and ``node down|up`` are tracked too: a service whose
+  node or interface is down counts as *down* (node-outage processing opens
+  those services' outages without an event of their own).
+
+The states live in the ``service_states`` table, written in the same
+transaction as the events (a restart neither loses nor double-counts
+anything), seeded from the history by the migrations that introduced them.
 
 Every ``summary_interval`` the counts are compared with the last summary
 emitted (after a restart: the newest one in the history); when they differ a
@@ -47,17 +53,14 @@ class SummaryTracker:
         self.store = store
         self.js = js
         self.interval = interval
-        self.states: dict[str, tuple[str, str]] = {}
+        self.states: dict[str, ServiceState] = {}
         self.last: Counts | None = None
         self.emitted = 0
         self.ticks = 0
 
     async def load(self) -> None:
         """Seed from the store: the states, and the counts of the newest summary."""
-        self.states = {
-            s.type_id: (s.location or DEFAULT_LOCATION, s.state)
-            for s in await self.store.service_states()
-        }
+        self.states = {s.key: s for s in await self.store.service_states()}
         latest = await self.store.latest("summary", "updated")
         self.last = _counts_of(latest.event.data) if latest is not None else None
 
@@ -67,14 +70,26 @@ class SummaryTracker:
             if isinstance(c, str):
                 self.states.pop(c, None)
             else:
-                self.states[c.type_id] = (c.location or DEFAULT_LOCATION, c.state)
+                self.states[c.key] = c
 
     def counts(self) -> Counts:
-        """``{location: {"up": n, "down": n}}``."""
+        """``{location: {"up": n, "down": n}}`` over the known services."""
+        down_nodes = {
+            s.node_id for s in self.states.values() if s.kind == "node" and s.state == "down"
+        }
+        down_itfs = {
+            s.key.split(":", 1)[1]
+            for s in self.states.values()
+            if s.kind == "interface" and s.state == "down"
+        }
         out: Counts = {}
-        for location, state in self.states.values():
-            per = out.setdefault(location, dict.fromkeys(STATES, 0))
-            per[state] = per.get(state, 0) + 1
+        for s in self.states.values():
+            if s.kind != "service":
+                continue
+            interface = s.key.rsplit("/", 1)[0]  # node/ip/service → node/ip
+            down = s.state == "down" or s.node_id in down_nodes or interface in down_itfs
+            per = out.setdefault(s.location or DEFAULT_LOCATION, dict.fromkeys(STATES, 0))
+            per["down" if down else "up"] += 1
         return out
 
     async def tick(self) -> bool:

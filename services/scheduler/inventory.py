@@ -75,6 +75,8 @@ class Inventory:
         self.interfaces = interfaces
         self.nodes = nodes
         self.entries: dict[str, NodeEntry] = {}
+        #: node id → its service keys (the runtime dict is keyed by service).
+        self._by_node: dict[str, set[ServiceKey]] = {}
 
     # -- building ------------------------------------------------------------------
 
@@ -112,8 +114,9 @@ class Inventory:
     def _install(self, entry: NodeEntry) -> tuple[list[ServiceKey], list[ServiceKey], list[ServiceRuntime]]:
         """Bring the runtime dicts in line with ``entry``; returns (added, changed, removed)."""
         node = entry.node
-        old = {k for k in self.services if k.node_id == node.id}
+        old = self._by_node.get(node.id, set())
         new = set(entry.specs)
+        self._by_node[node.id] = new
         added, changed = [], []
         for key in new:
             spec = entry.specs[key]
@@ -133,19 +136,21 @@ class Inventory:
         by_ip: dict[str, list[ServiceKey]] = {}
         for key in new:
             by_ip.setdefault(key.ip, []).append(key)
-        for itf_key in [k for k in self.interfaces if k[0] == node.id and k[1] not in by_ip]:
-            del self.interfaces[itf_key]
+        for ip in {k.ip for k in old} - set(by_ip):
+            self.interfaces.pop((node.id, ip), None)
         for ip, keys in by_ip.items():
             itf = self.interfaces.get((node.id, ip))
             if itf is None:
                 itf = self.interfaces[(node.id, ip)] = InterfaceState(node.id, ip)
             itf.critical = critical_of(keys, entry.specs)
+            itf.services = set(keys)
         return added, changed, removed
 
     def _uninstall(self, node_id: str) -> list[ServiceRuntime]:
-        removed = [self.services.pop(k) for k in [k for k in self.services if k.node_id == node_id]]
-        for itf_key in [k for k in self.interfaces if k[0] == node_id]:
-            del self.interfaces[itf_key]
+        keys = self._by_node.pop(node_id, set())
+        removed = [self.services.pop(k) for k in keys if k in self.services]
+        for ip in {k.ip for k in keys}:
+            self.interfaces.pop((node_id, ip), None)
         self.nodes.pop(node_id, None)
         return removed
 

@@ -103,6 +103,8 @@ class MinionSession:
     replaced: asyncio.Event = field(default_factory=asyncio.Event)
     #: The gRPC stream of this session is open.
     open: bool = True
+    #: The session's handler waits for the state keeper (back-pressure): not silent.
+    busy: bool = False
     #: The registry's verdict (what ListMinions and the events say).
     up: bool = True
     down_since: float | None = None
@@ -340,6 +342,8 @@ class MinionRegistry:
         loop_now = _loop_time() if loop_now is None else loop_now
         changed = False
         for s in list(self._minions.values()):
+            if s.busy and s.open:
+                continue  # stuck behind our own back-pressure, not silent
             if s.up and loop_now - s.last_seen > self.timeout:
                 silent = loop_now - s.last_seen
                 missed = int(silent / self.heartbeat_interval)

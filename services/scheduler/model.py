@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,8 @@ from minion.monitors.base import Status
 
 if TYPE_CHECKING:
     from services.scheduler.packages import Policy
+
+_STRUCTS: dict[str, Struct] = {}
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -45,11 +48,21 @@ class ServiceSpec:
     ttl: float
     node_label: str = ""
     policy: Policy | None = None
+    #: Identifies equal parameters cheaply (set when they come from one package definition).
+    params_key: str = field(default="", compare=False)
 
     def params_struct(self) -> Struct:
-        """The parameters as a protobuf Struct (built once per spec)."""
-        s = Struct()
-        s.update(self.params)
+        """The parameters as a protobuf Struct, shared by specs with equal parameters.
+
+        Never mutated once built (it is only copied into requests).
+        """
+        key = self.params_key or json.dumps(self.params, sort_keys=True, default=str)
+        s = _STRUCTS.get(key)
+        if s is None:
+            if len(_STRUCTS) > 50_000:
+                _STRUCTS.clear()
+            s = _STRUCTS[key] = Struct()
+            s.update(self.params)
         return s
 
     @property
@@ -138,6 +151,8 @@ class InterfaceState:
     ip: str
     #: The service whose loss means the interface is down (``None``: no critical service).
     critical: ServiceKey | None = None
+    #: Every service on the interface (kept by the inventory).
+    services: set[ServiceKey] = field(default_factory=set)
     down: bool = False
     down_since: float | None = None
     down_event_id: str | None = None

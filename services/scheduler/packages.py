@@ -98,12 +98,29 @@ class Resolver:
     def __init__(self, cfg: VigilConfig) -> None:
         self.cfg = cfg
         self._policies: dict[tuple[str, tuple[MaintenanceWindow, ...]], Policy] = {}
+        # Every service of an interface asks the same question: answer it once.
+        self._matching: dict[tuple[str, str], list[Package]] = {}
+        self._defs: dict[str, dict[str, PackageService]] = {}
+
+    def matching(self, ip: str, location: str) -> list[Package]:
+        """Packages whose filter covers ``ip`` at ``location``, in file order."""
+        found = self._matching.get((ip, location))
+        if found is None:
+            if len(self._matching) > 100_000:
+                self._matching.clear()
+            found = self._matching[(ip, location)] = [
+                p for p in self.cfg.packages if p.filter.matches(ip, location)
+            ]
+        return found
 
     def governing(self, ip: str, location: str, service: str) -> tuple[Package, PackageService | None]:
         """The package that governs ``service`` on ``ip``, and its definition of it."""
-        matching = [p for p in self.cfg.packages if p.filter.matches(ip, location)]
+        matching = self.matching(ip, location)
         for pkg in reversed(matching):
-            definition = pkg.service(service)
+            defs = self._defs.get(pkg.name)
+            if defs is None:
+                defs = self._defs[pkg.name] = {d.name: d for d in pkg.services}
+            definition = defs.get(service)
             if definition is not None:
                 return pkg, definition
         return (matching[-1] if matching else BUILTIN_PACKAGE), None
@@ -127,7 +144,10 @@ class Resolver:
             )
         params = dict(definition.params) if definition and definition.monitor == monitor else {}
         params.update(entry.params)
-        problem = check_params(monitor, params)
+        if entry.params or definition is None:
+            problem = check_params(monitor, params)
+        else:
+            problem = self._definition_problem(pkg, definition, monitor, params)
         if problem is not None:
             raise ResolveError(problem)
         d = self.cfg.defaults
@@ -155,7 +175,18 @@ class Resolver:
             ttl=self.ttl(node.location, explicit_ttl, explicit_interval, interval),
             node_label=node.label,
             policy=self.policy(pkg, node.maintenance),
+            params_key="" if entry.params or definition is None else f"{pkg.name}/{definition.name}/{monitor}",
         )
+
+    def _definition_problem(
+        self, pkg: Package, definition: PackageService, monitor: str, params: dict[str, Any]
+    ) -> str | None:
+        # A package's own definition is checked once, not once per interface using it.
+        key = (pkg.name, definition.name, monitor)
+        cache = self.__dict__.setdefault("_checked", {})
+        if key not in cache:
+            cache[key] = check_params(monitor, params)
+        return cache[key]  # type: ignore[no-any-return]
 
     def ttl(self, location: str, ttl: float | None, explicit_interval: float | None, interval: float) -> float:
         """TTL precedence: the service's ``ttl``, else its own ``interval``, else the

@@ -2,9 +2,10 @@
 
 A session opens with a hello (identity, location, monitors, when the minion
 last had a session), then carries result batches and heartbeats; the
-scheduler answers each batch with an ack. A minion that stops on purpose
-says goodbye last. Liveness and the events about it are the registry's
-(:mod:`services.scheduler.minions`).
+scheduler answers each batch with an ack and each heartbeat with a heartbeat
+ack (so that the minion, too, notices a dead link within a heartbeat window).
+A minion that stops on purpose says goodbye last. Liveness and the events
+about it are the registry's (:mod:`services.scheduler.minions`).
 
 Live results are matched to their pending request: a result whose request
 already expired is counted as late and ignored (its UNKNOWN has been
@@ -30,7 +31,7 @@ from vigil.v1 import common_pb2, poll_pb2, sink_pb2, sink_pb2_grpc
 
 from minion.monitors.base import Status
 from services.common.config import LOCATION_RE, NODE_ID_RE
-from services.common.timeutil import from_timestamp, now, to_duration
+from services.common.timeutil import from_timestamp, now, set_timestamp, to_duration
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.minions import MinionRegistry, MinionSession
 from services.scheduler.model import Observation, ServiceKey, ServiceRuntime
@@ -161,9 +162,13 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
                     ack = await self._handle(session, msg)
                     if ack is not None:
                         yield sink_pb2.SinkMessage(ack=ack)
-                    if kind == "heartbeat" and store_and_forward:
-                        for update in self._schedule_update(session, session.schedule_digest):
-                            yield update
+                    if kind == "heartbeat":
+                        hb_ack = sink_pb2.HeartbeatAck()
+                        set_timestamp(hb_ack.received_at, now())
+                        yield sink_pb2.SinkMessage(heartbeat_ack=hb_ack)
+                        if store_and_forward:
+                            for update in self._schedule_update(session, session.schedule_digest):
+                                yield update
             finally:
                 replaced.cancel()
                 if nxt is not None:
@@ -235,19 +240,26 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
             self.malformed += 1
             return None
         batch = msg.results
-        if batch.replayed:
-            return await self._replay(session, batch)
-        accepted = late = 0
-        for result in batch.results[:MAX_RESULTS_PER_BATCH]:
-            poll = self.dispatcher.claim(result.request_id)
-            if poll is None:
-                late += 1
-                continue
-            obs = to_observation(result, poll.key)
-            await self.keeper.submit(obs)
-            self._remember(obs)
-            accepted += 1
-        return sink_pb2.BatchAck(seq=batch.seq, accepted=accepted, late=late)
+        # While the keeper pushes back (its queue is full), this session cannot read
+        # heartbeats; it is busy because of us, so the registry does not count it silent.
+        session.busy = True
+        try:
+            if batch.replayed:
+                return await self._replay(session, batch)
+            accepted = late = 0
+            for result in batch.results[:MAX_RESULTS_PER_BATCH]:
+                poll = self.dispatcher.claim(result.request_id)
+                if poll is None:
+                    late += 1
+                    continue
+                obs = to_observation(result, poll.key)
+                await self.keeper.submit(obs)
+                self._remember(obs)
+                accepted += 1
+            return sink_pb2.BatchAck(seq=batch.seq, accepted=accepted, late=late)
+        finally:
+            session.busy = False
+            self.registry.touch(session)
 
     async def _replay(
         self, session: MinionSession, batch: sink_pb2.ResultBatch

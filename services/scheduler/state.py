@@ -325,7 +325,7 @@ class StateKeeper:
                 self._lost(other, other.status_since or obs.at, other.last_reason + why)
 
     def _services_of(self, itf: InterfaceState) -> list[ServiceRuntime]:
-        return [rt for k, rt in self.services.items() if k.node_id == itf.node_id and k.ip == itf.ip]
+        return [rt for k in sorted(itf.services) if (rt := self.services.get(k)) is not None]
 
     def _flapping(self, rt: ServiceRuntime, obs: Observation) -> None:
         rt.history.append(obs.status)

@@ -49,6 +49,8 @@ async def make_keeper(
     await store.open()
     services = {k: ServiceRuntime.new(spec(k, pol)) for k in keys}
     interfaces = {k.interface: InterfaceState(k.node_id, k.ip) for k in keys}
+    for k in keys:
+        interfaces[k.interface].services.add(k)
     for itf_key, crit in (critical or {}).items():
         interfaces[itf_key].critical = crit
     nodes = {k.node_id: NodeState(k.node_id, "Default") for k in keys}

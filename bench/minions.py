@@ -1,0 +1,184 @@
+"""Several minions at one location: polls/s with 1, 2 and 4 minions, through the real pipeline.
+
+    python -m bench.minions [--quick]
+
+The scheduler runs in this process; the minions are child processes sharing
+one location (NATS queue group), so the figures include everything: dispatch,
+NATS, the minions' runners and monitors, the gRPC result streams and the
+state keeper. Two workloads: ``noop`` (the pipeline's own cost) and ``tcp``
+against a local listener in a separate process (real sockets per poll).
+
+Figures: polls/s applied to service state, the share each minion took (min
+and max of the per-minion poll counts as a percentage of the total), results
+UNKNOWN (ideally 0), scheduler RSS. On a machine with few cores the minions,
+the scheduler and the target share them; read the figures with ``cores``.
+Prints a table; there is no pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import rss_mb, spawn, stop, table
+from bench.pipeline import LISTENER
+from services.common.config import parse_config
+from services.common.natsserver import NatsServer
+from services.scheduler import metrics
+from services.scheduler.app import Scheduler
+
+LOCATION = "bench"
+
+
+def _nodes(services: int, monitor: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    per_node = 100
+    return [
+        {
+            "id": f"m-{n // per_node:05d}",
+            "location": LOCATION,
+            "interfaces": [
+                {
+                    "ip": "127.0.0.1",
+                    "services": [
+                        {"name": f"S{i:03d}", "monitor": monitor, "params": params}
+                        for i in range(min(per_node, services - n))
+                    ],
+                }
+            ],
+        }
+        for n in range(0, services, per_node)
+    ]
+
+
+def _unknown_total() -> float:
+    return sum(
+        s.value for m in metrics.UNKNOWN.collect() for s in m.samples if s.name.endswith("_total")
+    )
+
+
+async def run_scenario(
+    name: str,
+    minions: int,
+    services: int,
+    interval: float,
+    duration: float,
+    monitor: str,
+    params: dict[str, Any],
+    work: Path,
+) -> dict[str, object]:
+    """One measured run with ``minions`` minions at the location; returns a table row."""
+    tag = f"{name}-{minions}"
+    nats = NatsServer(work / f"nats-{tag}").start()
+    cfg = parse_config(
+        {
+            "nats": {"url": nats.url},
+            "scheduler": {
+                "listen": "127.0.0.1:0",
+                "metrics_listen": None,
+                "store_url": f"sqlite:///{work}/{tag}.db",
+                "start_splay": f"{interval}s",
+                "status_flush_interval": "2s",
+            },
+            "defaults": {"interval": f"{interval}s", "timeout": "2s", "retries": 0},
+            "nodes": _nodes(services, monitor, params),
+        },
+        "<bench>",
+        env={},
+    )
+    sched = Scheduler(cfg, nats_url=nats.url)
+    await sched.start()
+    procs = [
+        spawn(
+            [
+                "-m",
+                "services.cli",
+                "minion",
+                "--nats",
+                nats.url,
+                "--scheduler",
+                sched.grpc_address,
+                "--location",
+                LOCATION,
+                "--system-id",
+                f"bench-{tag}-{i}",
+                "--log-level",
+                "WARNING",
+            ],
+            work / f"minion-{tag}-{i}.log",
+        )  # fmt: skip
+        for i in range(minions)
+    ]
+    try:
+        keeper = sched.keeper
+        assert keeper is not None
+        # Warm up: every minion connected, then one full interval so that every service has its phase.
+        deadline = time.monotonic() + 60
+        while (
+            len([s for s in sched.registry.sessions() if s.up]) < minions
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(interval + 2)
+        done0 = {s.system_id: s.polls_done for s in sched.registry.sessions()}
+        unknown0, applied0, t0 = _unknown_total(), keeper.applied, time.perf_counter()
+        await asyncio.sleep(duration)
+        applied1, t1, unknown1 = keeper.applied, time.perf_counter(), _unknown_total()
+        shares = [s.polls_done - done0.get(s.system_id, 0) for s in sched.registry.sessions()]
+        total = sum(shares) or 1
+        return {
+            "workload": name,
+            "minions": minions,
+            "services": services,
+            "offered/s": round(services / interval),
+            "polls/s": round((applied1 - applied0) / (t1 - t0)),
+            "share min-max %": f"{100 * min(shares) / total:.0f}-{100 * max(shares) / total:.0f}"
+            if shares
+            else "-",
+            "unknown": int(unknown1 - unknown0),
+            "sched RSS MiB": round(rss_mb()),
+        }
+    finally:
+        for p in procs:
+            stop(p)
+        await sched.stop()
+        nats.stop()
+
+
+async def main(quick: bool = False) -> list[dict[str, object]]:
+    """Every workload with 1, 2 and 4 minions."""
+    logging.basicConfig(level=logging.WARNING)
+    duration = 5.0 if quick else 15.0
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vigil-bench-minions-") as tmp:
+        work = Path(tmp)
+        for n in (1, 2, 4):
+            rows.append(await run_scenario("noop", n, 50_000, 5.0, duration, "noop", {}, work))
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            port = holder.getsockname()[1]
+        listener = subprocess.Popen([sys.executable, "-c", LISTENER.format(port=port)])
+        try:
+            await asyncio.sleep(0.5)
+            for n in (1, 2, 4):
+                rows.append(
+                    await run_scenario("tcp", n, 10_000, 2.0, duration, "tcp", {"port": port}, work)
+                )
+        finally:
+            listener.terminate()
+            listener.wait(5)
+    return rows
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.minions", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="shorter runs")
+    ns = parser.parse_args()
+    print(table(asyncio.run(main(quick=ns.quick))))
