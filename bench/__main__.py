@@ -7,14 +7,14 @@ import asyncio
 import platform
 import sys
 
-from bench import monitors, pipeline, startup
+from bench import events, monitors, pipeline, startup
 from bench.common import table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs")
-    parser.add_argument("--only", default="", help="comma-separated sections: pipeline,startup,monitors")
+    parser.add_argument("--only", default="", help="comma-separated sections: pipeline,startup,events,monitors")
     ns = parser.parse_args()
     only = {s for s in ns.only.split(",") if s}
     print(f"vigil bench — Python {platform.python_version()}, {platform.machine()}, cores: {__import__('os').cpu_count()}")
@@ -26,6 +26,10 @@ def main() -> None:
     if not only or "startup" in only:
         print("\n## start-up of a large inventory (process start → every service dispatched once)")
         print(table(startup.main(quick=ns.quick)))
+        sys.stdout.flush()
+    if not only or "events" in only:
+        print("\n## events (ingest → normalize → NATS + store; webhooks)")
+        print(table(asyncio.run(events.main(quick=ns.quick))))
         sys.stdout.flush()
     if not only or "monitors" in only:
         print("\n## monitors (polls/s against local peers)")

@@ -12,8 +12,6 @@ from pathlib import Path
 import psutil
 from prometheus_client import Histogram
 
-from services.common.natsserver import die_with_parent
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,8 +26,7 @@ def spawn(args: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
     """A child Python process (``-m`` args), logging to ``log``."""
     out = log.open("wb")
     return subprocess.Popen(
-        [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, env=python_env(), cwd=ROOT,
-        preexec_fn=die_with_parent,
+        [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, env=python_env(), cwd=ROOT
     )
 
 

@@ -4,32 +4,57 @@
           vigil.poll.<location>.<system_id>  (requests aimed at this minion)
             │
             ▼
-    PollRunner (deadlines, retries, concurrency cap) ──► SinkClient ──► scheduler gRPC
+    PollRunner (deadlines, retries, in-flight cap) ──► SinkClient ──► scheduler gRPC
+            ▲                                    │        ▲
+    SitePoller (store-and-forward: the location's │        │ replay
+    schedule, polled on our own while cut off) ───┴► DiskSpool
+
+A minion only dials out (NATS and the scheduler's gRPC port) and opens no
+port. It takes requests from its location's queue group only while it can
+handle them: it leaves the group while at its in-flight cap (NATS then hands
+the location's requests to the other minions there) and while it polls on
+its own, and joins again afterwards. Requests aimed at it by system id are
+always taken.
+
+Stopping (SIGTERM): leave both subjects, stop polling on our own, let the
+polls in flight finish or reach their deadlines (bounded by
+``drain_timeout``), flush the results, say goodbye to the scheduler, exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from pathlib import Path
+from typing import Any
 
+from nats.aio.client import Client as NATS
 from vigil.v1 import sink_pb2
 
 import minion
+from minion.buffer import DiskSpool
 from minion.monitors import registry
 from minion.monitors.registry import MonitorSet
 from minion.runner import PollRunner
 from minion.sink_client import SinkClient
+from minion.site import SitePoller
 from services.common import natsconn
 from services.common.config import NODE_ID_RE, MinionSettings
 from services.common.tasks import Supervisor
-from services.common.timeutil import set_timestamp
 from services.common.timeutil import now as wall_now
+from services.common.timeutil import set_timestamp
 
 log = logging.getLogger(__name__)
 
 POLL_PREFIX = "vigil.poll"
+#: NATS buffers for our subscriptions (messages are batches of requests): a slow
+#: minion drops (and NATS reports) beyond these instead of growing without bound.
+PENDING_MSGS_LIMIT = 1000
+PENDING_BYTES_LIMIT = 32 << 20
+#: Longest wait for a NATS unsubscribe (drain) round trip.
+UNSUBSCRIBE_TIMEOUT = 5.0
 
 
 def load_system_id(settings: MinionSettings) -> str:
@@ -51,7 +76,7 @@ def load_system_id(settings: MinionSettings) -> str:
 
 
 class Minion:
-    """Owns the NATS subscriptions, the runner and the scheduler session."""
+    """Owns the NATS subscriptions, the runner, the spool and the scheduler session."""
 
     def __init__(self, settings: MinionSettings, *, nats_url: str) -> None:
         self.settings = settings
@@ -60,25 +85,80 @@ class Minion:
         self.system_id = load_system_id(settings)
         self.monitors = MonitorSet()
         self.tasks = Supervisor("minion")
+        self.spool_dir = Path(settings.spool_dir) / self.system_id
+        self.spool = DiskSpool(
+            self.spool_dir, max_bytes=settings.spool_max_bytes, max_age=settings.spool_max_age
+        )
+        self._intake_changed = asyncio.Event()
         hello = sink_pb2.MinionHello(
             system_id=self.system_id,
             location=self.location,
             version=minion.__version__,
             monitors=registry.available(),
         )
-        self.sink = SinkClient(settings.scheduler, hello, self._heartbeat, buffer_size=settings.result_buffer)
         self.runner = PollRunner(
-            self.monitors, self.system_id, self.sink.submit, max_in_flight=settings.max_in_flight
+            self.monitors,
+            self.system_id,
+            self._emit,
+            max_in_flight=settings.max_in_flight,
+            on_pressure=self._intake_changed.set,
         )
-        self._nc: natsconn.NATS | None = None
-        self._subs: list[object] = []
+        self.site = SitePoller(
+            self.system_id,
+            self.location,
+            self.spool_dir,
+            self.runner,
+            self.spool,
+            autonomous_after=settings.autonomous_after,
+            cut_off=self._cut_off,
+            on_spooled=self._spooled,
+            on_change=self._intake_changed.set,
+        )
+        self.sink = SinkClient(
+            settings.scheduler,
+            hello,
+            self._heartbeat,
+            buffer_size=settings.result_buffer,
+            spool=self.spool,
+            on_welcome=self.site.on_welcome,
+            on_schedule=self.site.on_schedule,
+            schedule_digest=lambda: self.site.digest,
+        )
+        self._nc: NATS | None = None
+        self._shared: Any = None
+        self._own: Any = None
+        self._stopping = False
+        #: Times the minion left / rejoined its location's queue group.
+        self.intake_pauses = 0
+        self.intake_resumes = 0
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _emit(self, result: Any, expires_at: float) -> None:
+        self.sink.submit(result, expires_at)
+
+    def _spooled(self) -> None:
+        if self.sink.connected.is_set():
+            self.sink.wake()
+
+    def _cut_off(self) -> bool:
+        """No scheduler session, or no NATS connection: the central site is unreachable."""
+        nats_ok = self._nc is not None and self._nc.is_connected
+        return not self.sink.connected.is_set() or not nats_ok
 
     def _heartbeat(self) -> sink_pb2.Heartbeat:
         hb = sink_pb2.Heartbeat(
             in_flight=self.runner.in_flight,
             polls_done=self.runner.stats.done,
-            nats_connected=bool(self._nc and self._nc.is_connected and self._subs),
+            nats_connected=bool(self._nc and self._nc.is_connected and self._own is not None),
             dropped_expired=self.runner.stats.dropped_expired,
+            intake_paused=self._shared is None,
+            autonomous=self.site.autonomous,
+            spooled=self.spool.pending,
+            results_dropped=self.sink.dropped
+            + self.sink.late_dropped
+            + self.spool.dropped
+            + self.spool.expired,
         )
         set_timestamp(hb.sent_at, wall_now())
         return hb
@@ -88,17 +168,28 @@ class Minion:
         """The location subject and this minion's own subject."""
         return f"{POLL_PREFIX}.{self.location}", f"{POLL_PREFIX}.{self.location}.{self.system_id}"
 
+    @property
+    def taking_shared(self) -> bool:
+        """Subscribed to the location's queue group right now."""
+        return self._shared is not None
+
+    # -- life cycle -------------------------------------------------------------------
+
     async def start(self) -> None:
         """Connect to NATS and the scheduler; start taking requests."""
         self.tasks.spawn("sink", self.sink.run())
         self._nc = nc = await natsconn.connect(self.nats_url, f"vigil-minion-{self.system_id}")
-        shared, own = self.subjects
-        limits = {"pending_msgs_limit": 10_000, "pending_bytes_limit": 64 << 20}
-        self._subs = [
-            await nc.subscribe(shared, queue=f"vigil-minions-{self.location}", cb=self.runner.on_message, **limits),
-            await nc.subscribe(own, cb=self.runner.on_message, **limits),
-        ]
+        _, own = self.subjects
+        self._own = await nc.subscribe(
+            own,
+            cb=self.runner.on_message,
+            pending_msgs_limit=PENDING_MSGS_LIMIT,
+            pending_bytes_limit=PENDING_BYTES_LIMIT,
+        )
+        await self._reconcile_intake()
         await nc.flush(timeout=5)
+        self.tasks.spawn("intake", self._intake_loop())
+        self.tasks.spawn("site", self.site.run())
         log.info(
             "minion %s at location %s: NATS %s, scheduler %s, monitors %s",
             self.system_id,
@@ -108,22 +199,91 @@ class Minion:
             ", ".join(registry.available()),
         )
 
-    async def stop(self, drain_timeout: float = 10.0) -> None:
-        """Stop taking requests, finish in-flight polls (bounded), flush results, disconnect."""
-        for sub in self._subs:
+    async def _intake_loop(self) -> None:
+        """Join or leave the location's queue group as load and links change. For ever."""
+        while True:
+            self._intake_changed.clear()
+            await self._reconcile_intake()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._intake_changed.wait(), 1.0)
+
+    async def _reconcile_intake(self) -> None:
+        want = not (self._stopping or self.runner.saturated or self.site.autonomous)
+        if want and self._shared is None and self._nc is not None:
+            shared, _ = self.subjects
             try:
-                await sub.unsubscribe()  # type: ignore[attr-defined]
-            except Exception:
-                pass
-        self._subs = []
-        await self.runner.drain(drain_timeout)
+                self._shared = await self._nc.subscribe(
+                    shared,
+                    queue=f"vigil-minions-{self.location}",
+                    cb=self.runner.on_message,
+                    pending_msgs_limit=PENDING_MSGS_LIMIT,
+                    pending_bytes_limit=PENDING_BYTES_LIMIT,
+                )
+            except Exception as exc:  # retried on the next round
+                log.warning("cannot subscribe to %s: %s", shared, exc)
+                return
+            if self._stopping:  # stop() began while we subscribed
+                sub, self._shared = self._shared, None
+                await _leave(sub)
+                return
+            if self.intake_pauses:
+                self.intake_resumes += 1
+                log.info(
+                    "taking requests for %s again (in flight: %d)",
+                    self.location,
+                    self.runner.in_flight,
+                )
+        elif not want and self._shared is not None:
+            sub, self._shared = self._shared, None
+            self.intake_pauses += 1
+            why = (
+                "stopping"
+                if self._stopping
+                else "polling on our own"
+                if self.site.autonomous
+                else "at capacity"
+            )
+            log.info(
+                "not taking requests for %s (%s; in flight: %d)",
+                self.location,
+                why,
+                self.runner.in_flight,
+            )
+            await _leave(sub)
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Stop taking requests, finish in-flight polls (bounded), flush, say goodbye, close."""
+        self._stopping = True
+        self.site.stop()
+        shared, own, self._shared, self._own = self._shared, self._own, None, None
+        for sub in (shared, own):
+            if sub is not None:
+                await _leave(sub)
+        timeout = self.settings.drain_timeout if drain_timeout is None else drain_timeout
+        await self.runner.drain(timeout)
         if self.sink.connected.is_set():
-            await self.sink.flush(timeout=5.0)
+            if not await self.sink.flush(timeout=5.0):
+                log.warning("stopping with %d result(s) not acknowledged", self.sink.backlog)
+            await self.sink.goodbye("shutdown", timeout=5.0)
         await self.tasks.close()
         if self._nc is not None:
-            try:
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._nc.close(), 5.0)
-            except Exception:
-                pass
+        self.spool.close()
         await self.monitors.close()
-        log.info("minion %s stopped (%d polls done)", self.system_id, self.runner.stats.done)
+        log.info(
+            "minion %s stopped (%d polls done, %d result(s) spooled for later)",
+            self.system_id,
+            self.runner.stats.done,
+            self.spool.pending,
+        )
+
+
+async def _leave(sub: Any) -> None:
+    """Unsubscribe, handing over requests already received (bounded wait)."""
+    try:
+        # drain: the server stops sending at once; what already arrived is still run.
+        await asyncio.wait_for(sub.drain(), UNSUBSCRIBE_TIMEOUT)
+    except Exception:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

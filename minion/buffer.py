@@ -25,6 +25,7 @@ and committing sends a batch again, which the scheduler ignores as stale.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -90,11 +91,15 @@ class DiskSpool:
         self.dropped = 0
         #: Unread records older than ``max_age``, skipped or deleted.
         self.expired = 0
-        self._open()
+        self._opened = False
+        # Nothing is created on disk before the first result: most minions never spool.
+        if self.directory.is_dir():
+            self._open()
 
     # -- start-up ------------------------------------------------------------------------
 
     def _open(self) -> None:
+        self._opened = True
         self.directory.mkdir(parents=True, exist_ok=True)
         seqs = sorted(
             int(p.name[len(SEGMENT_PREFIX) : -len(SEGMENT_SUFFIX)])
@@ -117,7 +122,9 @@ class DiskSpool:
         assert cur is not None
         if self._cursor.offset > cur.size or self._cursor.index > cur.records:
             self._cursor = Position(cur.seq, 0, 0)
-        self._unread = sum(s.records for s in self._segments if s.seq >= self._cursor.seq) - self._cursor.index
+        self._unread = (
+            sum(s.records for s in self._segments if s.seq >= self._cursor.seq) - self._cursor.index
+        )
         if self._unread:
             log.info("spool %s: %d result(s) waiting to be replayed", self.directory, self._unread)
 
@@ -129,7 +136,11 @@ class DiskSpool:
         while pos + HEADER.size <= len(data):
             length, crc, at = HEADER.unpack_from(data, pos)
             end = pos + HEADER.size + length
-            if length > MAX_RECORD or end > len(data) or zlib.crc32(data[pos + HEADER.size : end]) != crc:
+            if (
+                length > MAX_RECORD
+                or end > len(data)
+                or zlib.crc32(data[pos + HEADER.size : end]) != crc
+            ):
                 break
             seg.records += 1
             seg.last_at = max(seg.last_at, at)
@@ -140,7 +151,12 @@ class DiskSpool:
                 with seg.path.open("r+b") as f:
                     f.truncate(good)
             else:
-                log.warning("spool %s: %s is corrupt after byte %d; the rest is lost", self.directory, seg.path.name, good)
+                log.warning(
+                    "spool %s: %s is corrupt after byte %d; the rest is lost",
+                    self.directory,
+                    seg.path.name,
+                    good,
+                )
         seg.size = good
 
     def _load_cursor(self) -> Position:
@@ -178,6 +194,8 @@ class DiskSpool:
 
     def append(self, result: poll_pb2.PollResult) -> None:
         """Keep one result (its ``finished_at`` orders and ages it)."""
+        if not self._opened:
+            self._open()
         payload = result.SerializeToString()
         at = from_timestamp(result.finished_at) if result.HasField("finished_at") else time.time()
         tail = self._segments[-1]
@@ -221,25 +239,29 @@ class DiskSpool:
             self.dropped += unread
             if unread:
                 log.warning("spool %s full: dropped %d oldest result(s)", self.directory, unread)
-        try:
+        with contextlib.suppress(OSError):
             seg.path.unlink()
-        except OSError:
-            pass
 
     def expire(self, wall: float | None = None) -> None:
         """Delete whole files whose newest record is older than ``max_age``."""
+        if not self._opened:
+            return
         horizon = (wall if wall is not None else time.time()) - self.max_age
         while len(self._segments) > 1 and self._segments[0].last_at < horizon:
             self._drop_first(expired=True)
 
     # -- replay ----------------------------------------------------------------------------
 
-    def read(self, limit: int, wall: float | None = None) -> tuple[list[poll_pb2.PollResult], Position]:
+    def read(
+        self, limit: int, wall: float | None = None
+    ) -> tuple[list[poll_pb2.PollResult], Position]:
         """Up to ``limit`` results from the replay position, oldest first, and where they end.
 
         Nothing moves until :meth:`commit`. Results older than ``max_age`` are
         passed over (counted when committed).
         """
+        if not self._opened:
+            return [], self._cursor
         self.expire(wall)
         horizon = (wall if wall is not None else time.time()) - self.max_age
         out: list[poll_pb2.PollResult] = []
@@ -278,31 +300,34 @@ class DiskSpool:
     def commit(self, pos: Position) -> None:
         """The results up to ``pos`` are delivered: move on, delete files fully read."""
         cur = self._cursor
+        if not self._opened:
+            return
         if pos.seq < cur.seq or (pos.seq == cur.seq and pos.offset <= cur.offset):
             return  # already past it (a file was dropped meanwhile)
         if self._segment(pos.seq) is None:
             return
-        passed = sum(s.records for s in self._segments if cur.seq <= s.seq < pos.seq) - cur.index + pos.index
+        passed = (
+            sum(s.records for s in self._segments if cur.seq <= s.seq < pos.seq)
+            - cur.index
+            + pos.index
+        )
         self._unread = max(0, self._unread - passed)
         self.expired += pos.expired
         self._cursor = Position(pos.seq, pos.offset, pos.index)
         while self._segments[0].seq < pos.seq:
             seg = self._segments.pop(0)
-            try:
+            with contextlib.suppress(OSError):
                 seg.path.unlink()
-            except OSError:
-                pass
         head = self._segments[0]
         if len(self._segments) > 1 and self._cursor.offset >= head.size:
             # Fully read and no longer written to: start the next file.
             self._segments.pop(0)
-            try:
+            with contextlib.suppress(OSError):
                 head.path.unlink()
-            except OSError:
-                pass
             self._cursor = Position(self._segments[0].seq, 0, 0)
         self._save_cursor()
 
     def close(self) -> None:
         """Persist the replay position."""
-        self._save_cursor()
+        if self._opened:
+            self._save_cursor()

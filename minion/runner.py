@@ -153,10 +153,17 @@ class PollRunner:
         expires_at = from_timestamp(req.expires_at)
         if len(self._tasks) >= self.max_queued:
             self.stats.overloaded += 1
-            emit(self._result(req, PollOutcome.unknown("minion overloaded: request not run"), wall, wall), expires_at)
+            emit(
+                self._result(
+                    req, PollOutcome.unknown("minion overloaded: request not run"), wall, wall
+                ),
+                expires_at,
+            )
             return False
         deadline = asyncio.get_running_loop().time() + left
-        task = asyncio.create_task(self._run(req, deadline, expires_at, emit), name=f"poll:{req.id}")
+        task = asyncio.create_task(
+            self._run(req, deadline, expires_at, emit), name=f"poll:{req.id}"
+        )
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(self._tasks))
@@ -165,7 +172,9 @@ class PollRunner:
 
     # -- execution -------------------------------------------------------------------
 
-    async def _run(self, req: poll_pb2.PollRequest, expires: float, expires_at: float, emit: Emit) -> None:
+    async def _run(
+        self, req: poll_pb2.PollRequest, expires: float, expires_at: float, emit: Emit
+    ) -> None:
         started = time.time()
         try:
             async with asyncio.timeout_at(expires):
@@ -186,7 +195,9 @@ class PollRunner:
             return cached
         monitor = self.monitors.get(req.monitor)
         try:
-            parsed: MonitorParams | str = monitor.parse_params(json_format.MessageToDict(req.params))
+            parsed: MonitorParams | str = monitor.parse_params(
+                json_format.MessageToDict(req.params)
+            )
         except ValidationError as exc:
             parsed = f"bad parameters for monitor {req.monitor}: {describe(exc, 'params')}"
         self._params[key] = parsed
@@ -216,7 +227,9 @@ class PollRunner:
                 break
         return outcome
 
-    async def _attempt(self, monitor: Any, target: Target, params: MonitorParams, ctx: PollContext) -> PollOutcome:
+    async def _attempt(
+        self, monitor: Any, target: Target, params: MonitorParams, ctx: PollContext
+    ) -> PollOutcome:
         start = time.perf_counter()
         try:
             async with asyncio.timeout_at(ctx.deadline):
@@ -224,13 +237,16 @@ class PollRunner:
                 return outcome
         except TimeoutError:
             return PollOutcome.down(
-                f"timed out after {format_duration(ctx.timeout)}", (time.perf_counter() - start) * 1000
+                f"timed out after {format_duration(ctx.timeout)}",
+                (time.perf_counter() - start) * 1000,
             )
         except OSError as exc:
             return PollOutcome.down(f"{exc.strerror or exc}", (time.perf_counter() - start) * 1000)
         except Exception as exc:
             log.exception("monitor %s failed on %s", monitor.name, target.address)
-            return PollOutcome.unknown(f"monitor {monitor.name} failed: {exc.__class__.__name__}: {exc}")
+            return PollOutcome.unknown(
+                f"monitor {monitor.name} failed: {exc.__class__.__name__}: {exc}"
+            )
 
     def _result(
         self, req: poll_pb2.PollRequest, outcome: PollOutcome, started: float, finished: float

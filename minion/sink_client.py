@@ -27,6 +27,7 @@ import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 from vigil.v1 import poll_pb2, sink_pb2, sink_pb2_grpc
@@ -50,7 +51,8 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 10_000),
 ]
 
-Call = grpc.aio.StreamStreamCall[sink_pb2.MinionMessage, sink_pb2.SinkMessage]
+#: The session's stream (grpc.aio.StreamStreamCall[MinionMessage, SinkMessage]).
+Call = Any
 #: A queued result and its request's ``expires_at`` (wall clock; ``None``: never).
 Entry = tuple[poll_pb2.PollResult, float | None]
 
@@ -84,6 +86,9 @@ class SinkClient:
         self._replay: tuple[int, Position, int] | None = None
         self._seq = 0
         self._goodbye: str | None = None
+        self._silence_limit = 15.0
+        self._heard_heartbeat_ack = False
+        self._last_read = 0.0
         self.connected = asyncio.Event()
         #: Loop-clock time since when there has been no session (``None`` while connected).
         self.disconnected_since: float | None = _loop_time()
@@ -127,14 +132,16 @@ class SinkClient:
     async def run(self) -> None:
         """Hold a session for ever (until :meth:`goodbye`), reconnecting with jittered back-off."""
         delay = 0.5
-        while self._goodbye is None:
+        while True:
             try:
                 await self._session()
                 delay = 0.5
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
-                log.warning("scheduler session at %s: %s %s", self.address, exc.code().name, exc.details())
+                log.warning(
+                    "scheduler session at %s: %s %s", self.address, exc.code().name, exc.details()
+                )
             except Exception as exc:
                 log.warning("scheduler session at %s failed: %r", self.address, exc)
             finally:
@@ -173,6 +180,11 @@ class SinkClient:
             if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
                 raise ConnectionError("scheduler did not welcome this minion")
             interval = from_duration(first.welcome.heartbeat_interval) or 5.0
+            # Twice the silence after which the scheduler declares us down: longer
+            # means a dead link (heartbeats are answered), not a busy scheduler.
+            self._silence_limit = 2 * interval * (first.welcome.heartbeat_misses or 3)
+            self._heard_heartbeat_ack = False
+            self._last_read = asyncio.get_running_loop().time()
             log.info("connected to scheduler %s at %s", first.welcome.scheduler_id, self.address)
             if self._on_welcome is not None:
                 self._on_welcome(first.welcome)
@@ -194,9 +206,12 @@ class SinkClient:
             if msg is grpc.aio.EOF:
                 return
             self.last_contact = time.time()
+            self._last_read = asyncio.get_running_loop().time()
             kind = msg.WhichOneof("kind")
             if kind == "ack":
                 self._on_ack(msg.ack)
+            elif kind == "heartbeat_ack":
+                self._heard_heartbeat_ack = True
             elif kind == "schedule" and self._on_schedule is not None:
                 self._on_schedule(msg.schedule)
 
@@ -221,19 +236,26 @@ class SinkClient:
     def _replay_pending(self) -> bool:
         return self._replay is not None or (self.spool is not None and self.spool.pending > 0)
 
-    async def _write_loop(self, call: Call, heartbeat_interval: float, reader: asyncio.Task[None]) -> None:
+    async def _write_loop(
+        self, call: Call, heartbeat_interval: float, reader: asyncio.Task[None]
+    ) -> None:
         loop = asyncio.get_running_loop()
         next_heartbeat = loop.time()
         replay_sent = 0.0
         while not reader.done():
             now = loop.time()
             if now >= next_heartbeat:
-                await call.write(sink_pb2.MinionMessage(heartbeat=self._heartbeat()))
+                await self._send(call, sink_pb2.MinionMessage(heartbeat=self._heartbeat()))
                 self.heartbeats_sent += 1
                 self.last_contact = time.time()
                 next_heartbeat = now + heartbeat_interval
             if self._replay is not None and now - replay_sent > REPLAY_ACK_TIMEOUT:
                 raise ConnectionError("the scheduler did not acknowledge a replayed batch")
+            if self._heard_heartbeat_ack and now - self._last_read > self._silence_limit:
+                # A silent partition: TCP would take minutes to notice.
+                raise ConnectionError(
+                    f"no word from the scheduler for {now - self._last_read:.1f}s: the link is down"
+                )
             if self._replay is None and self.spool is not None and self.spool.pending:
                 # Spooled results first, one batch at a time: the scheduler must see
                 # each service's results in time order.
@@ -242,22 +264,37 @@ class SinkClient:
                     self._seq += 1
                     self._replay = (self._seq, pos, len(results))
                     replay_sent = now
-                    await call.write(
+                    await self._send(
+                        call,
                         sink_pb2.MinionMessage(
-                            results=sink_pb2.ResultBatch(seq=self._seq, results=results, replayed=True)
-                        )
+                            results=sink_pb2.ResultBatch(
+                                seq=self._seq, results=results, replayed=True
+                            )
+                        ),
                     )
                     continue
                 self.spool.commit(pos)  # only expired records were left
-            if self._goodbye is not None and not self._queue and not self._unacked and not self._replay_pending():
-                await call.write(sink_pb2.MinionMessage(goodbye=sink_pb2.Goodbye(reason=self._goodbye)))
+            if (
+                self._goodbye is not None
+                and not self._queue
+                and not self._unacked
+                and not self._replay_pending()
+            ):
+                await self._send(
+                    call, sink_pb2.MinionMessage(goodbye=sink_pb2.Goodbye(reason=self._goodbye))
+                )
                 await call.done_writing()
+                # Cancelling the call now could overtake the goodbye: wait for the
+                # scheduler to end the stream, which it does once it has read it.
+                await asyncio.wait({reader}, timeout=5.0)
                 log.info("said goodbye to the scheduler (%s)", self._goodbye)
                 return
             if not self._queue or self._replay_pending():
                 self._have.clear()
                 try:
-                    await asyncio.wait_for(self._have.wait(), timeout=max(0.0, min(1.0, next_heartbeat - loop.time())))
+                    await asyncio.wait_for(
+                        self._have.wait(), timeout=max(0.0, min(1.0, next_heartbeat - loop.time()))
+                    )
                 except TimeoutError:
                     continue
                 await asyncio.sleep(LINGER)  # let a batch fill up
@@ -267,14 +304,26 @@ class SinkClient:
                 continue
             self._seq += 1
             self._unacked[self._seq] = batch
-            await call.write(
-                sink_pb2.MinionMessage(results=sink_pb2.ResultBatch(seq=self._seq, results=[r for r, _ in batch]))
+            await self._send(
+                call,
+                sink_pb2.MinionMessage(
+                    results=sink_pb2.ResultBatch(seq=self._seq, results=[r for r, _ in batch])
+                ),
             )
             self.sent += len(batch)
         # The scheduler ended the session.
         exc = reader.exception()
         if exc is not None:
             raise exc
+
+    async def _send(self, call: Call, msg: sink_pb2.MinionMessage) -> None:
+        """Write one message; a write stuck that long means the link is gone (the session ends)."""
+        try:
+            await asyncio.wait_for(call.write(msg), timeout=self._silence_limit)
+        except TimeoutError:
+            raise ConnectionError(
+                f"a write to the scheduler did not complete in {self._silence_limit:.1f}s"
+            ) from None
 
     def _take_live(self) -> list[Entry]:
         """Up to a batch of queued results, without those whose request has expired."""

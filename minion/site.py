@@ -23,6 +23,7 @@ the duplicates as stale on replay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -90,6 +91,8 @@ class SitePoller:
         self._stopping = False
         self.polls = 0
         self.skipped = 0
+        #: Complete schedules received from the scheduler.
+        self.schedules_received = 0
         self._load()
 
     # -- the schedule -------------------------------------------------------------------
@@ -116,10 +119,19 @@ class SitePoller:
             log.warning("%s is not a schedule; ignoring it", path)
             return
         if schedule.location != self.location:
-            log.info("%s is the schedule of %s, not %s; ignoring it", path, schedule.location, self.location)
+            log.info(
+                "%s is the schedule of %s, not %s; ignoring it",
+                path,
+                schedule.location,
+                self.location,
+            )
             return
         self.schedule = schedule
-        log.info("store-and-forward schedule of %s loaded: %d service(s)", self.location, len(schedule.services))
+        log.info(
+            "store-and-forward schedule of %s loaded: %d service(s)",
+            self.location,
+            len(schedule.services),
+        )
 
     def _save(self) -> None:
         assert self.schedule is not None
@@ -135,28 +147,36 @@ class SitePoller:
         log.info("store-and-forward is off for %s: dropping the schedule", self.location)
         self.schedule = None
         self._rebuild()
-        try:
+        with contextlib.suppress(OSError):
             (self.directory / SCHEDULE_FILE).unlink()
-        except OSError:
-            pass
 
     def on_schedule(self, part: sink_pb2.LocationSchedule) -> None:
         """A part of the location's schedule; the schedule changes once all parts are in."""
         if part.location != self.location or part.count == 0 or part.index >= part.count:
-            log.warning("ignoring a schedule part for %s (%d of %d)", part.location, part.index, part.count)
+            log.warning(
+                "ignoring a schedule part for %s (%d of %d)", part.location, part.index, part.count
+            )
             return
         if part.digest != self._parts_digest:
             self._parts, self._parts_digest = {}, part.digest
         self._parts[part.index] = part
         if len(self._parts) < part.count:
             return
-        whole = sink_pb2.LocationSchedule(location=part.location, digest=part.digest, index=0, count=1)
+        whole = sink_pb2.LocationSchedule(
+            location=part.location, digest=part.digest, index=0, count=1
+        )
         for i in range(part.count):
             whole.services.extend(self._parts[i].services)
         self._parts, self._parts_digest = {}, ""
         self.schedule = whole
+        self.schedules_received += 1
         self._save()
-        log.info("store-and-forward schedule of %s: %d service(s) (digest %s)", self.location, len(whole.services), whole.digest)
+        log.info(
+            "store-and-forward schedule of %s: %d service(s) (digest %s)",
+            self.location,
+            len(whole.services),
+            whole.digest,
+        )
         self._rebuild()
 
     # -- autonomous polling --------------------------------------------------------------
@@ -195,7 +215,10 @@ class SitePoller:
                 self.location,
             )
         else:
-            log.info("central site reachable: autonomous polling ends (%d result(s) spooled)", self.spool.pending)
+            log.info(
+                "central site reachable: autonomous polling ends (%d result(s) spooled)",
+                self.spool.pending,
+            )
         self._rebuild()
         if self._on_change is not None:
             self._on_change()
@@ -210,7 +233,11 @@ class SitePoller:
                     self._cut_since = now
             else:
                 self._cut_since = None
-            want = self.enabled and self._cut_since is not None and now - self._cut_since >= self.autonomous_after
+            want = (
+                self.enabled
+                and self._cut_since is not None
+                and now - self._cut_since >= self.autonomous_after
+            )
             self._set_autonomous(want)
             if self.autonomous:
                 self._dispatch_due(now)

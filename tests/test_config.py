@@ -39,10 +39,10 @@ def test_demo_config_is_valid() -> None:
     [
         ("scheduler:\n  listn: 127.0.0.1:1\n", "scheduler.listn: unknown key"),
         ("scheduler:\n  batch_size: lots\n", "scheduler.batch_size: Input should be a valid integer"),
-        ("scheduler:\n  listen: 127.0.0.1:99999\n", "scheduler.listen: Value error, '127.0.0.1:99999': port must be 0-65535"),
-        ("scheduler:\n  listen: not an address\n", "scheduler.listen: Value error, 'not an address' is not host:port"),
-        ("nats:\n  url: http://x:4222\n", "nats.url: Value error, 'http://x:4222' is not a NATS URL"),
-        ("defaults:\n  interval: 5 parsecs\n", "defaults.interval: Value error, '5 parsecs' is not a duration"),
+        ("scheduler:\n  listen: 127.0.0.1:99999\n", "scheduler.listen: '127.0.0.1:99999': port must be 0-65535"),
+        ("scheduler:\n  listen: not an address\n", "scheduler.listen: 'not an address' is not host:port"),
+        ("nats:\n  url: http://x:4222\n", "nats.url: 'http://x:4222' is not a NATS URL"),
+        ("defaults:\n  interval: 5 parsecs\n", "defaults.interval: '5 parsecs' is not a duration"),
         ("defaults:\n  timeout: 0s\n", "defaults.timeout: Input should be greater than 0"),
         (
             node("          - {name: HTTP, monitor: htp}"),
@@ -60,7 +60,7 @@ def test_demo_config_is_valid() -> None:
             "nodes:\n  - id: n\n    interfaces:\n      - ip: 10.0.0.300\n",
             "nodes[0].interfaces[0].ip",
         ),
-        ("nodes:\n  - id: n\n    location: paris.east\n", "nodes[0].location: Value error, 'paris.east' is not a valid location"),
+        ("nodes:\n  - id: n\n    location: paris.east\n", "nodes[0].location: 'paris.east' is not a valid location"),
         ("- just\n- a list\n", "the top level must be a mapping"),
         ("scheduler: [\n", "not valid YAML"),
     ],

@@ -87,7 +87,8 @@ class NatsServer:
             "-l", str(self.log_file),
             *self.extra_args,
         ]
-        popen.setdefault("preexec_fn", die_with_parent)
+        # No preexec_fn by default: forking a process that runs gRPC threads can
+        # abort the child. ``vigil up`` (no threads) passes die_with_parent.
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, **popen)  # type: ignore[call-overload]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

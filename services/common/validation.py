@@ -21,5 +21,8 @@ def describe(exc: ValidationError, prefix: str = "") -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"] == "value_error":
+            # Our own validators' messages; pydantic's "Value error, " prefix is noise.
+            msg = msg.removeprefix("Value error, ")
         parts.append(f"{where}: {msg}")
     return "; ".join(parts)

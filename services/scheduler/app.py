@@ -78,10 +78,10 @@ class Scheduler:
             nodes=self.nodes,
             keep_history=self.settings.results_retention > 0,
         )
-        orphans = await keeper.restore(
-            await self.store.load_states(), await self.store.open_outages(), await self.store.down_elements()
-        )
+        states = await self.store.load_states()
+        orphans = await keeper.restore(states, await self.store.open_outages(), await self.store.down_elements())
         await keeper.close_unmanaged(orphans, now())
+        await keeper.retire(sorted(set(states) - set(self.services)), now())
 
         self.dispatcher = Dispatcher(
             self.services,

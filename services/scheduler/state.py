@@ -667,19 +667,36 @@ class StateKeeper:
         self._on_events()
 
     async def forget(self, runtimes: list[ServiceRuntime], at: float, reason: str) -> None:
-        """Services removed from the inventory: close their outages (with ``reason``), drop their state."""
+        """Services removed from the inventory: close their outages (with ``reason``),
+        announce ``service deleted``, drop their state."""
         orphans = [
             OutageRow(rt.open_outage_id, rt.key, rt.status_since or at, "", "", None, None, None)
             for rt in runtimes
             if rt.open_outage_id is not None
         ]
         await self.close_unmanaged(orphans, at, reason)
+        await self.emit([self._event("service", "deleted", rt, at, reason=reason) for rt in runtimes])
         for rt in runtimes:
             self._dirty.discard(rt.key)
             for fut in self.waiters.pop(rt.in_flight or "", []):
                 if not fut.done():
                     fut.set_result(rt)
         await self.store.delete_states([rt.key for rt in runtimes])
+
+    async def retire(self, keys: list[ServiceKey], at: float, reason: str = "unmanaged") -> None:
+        """Stored state of services no longer configured (found at start-up): announce and drop it."""
+        if not keys:
+            return
+        await self.emit(
+            [
+                make_event(
+                    "service", "deleted", source=SOURCE, type_id=str(k), node_id=k.node_id,
+                    created_at=at, ip=k.ip, service=k.service, reason=reason,
+                )
+                for k in keys
+            ]
+        )
+        await self.store.delete_states(keys)
 
     def mark_dirty(self, key: ServiceKey) -> None:
         """Persist this service's state at the next flush."""

@@ -27,7 +27,9 @@ async def test_list_events_pages_every_event_exactly_once(service: EventService)
         token = ""
         pages = 0
         while True:
-            resp = await stub.ListEvents(events_pb2.ListEventsRequest(page_size=5, page_token=token))
+            resp = await stub.ListEvents(
+                events_pb2.ListEventsRequest(page_size=5, page_token=token)
+            )
             assert resp.total_size == 23
             seen += resp.events
             pages += 1
@@ -46,21 +48,30 @@ async def test_list_events_pages_every_event_exactly_once(service: EventService)
         token = ""
         while True:
             resp = await stub.ListEvents(
-                events_pb2.ListEventsRequest(page_size=3, page_token=token, type="node", action="up")
+                events_pb2.ListEventsRequest(
+                    page_size=3, page_token=token, type="node", action="up"
+                )
             )
             assert resp.total_size == len(ups)
             got += [e.id for e in resp.events]
             if not (token := resp.next_page_token):
                 break
         assert sorted(got) == sorted(e["id"] for e in ups)
-        resp = await stub.ListEvents(events_pb2.ListEventsRequest(node_id="n1", severity="critical"))
+        resp = await stub.ListEvents(
+            events_pb2.ListEventsRequest(node_id="n1", severity="critical")
+        )
         assert {e.node_id for e in resp.events} == {"n1"}
-        assert resp.total_size == sum(1 for e in sent if e["nodeId"] == "n1" and e["action"] == "down")
+        assert resp.total_size == sum(
+            1 for e in sent if e["nodeId"] == "n1" and e["action"] == "down"
+        )
 
         # The page token belongs to its filters and to this server.
         first = await stub.ListEvents(events_pb2.ListEventsRequest(page_size=2))
         for bad, field in (
-            (events_pb2.ListEventsRequest(page_token=first.next_page_token, type="node"), "page_token"),
+            (
+                events_pb2.ListEventsRequest(page_token=first.next_page_token, type="node"),
+                "page_token",
+            ),
             (events_pb2.ListEventsRequest(page_token="garbage!"), "page_token"),
             (events_pb2.ListEventsRequest(page_token=encode_token("x", [None] * 7)), "page_token"),
             (events_pb2.ListEventsRequest(page_size=-1), "page_size"),
@@ -80,7 +91,9 @@ async def test_publish_validates_then_takes_the_ingest_path(
     async with events_stub(service.grpc_address) as stub:
         resp = await stub.Publish(
             events_pb2.PublishRequest(
-                event=events_pb2.Event(type="node", action="down", node_id="ext-1", location="paris", data=data)
+                event=events_pb2.Event(
+                    type="node", action="down", node_id="ext-1", location="paris", data=data
+                )
             )
         )
         assert resp.event.id
@@ -117,7 +130,9 @@ async def test_publish_validates_then_takes_the_ingest_path(
         # Publishing the same id twice publishes once.
         again = events_pb2.Event(id=resp.event.id, type="node", action="down", node_id="ext-1")
         await stub.Publish(events_pb2.PublishRequest(event=again))
-        marker = await stub.Publish(events_pb2.PublishRequest(event=events_pb2.Event(type="node", action="up")))
+        marker = await stub.Publish(
+            events_pb2.PublishRequest(event=events_pb2.Event(type="node", action="up"))
+        )
         await wait_for(lambda: events_seen.find(id=marker.event.id), what="marker")
     assert len(events_seen.find(id=resp.event.id)) == 1
     in_stream = await stream_events(nats_server.url)

@@ -27,7 +27,16 @@ async def test_hooks_add_list_rm(service: EventService) -> None:
     addr = ["--events", service.grpc_address]
     try:
         code, out, err = await vigil(
-            "hooks", "add", receiver.url, "--name", "cli", "-f", "type=node,node=n*", "-f", "severity=critical", *addr
+            "hooks",
+            "add",
+            receiver.url,
+            "--name",
+            "cli",
+            "-f",
+            "type=node,node=n*",
+            "-f",
+            "severity=critical",
+            *addr,
         )
         assert code == 0, err
         assert out.startswith("hook cli created: ")
@@ -53,10 +62,14 @@ async def test_hooks_add_list_rm(service: EventService) -> None:
         assert code == 0
         assert "0 of 0 parked" in err
 
-        code, out, err = await vigil("hooks", "add", "ftp://x/", "--name", "bad", "--secret", "12345678", *addr)
+        code, out, err = await vigil(
+            "hooks", "add", "ftp://x/", "--name", "bad", "--secret", "12345678", *addr
+        )
         assert code == 1
         assert "INVALID_ARGUMENT: url: scheme 'ftp' is not allowed" in err
-        code, _, err = await vigil("hooks", "add", receiver.url, "--name", "x", "-f", "colour=red", *addr)
+        code, _, err = await vigil(
+            "hooks", "add", receiver.url, "--name", "x", "-f", "colour=red", *addr
+        )
         assert code == 2
         assert "colour=red" in err
 
@@ -81,7 +94,9 @@ async def test_hooks_without_a_service_says_so() -> None:
 async def test_sniff_prints_json_lines_or_pretty_lines(
     nats_server: NatsServer, service: EventService, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    sniff = asyncio.create_task(run_sniff(nats_server.url, "vigil.events.node.>", pretty=False, count=2))
+    sniff = asyncio.create_task(
+        run_sniff(nats_server.url, "vigil.events.node.>", pretty=False, count=2)
+    )
     pretty = asyncio.create_task(run_sniff(nats_server.url, "vigil.events.>", pretty=True, count=2))
     err = ""
 
@@ -92,7 +107,10 @@ async def test_sniff_prints_json_lines_or_pretty_lines(
         return err.count("vigil sniff: watching") == 2
 
     await wait_for(ready, what="both sniffers subscribed")
-    events = [raw_event("node", "down", "n1", data={"reason": "ping timeout"}), raw_event("node", "up", "n1")]
+    events = [
+        raw_event("node", "down", "n1", data={"reason": "ping timeout"}),
+        raw_event("node", "up", "n1"),
+    ]
     async with jetstream(nats_server.url) as js:
         for e in events:
             await publish_raw(js, e)
@@ -115,7 +133,9 @@ def test_pretty_line_forms() -> None:
         "typeId": "summary",
         "data": {"locations": {"paris": {"up": 2, "down": 1}}, "total": {"up": 2, "down": 1}},
     }
-    assert pretty_line("s", json.dumps(summary).encode()).endswith("total 2 up/1 down  (paris 2 up/1 down)")
+    assert pretty_line("s", json.dumps(summary).encode()).endswith(
+        "total 2 up/1 down  (paris 2 up/1 down)"
+    )
     notice = {"source": "x", "field": "type", "reason": "type: unknown event type 'v'"}
     assert pretty_line("vigil.rejected.x", json.dumps(notice).encode()) == (
         "rejected from x: type: unknown event type 'v'"

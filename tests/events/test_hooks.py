@@ -1,7 +1,11 @@
-"""Webhooks against real HTTP receivers: retries, signatures, restarts, isolation, parking, bad input."""
+"""Webhooks against real HTTP receivers.
+
+Retries, signatures, restarts, isolation, parking, filters, bad input.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,14 @@ from services.common.events import EVENTS_STREAM
 from services.common.natsserver import NatsServer
 from services.events.app import EventService
 from services.events.hooks import verify
-from tests.events.util import Receiver, events_config, events_stub, jetstream, publish_raw, raw_event
+from tests.events.util import (
+    Receiver,
+    events_config,
+    events_stub,
+    jetstream,
+    publish_raw,
+    raw_event,
+)
 from tests.helpers import wait_for
 
 SECRET = "correct-horse-battery"
@@ -25,7 +36,10 @@ async def create_hook(
 ) -> events_pb2.Hook:
     return await stub.CreateHook(
         events_pb2.CreateHookRequest(
-            name=name, url=url, secret=SECRET, filters=[events_pb2.EventFilter(**f) for f in filters]
+            name=name,
+            url=url,
+            secret=SECRET,
+            filters=[events_pb2.EventFilter(**f) for f in filters],
         )
     )
 
@@ -46,7 +60,8 @@ async def test_a_receiver_failing_at_first_gets_the_event_signed(service: EventS
     try:
         async with events_stub(service.grpc_address) as stub:
             hook = await create_hook(stub, "ops", receiver.url)
-            assert hook.id and hook.url == receiver.url
+            assert hook.id
+            assert hook.url == receiver.url
             event = raw_event("node", "down", "n1")
             await send(service.nats_url, event)
             await wait_for(lambda: receiver.requests, what="a successful delivery")
@@ -121,7 +136,9 @@ async def _errored(stub: events_pb2_grpc.EventsStub, hook_id: str) -> events_pb2
     return h if h.status.last_error else None
 
 
-async def test_a_dead_receiver_does_not_slow_a_healthy_one(tmp_path: Path, nats_server: NatsServer) -> None:
+async def test_a_dead_receiver_does_not_slow_a_healthy_one(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
     # The dead receiver accepts connections and never answers: each attempt waits the full timeout.
     cfg = events_config(tmp_path, nats_server.url, hook_timeout="60s", hook_ack_wait="120s")
     dead = await Receiver(hang=True).start()
@@ -134,7 +151,11 @@ async def test_a_dead_receiver_does_not_slow_a_healthy_one(tmp_path: Path, nats_
             await create_hook(stub, "healthy", healthy.url)
             events = [raw_event("node", "down", f"n{i}") for i in range(20)]
             await send(nats_server.url, *events)
-            await wait_for(lambda: len(healthy.requests) == 20, timeout=15, what="all 20 delivered to the healthy hook")
+            await wait_for(
+                lambda: len(healthy.requests) == 20,
+                timeout=15,
+                what="all 20 delivered to the healthy hook",
+            )
             assert sorted(b["id"] for b in healthy.bodies()) == sorted(e["id"] for e in events)
             # Meanwhile not one delivery to the dead receiver has completed.
             assert dead.requests == []
@@ -149,7 +170,9 @@ async def test_a_dead_receiver_does_not_slow_a_healthy_one(tmp_path: Path, nats_
         await healthy.stop()
 
 
-async def test_deliveries_are_parked_after_the_maximum_age(tmp_path: Path, nats_server: NatsServer) -> None:
+async def test_deliveries_are_parked_after_the_maximum_age(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
     cfg = events_config(tmp_path, nats_server.url, hook_max_age="1s")
     receiver = await Receiver(fail_first=10**9).start()
     svc = EventService(cfg, nats_url=nats_server.url)
@@ -157,23 +180,36 @@ async def test_deliveries_are_parked_after_the_maximum_age(tmp_path: Path, nats_
     try:
         async with events_stub(svc.grpc_address) as stub:
             hook = await create_hook(stub, "doomed", receiver.url, [{"type": "node"}])
-            events = [raw_event("node", "down", "n1"), raw_event("service", "lost", "n1"), raw_event("node", "up", "n1")]
+            events = [
+                raw_event("node", "down", "n1"),
+                raw_event("service", "lost", "n1"),
+                raw_event("node", "up", "n1"),
+            ]
             await send(nats_server.url, *events)
 
             async def parked() -> events_pb2.ListHookFailuresResponse | None:
-                resp = await stub.ListHookFailures(events_pb2.ListHookFailuresRequest(hook_id=hook.id))
-                return resp if resp.total_size == 2 else None
+                resp = await stub.ListHookFailures(
+                    events_pb2.ListHookFailuresRequest(hook_id=hook.id)
+                )
+                # (the count and the rows are two reads: wait for both to agree)
+                return resp if resp.total_size == len(resp.failures) == 2 else None
 
             resp = await wait_for(parked, timeout=15, what="2 parked deliveries")
-            assert sorted(f.event.id for f in resp.failures) == sorted([events[0]["id"], events[2]["id"]])
+            assert sorted(f.event.id for f in resp.failures) == sorted(
+                [events[0]["id"], events[2]["id"]]
+            )
             for f in resp.failures:
                 assert f.attempts >= 2
                 assert f.last_error.startswith("HTTP 503")
                 assert f.failed_at.ToDatetime() >= f.first_attempt_at.ToDatetime()
                 assert f.event.sequence > 0
-            page = await stub.ListHookFailures(events_pb2.ListHookFailuresRequest(hook_id=hook.id, page_size=1))
+            page = await stub.ListHookFailures(
+                events_pb2.ListHookFailuresRequest(hook_id=hook.id, page_size=1)
+            )
             rest = await stub.ListHookFailures(
-                events_pb2.ListHookFailuresRequest(hook_id=hook.id, page_size=1, page_token=page.next_page_token)
+                events_pb2.ListHookFailuresRequest(
+                    hook_id=hook.id, page_size=1, page_token=page.next_page_token
+                )
             )
             assert {page.failures[0].id, rest.failures[0].id} == {f.id for f in resp.failures}
             status = await wait_for(lambda: _settled(stub, hook.id), what="backlog drained")
@@ -196,13 +232,19 @@ async def test_filters_and_deletion(service: EventService) -> None:
     try:
         async with events_stub(service.grpc_address) as stub:
             hook = await create_hook(
-                stub, "paris-web", receiver.url, [{"type": "service", "node_id": "web-*"}, {"location": "paris"}]
+                stub,
+                "paris-web",
+                receiver.url,
+                [{"type": "service", "node_id": "web-*"}, {"location": "paris"}],
             )
             want = [
                 raw_event("service", "lost", "web-1", location="tokyo"),
                 raw_event("node", "down", "db-1", location="paris"),
             ]
-            other = [raw_event("node", "down", "db-2", location="tokyo"), raw_event("service", "lost", "db-3", location="x")]
+            other = [
+                raw_event("node", "down", "db-2", location="tokyo"),
+                raw_event("service", "lost", "db-3", location="x"),
+            ]
             await send(service.nats_url, other[0], want[0], other[1], want[1])
             await wait_for(lambda: len(receiver.requests) == 2, what="2 matching deliveries")
             await wait_for(lambda: _settled(stub, hook.id), what="non-matching events skipped")
@@ -216,7 +258,10 @@ async def test_filters_and_deletion(service: EventService) -> None:
             marker = raw_event("node", "down", "web-9", location="paris")
             await send(service.nats_url, marker)
             assert service.ingestor is not None
-            await wait_for(lambda: service.ingestor and service.ingestor.processed >= 5, what="marker processed")
+            await wait_for(
+                lambda: service.ingestor and service.ingestor.processed >= 5,
+                what="marker processed",
+            )
             assert len(receiver.requests) == 2
 
             with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -261,3 +306,44 @@ async def test_bad_hook_requests_get_clear_errors(service: EventService) -> None
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert (await stub.ListHooks(events_pb2.ListHooksRequest())).total_size == 1
     assert not service.tasks.failed.is_set()
+
+
+async def test_nats_losing_its_data_keeps_sequences_and_hooks_going(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """The history and the hooks survive a NATS server that starts empty."""
+    cfg = events_config(tmp_path, nats_server.url)
+    receiver = await Receiver().start()
+    svc = EventService(cfg, nats_url=nats_server.url)
+    await svc.start()
+    try:
+        async with events_stub(svc.grpc_address) as stub:
+            hook = await create_hook(stub, "keeper", receiver.url)
+        await send(nats_server.url, *(raw_event("node", "down", f"n{i}") for i in range(3)))
+        await wait_for(lambda: len(receiver.requests) == 3, what="3 deliveries")
+    finally:
+        await svc.stop()
+
+    fresh = NatsServer(tmp_path / "nats-fresh").start(preexec_fn=None)
+    try:
+        svc = EventService(cfg, nats_url=fresh.url)
+        await svc.start()
+        try:
+            late = raw_event("node", "up", "n9")
+            await send(fresh.url, late)
+            await wait_for(
+                lambda: len(receiver.requests) == 4, what="delivery through the new NATS"
+            )
+            headers, body = receiver.requests[-1]
+            assert json.loads(body)["id"] == late["id"]
+            # Numbering continues after the history instead of starting again at 1.
+            assert headers["X-Vigil-Event-Sequence"] == "4"
+            assert headers["X-Vigil-Hook-Id"] == hook.id
+            async with events_stub(svc.grpc_address) as stub:
+                listed = await stub.ListEvents(events_pb2.ListEventsRequest())
+                assert [e.sequence for e in listed.events] == [4, 3, 2, 1]
+        finally:
+            await svc.stop()
+    finally:
+        fresh.stop()
+        await receiver.stop()

@@ -21,7 +21,12 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "events.md"
 def test_fills_in_id_time_severity_and_reduction_key() -> None:
     e = normalize(
         json.dumps(
-            {"type": "service", "action": "lost", "typeId": "node-17/10.0.0.5/HTTP", "nodeId": "node-17"}
+            {
+                "type": "service",
+                "action": "lost",
+                "typeId": "node-17/10.0.0.5/HTTP",
+                "nodeId": "node-17",
+            }
         ).encode(),
         default_source="scheduler",
     )
@@ -55,7 +60,9 @@ def test_default_id_is_used_when_none_given() -> None:
 
 
 def test_scheduler_events_pass_unchanged() -> None:
-    made = make_event("outage", "opened", source="scheduler", type_id="n/1.2.3.4/ICMP", node_id="n", reason="x")
+    made = make_event(
+        "outage", "opened", source="scheduler", type_id="n/1.2.3.4/ICMP", node_id="n", reason="x"
+    )
     again = normalize(made.to_json())
     assert again.id == made.id
     assert again.severity == "minor"
@@ -92,7 +99,9 @@ def test_invalid_raw_events_name_the_field(raw: bytes, field: str) -> None:
 
 
 def test_size_limits() -> None:
-    huge = json.dumps({"type": "node", "action": "up", "data": {"blob": "x" * MAX_RAW_BYTES}}).encode()
+    huge = json.dumps(
+        {"type": "node", "action": "up", "data": {"blob": "x" * MAX_RAW_BYTES}}
+    ).encode()
     with pytest.raises(InvalidEvent, match="exceeds"):
         normalize(huge)
     with pytest.raises(InvalidEvent, match="exceeds"):
@@ -112,7 +121,9 @@ def test_catalogue_is_consistent_and_documented() -> None:
     text = DOCS.read_text()
     for k in KINDS:
         # Every (type, action) has a row in docs/events.md with its default severity.
-        row = re.search(rf"^\|\s*`{k.type}`\s*\|\s*`{k.action}`\s*\|\s*`{k.severity}`\s*\|", text, re.M)
+        row = re.search(
+            rf"^\|\s*`{k.type}`\s*\|\s*`{k.action}`\s*\|\s*`{k.severity}`\s*\|", text, re.M
+        )
         assert row, f"docs/events.md lacks a catalogue row for {k.type} {k.action} ({k.severity})"
 
 
@@ -123,7 +134,13 @@ def test_event_json_is_camel_case() -> None:
 
 
 def _ev(**kw: str) -> Event:
-    base = {"type": "service", "action": "lost", "severity": "major", "nodeId": "web-1", "location": "paris"}
+    base = {
+        "type": "service",
+        "action": "lost",
+        "severity": "major",
+        "nodeId": "web-1",
+        "location": "paris",
+    }
     base.update(kw)
     return Event.model_validate(base)
 
@@ -137,7 +154,9 @@ def test_filters_and_inside_or_across_glob_or_exact() -> None:
     assert not f(node_id="web").matches(_ev())  # exact means exact
     assert f(node_id="web-[0-9]").matches(_ev())
     assert not f(node_id="web-?").matches(_ev(nodeId="web-10"))
-    assert not f(node_id="*").matches(_ev(nodeId=None))  # type: ignore[arg-type]
+    # An absent field is matched as "": "*" accepts it, "?*" asks for a value.
+    assert f(node_id="*").matches(_ev(nodeId=None))  # type: ignore[arg-type]
+    assert not f(node_id="?*").matches(_ev(nodeId=None))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -182,7 +201,11 @@ def test_bad_hook_urls(url: str) -> None:
 
 
 def test_good_hook_urls() -> None:
-    for url in ("http://127.0.0.1:8080/hook", "https://hooks.example.com/a?b=c", "http://[::1]:9/x"):
+    for url in (
+        "http://127.0.0.1:8080/hook",
+        "https://hooks.example.com/a?b=c",
+        "http://[::1]:9/x",
+    ):
         assert validate_url(url) == url
 
 

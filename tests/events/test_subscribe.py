@@ -1,10 +1,11 @@
-"""Subscribe: live and resumed streams with no gap and no duplicate, filters, keep-alives, slow readers."""
+"""Subscribe: live and resumed streams (no gap, no duplicate), filters, keep-alives, stalls."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -12,8 +13,9 @@ import pytest
 from vigil.v1 import events_pb2, events_pb2_grpc
 
 from services.common.events import EVENTS_STREAM
+from services.common.natsserver import NatsServer
 from services.events.app import EventService
-from tests.events.util import events_stub, jetstream, publish_raw, raw_event
+from tests.events.util import events_config, events_stub, jetstream, publish_raw, raw_event
 from tests.helpers import wait_for
 
 
@@ -48,7 +50,9 @@ class Stream:
 
 @asynccontextmanager
 async def subscribe(
-    stub: events_pb2_grpc.EventsStub, filters: Sequence[dict[str, str]] = (), after: int | None = None
+    stub: events_pb2_grpc.EventsStub,
+    filters: Sequence[dict[str, str]] = (),
+    after: int | None = None,
 ) -> AsyncIterator[Stream]:
     req = events_pb2.SubscribeRequest(filters=[events_pb2.EventFilter(**f) for f in filters])
     if after is not None:
@@ -69,10 +73,14 @@ async def publish(service: EventService, events: Sequence[dict[str, Any]]) -> No
     async with jetstream(service.nats_url) as js:
         for e in events:
             await publish_raw(js, e)
-    await wait_for(lambda: service.ingestor and service.ingestor.processed >= target, what="events processed")
+    await wait_for(
+        lambda: service.ingestor and service.ingestor.processed >= target, what="events processed"
+    )
 
 
-async def test_live_then_resume_after_a_sequence_has_no_gap_and_no_duplicate(service: EventService) -> None:
+async def test_live_then_resume_after_a_sequence_has_no_gap_and_no_duplicate(
+    service: EventService,
+) -> None:
     first = [raw_event("node", "down", f"n{i}") for i in range(10)]
     async with events_stub(service.grpc_address) as stub:
         async with subscribe(stub) as live:
@@ -100,11 +108,22 @@ async def test_live_then_resume_after_a_sequence_has_no_gap_and_no_duplicate(ser
             assert tail.seqs == [16]
 
 
-async def test_resume_from_before_the_stream_retention_is_served_from_history(service: EventService) -> None:
+async def test_resume_from_before_the_stream_retention_is_served_from_history(
+    service: EventService,
+) -> None:
     sent = [raw_event("node", "down", f"n{i}") for i in range(12)]
     await publish(service, sent)
     # Retention removed the oldest events from the stream (as max_age/max_bytes would).
     await service.js.purge_stream(EVENTS_STREAM, seq=9)
+    async with events_stub(service.grpc_address) as stub:
+        async with subscribe(stub, after=2) as stream:
+            await wait_for(lambda: len(stream.events) == 10, what="10 events")
+            assert stream.seqs == list(range(3, 13))
+        # Retention removed every event: the history alone serves the resume, at once.
+        await service.js.purge_stream(EVENTS_STREAM, seq=13)
+        async with subscribe(stub, after=5) as stream:
+            await wait_for(lambda: len(stream.events) == 7, what="7 events from history")
+            assert stream.ids == [e["id"] for e in sent[5:]]
     async with events_stub(service.grpc_address) as stub, subscribe(stub, after=2) as stream:
         await wait_for(lambda: len(stream.events) == 10, what="10 events")
         more = [raw_event("node", "up", "late")]
@@ -129,11 +148,17 @@ async def test_filters_select_exactly_what_they_say(service: EventService) -> No
     f1 = {"type": "service", "node_id": "web-*"}
     f2 = {"severity": "critical", "location": "[pl]*"}
     async with events_stub(service.grpc_address) as stub:
-        async with subscribe(stub, [f1, f2]) as both, subscribe(stub, [{"node_id": "web-?", "action": "lost"}]) as one:
+        async with (
+            subscribe(stub, [f1, f2]) as both,
+            subscribe(stub, [{"node_id": "web-?", "action": "lost"}]) as one,
+        ):
             await publish(service, events)
             want_both = [events[i]["id"] for i in (0, 2, 3, 4, 7)]
             await wait_for(lambda: len(both.events) == len(want_both), what="filtered events")
-            await wait_for(lambda: one.keepalives[-1].sequence >= 8 or len(one.events) > 1, what="scan to the end")
+            await wait_for(
+                lambda: one.keepalives[-1].sequence >= 8 or len(one.events) > 1,
+                what="scan to the end",
+            )
             await asyncio.sleep(0.3)
             assert both.ids == want_both
             assert one.ids == [events[0]["id"]]
@@ -143,7 +168,9 @@ async def test_filters_select_exactly_what_they_say(service: EventService) -> No
             ({"severity": "loud"}, "filters[0].severity"),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                async for _ in stub.Subscribe(events_pb2.SubscribeRequest(filters=[events_pb2.EventFilter(**bad)])):
+                async for _ in stub.Subscribe(
+                    events_pb2.SubscribeRequest(filters=[events_pb2.EventFilter(**bad)])
+                ):
                     pass
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert info.value.details().startswith(field)
@@ -155,9 +182,14 @@ async def test_filters_select_exactly_what_they_say(service: EventService) -> No
 
 
 async def test_keepalives_report_progress_when_nothing_matches(service: EventService) -> None:
-    async with events_stub(service.grpc_address) as stub, subscribe(stub, [{"type": "minion"}]) as stream:
+    async with (
+        events_stub(service.grpc_address) as stub,
+        subscribe(stub, [{"type": "minion"}]) as stream,
+    ):
         await publish(service, [raw_event("node", "down", f"n{i}") for i in range(5)])
-        await wait_for(lambda: stream.keepalives[-1].sequence == 5, what="a keep-alive at sequence 5")
+        await wait_for(
+            lambda: stream.keepalives[-1].sequence == 5, what="a keep-alive at sequence 5"
+        )
         assert stream.events == []
         assert all(k.time.seconds > 0 for k in stream.keepalives)
 
@@ -170,12 +202,21 @@ async def test_a_subscriber_that_stops_reading_is_cut_off(service: EventService)
         first = await call.read()
         assert first.WhichOneof("kind") == "keep_alive"
         big = "x" * 8000
-        await publish(service, [raw_event("node", "down", f"n{i}", data={"pad": big}) for i in range(40)])
-        await wait_for(lambda: service.subscribers_cut >= 1, timeout=20, what="the subscriber cut off")
+        await publish(
+            service, [raw_event("node", "down", f"n{i}", data={"pad": big}) for i in range(40)]
+        )
+        await wait_for(
+            lambda: service.subscribers_cut >= 1, timeout=20, what="the subscriber cut off"
+        )
         received = 0
-        with pytest.raises(grpc.aio.AioRpcError) as info:
+
+        async def drain() -> None:
+            nonlocal received
             while (resp := await call.read()) is not grpc.aio.EOF:
                 received += resp.WhichOneof("kind") == "event"
+
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await drain()
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "subscriber too slow" in (info.value.details() or "")
         assert 0 < received < 40
@@ -183,3 +224,28 @@ async def test_a_subscriber_that_stops_reading_is_cut_off(service: EventService)
     infos = await service.js.consumers_info(EVENTS_STREAM)
     assert not [c for c in infos if (c.name or "").startswith("vigil-sub-")]
     assert not service.tasks.failed.is_set()
+
+
+async def test_the_number_of_subscribers_is_bounded(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    svc = EventService(
+        events_config(tmp_path, nats_server.url, max_subscribers=1), nats_url=nats_server.url
+    )
+    await svc.start()
+    try:
+        async with events_stub(svc.grpc_address) as stub, subscribe(stub):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _ in stub.Subscribe(events_pb2.SubscribeRequest()):
+                    pass
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "too many subscribers" in (info.value.details() or "")
+        # The first one ended: there is room again.
+        await wait_for(
+            lambda: svc.servicer is not None and svc.servicer.subscribers == 0,
+            what="the subscriber gone",
+        )
+        async with events_stub(svc.grpc_address) as stub, subscribe(stub) as again:
+            assert again.keepalives
+    finally:
+        await svc.stop()

@@ -44,14 +44,18 @@ async def test_summary_counts_services_per_state_per_location(
         # Unchanged counts: ticks go by, no new summary.
         emitted = len(summaries(events_seen))
         ticks = svc.summary.ticks
-        await wait_for(lambda: svc.summary and svc.summary.ticks >= ticks + 3, what="three more ticks")
+        await wait_for(
+            lambda: svc.summary and svc.summary.ticks >= ticks + 3, what="three more ticks"
+        )
         assert len(summaries(events_seen)) == emitted
         summary_event = events_seen.find(type="summary")[0]
         assert summary_event["severity"] == "information"
         assert summary_event["source"] == "events"
 
         async with jetstream(nats_server.url) as js:
-            await publish_raw(js, raw_event("service", "regained", "web-2", location="paris", service="HTTP"))
+            await publish_raw(
+                js, raw_event("service", "regained", "web-2", location="paris", service="HTTP")
+            )
             # An unmanaged close forgets the service.
             closed = raw_event("outage", "closed", "db-1", location=None, service="PG")
             closed["data"]["reason"] = "unmanaged"
@@ -59,6 +63,24 @@ async def test_summary_counts_services_per_state_per_location(
         await wait_for(
             lambda: summaries(events_seen)[-1]["locations"] == {"paris": {"up": 1, "down": 1}},
             what="a summary without london",
+        )
+
+        # Node-outage processing: web-2's node goes down (no event of web-2's own) ...
+        async with jetstream(nats_server.url) as js:
+            await publish_raw(js, raw_event("node", "down", "web-2", location="paris"))
+        await wait_for(
+            lambda: summaries(events_seen)[-1]["locations"] == {"paris": {"up": 0, "down": 2}},
+            what="web-2 down with its node",
+        )
+        # ... comes back; web-1 is deleted while down.
+        async with jetstream(nats_server.url) as js:
+            await publish_raw(js, raw_event("node", "up", "web-2", location="paris"))
+            await publish_raw(
+                js, raw_event("service", "deleted", "web-1", location="paris", service="HTTP")
+            )
+        await wait_for(
+            lambda: summaries(events_seen)[-1]["locations"] == {"paris": {"up": 1, "down": 0}},
+            what="web-2 up again, web-1 gone",
         )
         emitted = len(summaries(events_seen))
     finally:
@@ -69,8 +91,10 @@ async def test_summary_counts_services_per_state_per_location(
     await svc.start()
     try:
         assert svc.summary is not None
-        assert svc.summary.counts() == {"paris": {"up": 1, "down": 1}}
-        await wait_for(lambda: svc.summary and svc.summary.ticks >= 3, what="three ticks after the restart")
+        assert svc.summary.counts() == {"paris": {"up": 1, "down": 0}}
+        await wait_for(
+            lambda: svc.summary and svc.summary.ticks >= 3, what="three ticks after the restart"
+        )
         assert len(summaries(events_seen)) == emitted
     finally:
         await svc.stop()

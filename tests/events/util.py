@@ -33,7 +33,9 @@ FAST_EVENTS: dict[str, Any] = {
 }
 
 
-def events_config(tmp_path: Path, nats_url: str, store_url: str | None = None, **events: Any) -> VigilConfig:
+def events_config(
+    tmp_path: Path, nats_url: str, store_url: str | None = None, **events: Any
+) -> VigilConfig:
     """A test config whose ``events`` section is :data:`FAST_EVENTS` plus ``events``."""
     section = dict(FAST_EVENTS)
     if store_url is not None:
@@ -57,7 +59,9 @@ def raw_event(
         "id": str(uuid.uuid4()),
         "type": type_,
         "action": action,
-        "typeId": f"{node}/{ip}/{service}" if node and type_ in ("service", "outage") else (node or ""),
+        "typeId": f"{node}/{ip}/{service}"
+        if node and type_ in ("service", "outage")
+        else (node or ""),
         "nodeId": node,
         "location": location,
         "data": {"ip": ip, "service": service},
@@ -67,7 +71,10 @@ def raw_event(
 
 
 async def publish_raw(
-    js: JetStreamContext, event: dict[str, Any] | bytes, source: str = "test", msg_id: str | None = None
+    js: JetStreamContext,
+    event: dict[str, Any] | bytes,
+    source: str = "test",
+    msg_id: str | None = None,
 ) -> None:
     """Hand one raw event to the ingest stream, as the scheduler's outbox does."""
     body = event if isinstance(event, bytes) else json.dumps(event).encode()
@@ -95,7 +102,10 @@ async def events_stub(address: str, **options: Any) -> AsyncIterator[events_pb2_
 
 
 class Receiver:
-    """A real HTTP server receiving webhook POSTs; can fail, hang, stop and come back on its port."""
+    """A real HTTP server receiving webhook POSTs.
+
+    It can fail the first attempts, hang, stop and come back on the same port.
+    """
 
     def __init__(self, *, fail_first: int = 0, hang: bool = False) -> None:
         self.fail_first = fail_first

@@ -88,7 +88,7 @@ def test_discovered_in_a_fresh_process(example_plugin):
 
 def test_params_validated_at_configuration_time(example_plugin):
     with pytest.raises(
-        registry.ParamsError, match=r"params\.path: Value error, must be an absolute path"
+        registry.ParamsError, match=r"params\.path: must be an absolute path"
     ):
         registry.validate_params("file_age", {"path": "relative/file"})
     with pytest.raises(registry.ParamsError, match=r"params\.max_age: unknown key"):

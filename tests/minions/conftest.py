@@ -1,0 +1,34 @@
+"""Fixtures for the minion tests (issue 6): real nats-server, real sockets.
+
+The parent conftest provides ``nats_server`` (a private nats-server per test)
+and ``events_seen`` (every event published during the test).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from tests.minions.util import BannerTarget, MinionProcess
+
+
+@pytest.fixture
+async def banner_target() -> AsyncIterator[BannerTarget]:
+    """A slow (0.4 s) TCP target that is UP."""
+    target = await BannerTarget(0.4).start()
+    try:
+        yield target
+    finally:
+        await target.stop()
+
+
+@pytest.fixture
+def minion_processes() -> Iterator[list[MinionProcess]]:
+    """Child minions started by the test; killed (if still running) at the end."""
+    procs: list[MinionProcess] = []
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()

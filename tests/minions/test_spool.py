@@ -1,0 +1,108 @@
+"""The on-disk store-and-forward spool: order, commit, bounds, crashes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from vigil.v1 import common_pb2, poll_pb2
+
+from minion.buffer import DiskSpool
+from services.common.timeutil import set_timestamp
+
+
+def result(i: int, at: float | None = None) -> poll_pb2.PollResult:
+    r = poll_pb2.PollResult(
+        request_id=f"r{i}",
+        service=common_pb2.ServiceRef(node_id="n", ip="10.0.0.1", service="S"),
+        status=common_pb2.POLL_STATUS_UP,
+        reason="x" * 100,
+    )
+    set_timestamp(r.finished_at, at if at is not None else time.time())
+    return r
+
+
+def ids(results: list[poll_pb2.PollResult]) -> list[str]:
+    return [r.request_id for r in results]
+
+
+def test_nothing_on_disk_until_the_first_result(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path / "s", max_bytes=1 << 20, max_age=3600)
+    assert spool.pending == 0
+    assert spool.read(10)[0] == []
+    assert not (tmp_path / "s").exists()
+
+
+def test_replay_in_order_and_commit_moves_on(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path, max_bytes=1 << 20, max_age=3600, segment_bytes=2000)
+    for i in range(50):
+        spool.append(result(i))
+    assert spool.pending == 50
+    assert len(list(tmp_path.glob("seg-*.log"))) > 3  # several files
+    first, pos = spool.read(20)
+    assert ids(first) == [f"r{i}" for i in range(20)]
+    again, _ = spool.read(20)
+    assert ids(again) == ids(first)  # nothing moves before the commit
+    spool.commit(pos)
+    assert spool.pending == 30
+    rest, pos = spool.read(100)
+    assert ids(rest) == [f"r{i}" for i in range(20, 50)]
+    spool.commit(pos)
+    assert spool.pending == 0
+    assert spool.read(10)[0] == []
+    assert len(list(tmp_path.glob("seg-*.log"))) == 1  # read files are deleted
+
+
+def test_position_survives_a_restart(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path, max_bytes=1 << 20, max_age=3600, segment_bytes=2000)
+    for i in range(30):
+        spool.append(result(i))
+    _, pos = spool.read(12)
+    spool.commit(pos)
+    spool.close()
+    reopened = DiskSpool(tmp_path, max_bytes=1 << 20, max_age=3600, segment_bytes=2000)
+    assert reopened.pending == 18
+    assert ids(reopened.read(100)[0]) == [f"r{i}" for i in range(12, 30)]
+    reopened.append(result(30))
+    assert ids(reopened.read(100)[0])[-1] == "r30"
+
+
+def test_size_bound_drops_the_oldest_and_counts(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path, max_bytes=64 << 10, max_age=3600, segment_bytes=8 << 10)
+    for i in range(2000):
+        spool.append(result(i))
+    assert spool.size_bytes <= 64 << 10
+    assert spool.dropped > 0
+    assert spool.pending + spool.dropped == 2000
+    kept, _ = spool.read(5000)
+    assert len(kept) == spool.pending
+    assert ids(kept)[-1] == "r1999"  # the newest stay
+    assert ids(kept) == sorted(ids(kept), key=lambda s: int(s[1:]))
+
+
+def test_age_bound_skips_old_results_and_counts(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path, max_bytes=1 << 20, max_age=60, segment_bytes=2000)
+    old = time.time() - 120
+    for i in range(30):
+        spool.append(result(i, at=old))
+    for i in range(30, 35):
+        spool.append(result(i))
+    kept, pos = spool.read(100)
+    assert ids(kept) == [f"r{i}" for i in range(30, 35)]
+    spool.commit(pos)
+    assert spool.expired == 30
+    assert spool.pending == 0
+
+
+def test_a_torn_last_record_is_cut_off(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path, max_bytes=1 << 20, max_age=3600)
+    for i in range(5):
+        spool.append(result(i))
+    spool.close()
+    (seg,) = tmp_path.glob("seg-*.log")
+    data = seg.read_bytes()
+    seg.write_bytes(data + data[:30])  # a crash in the middle of the next write
+    reopened = DiskSpool(tmp_path, max_bytes=1 << 20, max_age=3600)
+    assert reopened.pending == 5
+    reopened.append(result(5))
+    assert ids(reopened.read(100)[0]) == [f"r{i}" for i in range(6)]
