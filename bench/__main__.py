@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import sys
 
@@ -14,10 +15,15 @@ from bench.common import table
 def main() -> None:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs")
-    parser.add_argument("--only", default="", help="comma-separated sections: pipeline,startup,events,monitors")
+    parser.add_argument(
+        "--only", default="", help="comma-separated sections: pipeline,startup,events,monitors"
+    )
     ns = parser.parse_args()
     only = {s for s in ns.only.split(",") if s}
-    print(f"vigil bench — Python {platform.python_version()}, {platform.machine()}, cores: {__import__('os').cpu_count()}")
+    print(
+        f"vigil bench — Python {platform.python_version()}, {platform.machine()}, "
+        f"cores: {os.cpu_count()}"
+    )
     if not only or "pipeline" in only:
         print("\n## pipeline (scheduler → NATS → minion → gRPC → state)")
         rows = asyncio.run(pipeline.main(quick=ns.quick))

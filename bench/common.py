@@ -41,6 +41,15 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
             proc.wait(5)
 
 
+def free_port() -> int:
+    """A TCP port that was free a moment ago."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def rss_mb(pid: int | None = None) -> float:
     """Resident set size of a process, MiB."""
     return psutil.Process(pid or os.getpid()).memory_info().rss / (1 << 20)
@@ -56,7 +65,9 @@ def histogram_snapshot(h: Histogram) -> list[tuple[float, float]]:
     return sorted(out)
 
 
-def quantile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float:
+def quantile(
+    before: list[tuple[float, float]], after: list[tuple[float, float]], q: float
+) -> float:
     """``histogram_quantile`` over the observations made between two snapshots."""
     buckets = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
     total = buckets[-1][1] if buckets else 0

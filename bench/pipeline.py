@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import free_port, histogram_snapshot, quantile, rss_mb, spawn, stop
 from services.common.config import parse_config
 from services.common.natsserver import NatsServer
 from services.scheduler import metrics
 from services.scheduler.app import Scheduler
-
-from bench.common import histogram_snapshot, quantile, rss_mb, spawn, stop
 
 LISTENER = """
 import asyncio
@@ -42,7 +42,10 @@ def _nodes(services: int, monitor: str, params: dict[str, Any]) -> list[dict[str
                 "interfaces": [
                     {
                         "ip": "127.0.0.1",
-                        "services": [{"name": f"S{i:03d}", "monitor": monitor, "params": params} for i in range(count)],
+                        "services": [
+                            {"name": f"S{i:03d}", "monitor": monitor, "params": params}
+                            for i in range(count)
+                        ],
                     }
                 ],
             }
@@ -51,7 +54,13 @@ def _nodes(services: int, monitor: str, params: dict[str, Any]) -> list[dict[str
 
 
 async def run_scenario(
-    name: str, services: int, interval: float, duration: float, monitor: str, params: dict[str, Any], work: Path
+    name: str,
+    services: int,
+    interval: float,
+    duration: float,
+    monitor: str,
+    params: dict[str, Any],
+    work: Path,
 ) -> dict[str, object]:
     """One measured run; returns a table row."""
     nats = NatsServer(work / f"nats-{name}").start()
@@ -75,8 +84,19 @@ async def run_scenario(
     await sched.start()
     minion = spawn(
         [
-            "-m", "services.cli", "minion", "--nats", nats.url, "--scheduler", sched.grpc_address,
-            "--location", "Default", "--system-id", f"bench-{name}", "--log-level", "WARNING",
+            "-m",
+            "services.cli",
+            "minion",
+            "--nats",
+            nats.url,
+            "--scheduler",
+            sched.grpc_address,
+            "--location",
+            "Default",
+            "--system-id",
+            f"bench-{name}",
+            "--log-level",
+            "WARNING",
         ],
         work / f"minion-{name}.log",
     )
@@ -86,12 +106,22 @@ async def run_scenario(
         # Warm up: one full interval so that every service has its phase.
         await asyncio.sleep(interval + 2)
         lag0 = histogram_snapshot(metrics.DISPATCH_LAG)
-        unknown0 = sum(s.value for m in metrics.UNKNOWN.collect() for s in m.samples if s.name.endswith("_total"))
+        unknown0 = sum(
+            s.value
+            for m in metrics.UNKNOWN.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+        )
         applied0, t0 = keeper.applied, time.perf_counter()
         await asyncio.sleep(duration)
         applied1, t1 = keeper.applied, time.perf_counter()
         lag1 = histogram_snapshot(metrics.DISPATCH_LAG)
-        unknown1 = sum(s.value for m in metrics.UNKNOWN.collect() for s in m.samples if s.name.endswith("_total"))
+        unknown1 = sum(
+            s.value
+            for m in metrics.UNKNOWN.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+        )
         rate = (applied1 - applied0) / (t1 - t0)
         return {
             "scenario": name,
@@ -118,18 +148,17 @@ async def main(quick: bool = False) -> list[dict[str, object]]:
         work = Path(tmp)
         rows.append(await run_scenario("noop-2k", 10_000, 5.0, duration, "noop", {}, work))
         rows.append(await run_scenario("noop-10k", 50_000, 5.0, duration, "noop", {}, work))
-        port_holder = __import__("socket").socket()
-        port_holder.bind(("127.0.0.1", 0))
-        port = port_holder.getsockname()[1]
-        port_holder.close()
-        import subprocess
-        import sys
-
-        listener = subprocess.Popen([sys.executable, "-c", LISTENER.format(port=port)])
+        port = free_port()
+        # The peer runs in its own process so that its sockets cost the bench nothing.
+        listener = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", LISTENER.format(port=port)
+        )
         try:
             await asyncio.sleep(0.5)
-            rows.append(await run_scenario("tcp-1k", 2_000, 2.0, duration, "tcp", {"port": port}, work))
+            rows.append(
+                await run_scenario("tcp-1k", 2_000, 2.0, duration, "tcp", {"port": port}, work)
+            )
         finally:
             listener.terminate()
-            listener.wait(5)
+            await asyncio.wait_for(listener.wait(), 5)
     return rows

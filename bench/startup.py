@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import rss_mb, spawn, stop
 from services.common.config import parse_config
 from services.common.natsserver import NatsServer
 from services.scheduler.app import Scheduler
-
-from bench.common import rss_mb, spawn, stop
 
 
 def _nodes(services: int, per_node: int = 100) -> list[dict[str, Any]]:
@@ -28,7 +27,10 @@ def _nodes(services: int, per_node: int = 100) -> list[dict[str, Any]]:
         {
             "id": f"node-{n:06d}",
             "interfaces": [
-                {"ip": f"10.{(n >> 8) & 255}.{n & 255}.1", "services": [{"name": f"S{i:03d}"} for i in range(per_node)]}
+                {
+                    "ip": f"10.{(n >> 8) & 255}.{n & 255}.1",
+                    "services": [{"name": f"S{i:03d}"} for i in range(per_node)],
+                }
             ],
         }
         for n in range(services // per_node)
@@ -51,7 +53,12 @@ async def run(services: int = 100_000, splay: float = 10.0) -> dict[str, object]
                 "results_retention": "0s",
             },
             "defaults": {"interval": "5m"},
-            "packages": [{"name": "all", "services": [{"name": f"S{i:03d}", "monitor": "noop"} for i in range(100)]}],
+            "packages": [
+                {
+                    "name": "all",
+                    "services": [{"name": f"S{i:03d}", "monitor": "noop"} for i in range(100)],
+                }
+            ],
             "nodes": _nodes(services),
         }
         t0 = time.perf_counter()
@@ -61,8 +68,19 @@ async def run(services: int = 100_000, splay: float = 10.0) -> dict[str, object]
         await sched.start()
         t_ready = time.perf_counter() - t0
         minion = spawn(
-            ["-m", "services.cli", "minion", "--nats", nats.url, "--scheduler", sched.grpc_address,
-             "--system-id", "bench-startup", "--log-level", "WARNING"],
+            [
+                "-m",
+                "services.cli",
+                "minion",
+                "--nats",
+                nats.url,
+                "--scheduler",
+                sched.grpc_address,
+                "--system-id",
+                "bench-startup",
+                "--log-level",
+                "WARNING",
+            ],
             work / "minion.log",
         )
         try:
@@ -72,7 +90,9 @@ async def run(services: int = 100_000, splay: float = 10.0) -> dict[str, object]
             polled = 0
             while time.perf_counter() < deadline:
                 await asyncio.sleep(0.25)
-                if t_dispatched != t_dispatched and sched.dispatcher.dispatched >= services:  # nan check
+                if (
+                    t_dispatched != t_dispatched and sched.dispatcher.dispatched >= services
+                ):  # nan check
                     t_dispatched = time.perf_counter() - t0
                 polled = sum(1 for rt in sched.services.values() if rt.last_poll_at is not None)
                 if polled >= services:

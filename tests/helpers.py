@@ -45,7 +45,9 @@ async def wait_for(
         await asyncio.sleep(interval)
 
 
-def make_config(tmp_path: Path, nats_url: str, nodes: list[dict[str, Any]] | None = None, **sections: Any) -> VigilConfig:
+def make_config(
+    tmp_path: Path, nats_url: str, nodes: list[dict[str, Any]] | None = None, **sections: Any
+) -> VigilConfig:
     """A config for tests: ports chosen by the OS, stores under ``tmp_path``, no metrics ports."""
     data: dict[str, Any] = {
         "nats": {"url": nats_url},
@@ -67,7 +69,13 @@ def make_config(tmp_path: Path, nats_url: str, nodes: list[dict[str, Any]] | Non
         "defaults": {"interval": "0.5s", "timeout": "1s", "retries": 0},
         # Tests poll every half second: keep polling at that pace while DOWN too
         # (the built-in downtime model would wait 30 s).
-        "packages": [{"name": "fast", "downtime": [{"begin": "0s", "interval": "0.5s"}], "retry_interval": "0.2s"}],
+        "packages": [
+            {
+                "name": "fast",
+                "downtime": [{"begin": "0s", "interval": "0.5s"}],
+                "retry_interval": "0.2s",
+            }
+        ],
         "nodes": nodes or [],
     }
     for section, values in sections.items():
@@ -94,7 +102,9 @@ class TcpTarget:
 
     async def start(self) -> TcpTarget:
         """Listen (again) on the port."""
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self.port, reuse_address=True
+        )
         return self
 
     async def stop(self) -> None:
@@ -143,7 +153,9 @@ class Stack:
         self.events: EventService | None = None
         self.minions: list[Minion] = []
 
-    async def start(self, *, events: bool = True, minion_locations: tuple[str, ...] = ("Default",)) -> Stack:
+    async def start(
+        self, *, events: bool = True, minion_locations: tuple[str, ...] = ("Default",)
+    ) -> Stack:
         if events:
             self.events = EventService(self.cfg, nats_url=self.nats_url)
             await self.events.start()
@@ -157,7 +169,9 @@ class Stack:
         await self.scheduler.start()
         return self.scheduler
 
-    async def start_minion(self, location: str = "Default", system_id: str | None = None, **settings: Any) -> Minion:
+    async def start_minion(
+        self, location: str = "Default", system_id: str | None = None, **settings: Any
+    ) -> Minion:
         assert self.scheduler is not None
         sid = system_id or f"test-{location.lower()}-{len(self.minions)}"
         m = Minion(

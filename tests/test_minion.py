@@ -16,7 +16,9 @@ from services.scheduler.model import ServiceKey
 from tests.helpers import Stack, make_config, wait_for
 
 
-def request(rid: str, port: int, expires_in: float, *, banner: str | None = None, timeout: float = 1.0) -> poll_pb2.PollRequest:
+def request(
+    rid: str, port: int, expires_in: float, *, banner: str | None = None, timeout: float = 1.0
+) -> poll_pb2.PollRequest:
     req = poll_pb2.PollRequest(
         id=rid,
         service=common_pb2.ServiceRef(node_id="n", ip="127.0.0.1", service="S"),
@@ -31,13 +33,17 @@ def request(rid: str, port: int, expires_in: float, *, banner: str | None = None
     return req
 
 
-async def test_request_expired_on_arrival_is_dropped_and_counted(tmp_path: Path, nats_server: NatsServer) -> None:
+async def test_request_expired_on_arrival_is_dropped_and_counted(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
     cfg = make_config(tmp_path, nats_server.url)
     stack = await Stack(cfg, nats_server.url).start(events=False)
     minion = stack.minions[0]
     nc = await nats.connect(nats_server.url)
     try:
-        batch = poll_pb2.PollBatch(requests=[request("late-1", 1, expires_in=-1.0), request("late-2", 1, expires_in=-0.01)])
+        batch = poll_pb2.PollBatch(
+            requests=[request("late-1", 1, expires_in=-1.0), request("late-2", 1, expires_in=-0.01)]
+        )
         await nc.publish("vigil.poll.Default", batch.SerializeToString())
         await nc.flush()
         await wait_for(lambda: minion.runner.stats.dropped_expired == 2, what="2 dropped requests")
@@ -76,12 +82,19 @@ async def test_poll_is_abandoned_at_its_ttl(tmp_path: Path, nats_server: NatsSer
         await server.wait_closed()
 
 
-async def test_garbage_on_the_poll_subject_is_counted_and_harmless(tmp_path: Path, nats_server: NatsServer) -> None:
+async def test_garbage_on_the_poll_subject_is_counted_and_harmless(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
     port_holder = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     port = port_holder.sockets[0].getsockname()[1]
     node = {
         "id": "n",
-        "interfaces": [{"ip": "127.0.0.1", "services": [{"name": "S", "monitor": "tcp", "params": {"port": port}}]}],
+        "interfaces": [
+            {
+                "ip": "127.0.0.1",
+                "services": [{"name": "S", "monitor": "tcp", "params": {"port": port}}],
+            }
+        ],
     }
     cfg = make_config(tmp_path, nats_server.url, [node])
     stack = await Stack(cfg, nats_server.url).start(events=False)
@@ -94,7 +107,9 @@ async def test_garbage_on_the_poll_subject_is_counted_and_harmless(tmp_path: Pat
         rt = stack.scheduler.services[ServiceKey("n", "127.0.0.1", "S")]  # type: ignore[union-attr]
         # The minion keeps serving real requests.
         before = minion.runner.stats.done
-        await wait_for(lambda: minion.runner.stats.done > before and rt.status is Status.UP, what="later polls")
+        await wait_for(
+            lambda: minion.runner.stats.done > before and rt.status is Status.UP, what="later polls"
+        )
     finally:
         await nc.close()
         await stack.stop()

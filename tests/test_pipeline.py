@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from vigil.v1 import poller_pb2, poller_pb2_grpc
 
 from minion.monitors.base import Status
@@ -16,13 +15,18 @@ from services.scheduler.model import ServiceKey
 from tests.helpers import EventCollector, Stack, TcpTarget, make_config, wait_for
 
 
-def tcp_node(port: int, location: str = "Default", node_id: str = "node-1", **svc: Any) -> dict[str, Any]:
+def tcp_node(
+    port: int, location: str = "Default", node_id: str = "node-1", **svc: Any
+) -> dict[str, Any]:
     return {
         "id": node_id,
         "label": "test node",
         "location": location,
         "interfaces": [
-            {"ip": "127.0.0.1", "services": [{"name": "Echo", "monitor": "tcp", "params": {"port": port}, **svc}]}
+            {
+                "ip": "127.0.0.1",
+                "services": [{"name": "Echo", "monitor": "tcp", "params": {"port": port}, **svc}],
+            }
         ],
     }
 
@@ -33,7 +37,9 @@ KEY = ServiceKey("node-1", "127.0.0.1", "Echo")
 async def outages(stack: Stack, state: int = 0) -> list[poller_pb2.Outage]:
     assert stack.scheduler is not None
     async with grpc.aio.insecure_channel(stack.scheduler.grpc_address) as ch:
-        resp = await poller_pb2_grpc.PollerStub(ch).ListOutages(poller_pb2.ListOutagesRequest(state=state))
+        resp = await poller_pb2_grpc.PollerStub(ch).ListOutages(
+            poller_pb2.ListOutagesRequest(state=state)
+        )
     return list(resp.outages)
 
 
@@ -48,7 +54,9 @@ async def test_target_down_then_up_opens_and_closes_outage_with_events(
         await wait_for(lambda: rt.status is Status.UP, what="service UP")
 
         await target.stop()
-        lost = await wait_for(lambda: events_seen.find(type="service", action="lost"), what="service lost event")
+        lost = await wait_for(
+            lambda: events_seen.find(type="service", action="lost"), what="service lost event"
+        )
         event = lost[0]
         # The common event format, as DESIGN.md shows it.
         assert event["version"] == "1"
@@ -67,7 +75,8 @@ async def test_target_down_then_up_opens_and_closes_outage_with_events(
 
         await target.start()
         regained = await wait_for(
-            lambda: events_seen.find(type="service", action="regained"), what="service regained event"
+            lambda: events_seen.find(type="service", action="regained"),
+            what="service regained event",
         )
         assert regained[0]["data"]["outageId"] == open_outages[0].id
         closed = await wait_for(
@@ -85,11 +94,18 @@ async def test_target_down_then_up_opens_and_closes_outage_with_events(
         await target.stop()
 
 
-async def test_no_minion_at_location_is_unknown_at_once(tmp_path: Path, nats_server: NatsServer) -> None:
+async def test_no_minion_at_location_is_unknown_at_once(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
     target = await TcpTarget().start()
     # A 10-minute TTL: the UNKNOWN must come from the missing minion, not from the TTL.
     node = tcp_node(target.port, location="paris", ttl="10m")
-    cfg = make_config(tmp_path, nats_server.url, [node], scheduler={"heartbeat_interval": "0.2s", "heartbeat_misses": 1})
+    cfg = make_config(
+        tmp_path,
+        nats_server.url,
+        [node],
+        scheduler={"heartbeat_interval": "0.2s", "heartbeat_misses": 1},
+    )
     stack = await Stack(cfg, nats_server.url).start(events=False, minion_locations=())
     try:
         rt = stack.scheduler.services[KEY]  # type: ignore[union-attr]
@@ -115,7 +131,8 @@ async def test_stopped_minion_gives_unknown_and_never_an_outage(
         # The target dies too: without a minion nobody can tell, so no outage.
         await target.stop()
         await wait_for(
-            lambda: rt.last_poll_status is Status.UNKNOWN and "no minion" in rt.last_reason, what="UNKNOWN"
+            lambda: rt.last_poll_status is Status.UNKNOWN and "no minion" in rt.last_reason,
+            what="UNKNOWN",
         )
         await asyncio.sleep(1.5)  # several more intervals
         assert rt.status is Status.UP

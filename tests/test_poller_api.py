@@ -26,7 +26,10 @@ def nodes(count: int) -> list[dict[str, object]]:
             "interfaces": [
                 {
                     "ip": "127.0.0.1",
-                    "services": [{"name": "Noop", "monitor": "noop"}, {"name": "Noop2", "monitor": "noop"}],
+                    "services": [
+                        {"name": "Noop", "monitor": "noop"},
+                        {"name": "Noop2", "monitor": "noop"},
+                    ],
                 }
             ],
         }
@@ -51,12 +54,16 @@ async def poller(stack: Stack) -> AsyncIterator[poller_pb2_grpc.PollerStub]:
         yield poller_pb2_grpc.PollerStub(ch)
 
 
-async def test_list_services_pages_through_everything_once(poller: poller_pb2_grpc.PollerStub) -> None:
+async def test_list_services_pages_through_everything_once(
+    poller: poller_pb2_grpc.PollerStub,
+) -> None:
     seen: list[tuple[str, str]] = []
     token = ""
     pages = 0
     while True:
-        resp = await poller.ListServices(poller_pb2.ListServicesRequest(page_size=3, page_token=token))
+        resp = await poller.ListServices(
+            poller_pb2.ListServicesRequest(page_size=3, page_token=token)
+        )
         assert resp.total_size == 14
         seen += [(s.service.node_id, s.service.service) for s in resp.services]
         pages += 1
@@ -68,9 +75,13 @@ async def test_list_services_pages_through_everything_once(poller: poller_pb2_gr
     assert seen == sorted(seen)
 
 
-async def test_list_services_reports_state_and_filters(stack: Stack, poller: poller_pb2_grpc.PollerStub) -> None:
+async def test_list_services_reports_state_and_filters(
+    stack: Stack, poller: poller_pb2_grpc.PollerStub
+) -> None:
     async def all_up() -> bool:
-        resp = await poller.ListServices(poller_pb2.ListServicesRequest(status=common_pb2.POLL_STATUS_UP))
+        resp = await poller.ListServices(
+            poller_pb2.ListServicesRequest(status=common_pb2.POLL_STATUS_UP)
+        )
         return resp.total_size == 14
 
     await wait_for(all_up, what="every service UP")
@@ -91,25 +102,58 @@ async def test_list_services_reports_state_and_filters(stack: Stack, poller: pol
         ("GetService", poller_pb2.GetServiceRequest(), grpc.StatusCode.INVALID_ARGUMENT, "service"),
         (
             "GetService",
-            poller_pb2.GetServiceRequest(service=common_pb2.ServiceRef(node_id="node-01", service="Noop")),
+            poller_pb2.GetServiceRequest(
+                service=common_pb2.ServiceRef(node_id="node-01", service="Noop")
+            ),
             grpc.StatusCode.INVALID_ARGUMENT,
             "service.ip",
         ),
         (
             "GetService",
-            poller_pb2.GetServiceRequest(service=common_pb2.ServiceRef(node_id="nope", ip="127.0.0.1", service="Noop")),
+            poller_pb2.GetServiceRequest(
+                service=common_pb2.ServiceRef(node_id="nope", ip="127.0.0.1", service="Noop")
+            ),
             grpc.StatusCode.NOT_FOUND,
             "nope/127.0.0.1/Noop",
         ),
-        ("ListServices", poller_pb2.ListServicesRequest(page_size=-1), grpc.StatusCode.INVALID_ARGUMENT, "page_size"),
-        ("ListServices", poller_pb2.ListServicesRequest(page_token="garbage!"), grpc.StatusCode.INVALID_ARGUMENT, "page_token"),
-        ("ListServices", poller_pb2.ListServicesRequest(status=42), grpc.StatusCode.INVALID_ARGUMENT, "status"),
-        ("ListOutages", poller_pb2.ListOutagesRequest(state=9), grpc.StatusCode.INVALID_ARGUMENT, "state"),
-        ("ListOutages", poller_pb2.ListOutagesRequest(page_token="eyJwIjoxfQ"), grpc.StatusCode.INVALID_ARGUMENT, "page_token"),
+        (
+            "ListServices",
+            poller_pb2.ListServicesRequest(page_size=-1),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_size",
+        ),
+        (
+            "ListServices",
+            poller_pb2.ListServicesRequest(page_token="garbage!"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token",
+        ),
+        (
+            "ListServices",
+            poller_pb2.ListServicesRequest(status=42),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "status",
+        ),
+        (
+            "ListOutages",
+            poller_pb2.ListOutagesRequest(state=9),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "state",
+        ),
+        (
+            "ListOutages",
+            poller_pb2.ListOutagesRequest(page_token="eyJwIjoxfQ"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token",
+        ),
     ],
 )
 async def test_bad_requests_get_proper_status(
-    poller: poller_pb2_grpc.PollerStub, call: str, request_: object, code: grpc.StatusCode, field: str
+    poller: poller_pb2_grpc.PollerStub,
+    call: str,
+    request_: object,
+    code: grpc.StatusCode,
+    field: str,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await getattr(poller, call)(request_)
@@ -118,11 +162,15 @@ async def test_bad_requests_get_proper_status(
 
 
 async def test_page_token_is_bound_to_its_filters(poller: poller_pb2_grpc.PollerStub) -> None:
-    first = await poller.ListServices(poller_pb2.ListServicesRequest(page_size=1, node_id="node-01"))
+    first = await poller.ListServices(
+        poller_pb2.ListServicesRequest(page_size=1, node_id="node-01")
+    )
     assert first.next_page_token
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await poller.ListServices(
-            poller_pb2.ListServicesRequest(page_size=1, node_id="node-02", page_token=first.next_page_token)
+            poller_pb2.ListServicesRequest(
+                page_size=1, node_id="node-02", page_token=first.next_page_token
+            )
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "other filters" in (err.value.details() or "")
@@ -163,11 +211,17 @@ async def test_grpcurl_lists_services_and_calls_with_json(stack: Stack) -> None:
     assert code == 0, err
     assert {"vigil.v1.Poller", "vigil.v1.ResultSink", "grpc.health.v1.Health"} <= set(out.split())
     code, out, err = await grpcurl(
-        "-plaintext", "-d", '{"pageSize": 2, "nodeId": "node-04"}', addr, "vigil.v1.Poller/ListServices"
+        "-plaintext",
+        "-d",
+        '{"pageSize": 2, "nodeId": "node-04"}',
+        addr,
+        "vigil.v1.Poller/ListServices",
     )
     assert code == 0, err
     assert json.loads(out)["total_size"] == 2
-    code, out, err = await grpcurl("-plaintext", "-d", '{"service": {"node_id": "x"}}', addr, "vigil.v1.Poller/GetService")
+    code, out, err = await grpcurl(
+        "-plaintext", "-d", '{"service": {"node_id": "x"}}', addr, "vigil.v1.Poller/GetService"
+    )
     assert code != 0
     assert "InvalidArgument" in err
     assert "service.ip: is required" in err

@@ -24,7 +24,14 @@ async def test_stalled_minion_turns_polls_unknown_at_ttl(
         "interfaces": [
             {
                 "ip": "127.0.0.1",
-                "services": [{"name": "Echo", "monitor": "tcp", "params": {"port": target.port}, "ttl": "0.4s"}],
+                "services": [
+                    {
+                        "name": "Echo",
+                        "monitor": "tcp",
+                        "params": {"port": target.port},
+                        "ttl": "0.4s",
+                    }
+                ],
             }
         ],
     }
@@ -41,11 +48,15 @@ async def test_stalled_minion_turns_polls_unknown_at_ttl(
     await nc.subscribe("vigil.poll.Default", queue="vigil-minions-Default", cb=swallow)
     await nc.flush()
     hello = sink_pb2.MinionHello(system_id="stalled", location="Default", version="test")
-    sink = SinkClient(stack.scheduler.grpc_address, hello, lambda: sink_pb2.Heartbeat(nats_connected=True))
+    sink = SinkClient(
+        stack.scheduler.grpc_address, hello, lambda: sink_pb2.Heartbeat(nats_connected=True)
+    )
     session = asyncio.create_task(sink.run())
     try:
         rt = stack.scheduler.services[ServiceKey("n1", "127.0.0.1", "Echo")]
-        await wait_for(lambda: rt.last_poll_status is Status.UNKNOWN, timeout=10, what="UNKNOWN from TTL")
+        await wait_for(
+            lambda: rt.last_poll_status is Status.UNKNOWN, timeout=10, what="UNKNOWN from TTL"
+        )
         assert swallowed, "requests reached the stalled minion"
         assert rt.last_reason == "no result within TTL 400ms (location Default)"
         # The target is down as well: still nothing may be concluded.
@@ -69,7 +80,10 @@ async def test_late_result_is_counted_and_ignored(tmp_path: Path, nats_server: N
     node = {
         "id": "n1",
         "interfaces": [
-            {"ip": "127.0.0.1", "services": [{"name": "Echo", "monitor": "tcp", "params": {"port": target.port}}]}
+            {
+                "ip": "127.0.0.1",
+                "services": [{"name": "Echo", "monitor": "tcp", "params": {"port": target.port}}],
+            }
         ],
     }
     cfg = make_config(tmp_path, nats_server.url, [node], defaults={"interval": "1h"})
@@ -79,7 +93,9 @@ async def test_late_result_is_counted_and_ignored(tmp_path: Path, nats_server: N
         from vigil.v1 import common_pb2, poll_pb2
 
         hello = sink_pb2.MinionHello(system_id="late", location="Default", version="test")
-        sink = SinkClient(stack.scheduler.grpc_address, hello, lambda: sink_pb2.Heartbeat(nats_connected=True))
+        sink = SinkClient(
+            stack.scheduler.grpc_address, hello, lambda: sink_pb2.Heartbeat(nats_connected=True)
+        )
         session = asyncio.create_task(sink.run())
         await wait_for(lambda: sink.connected.is_set(), what="session")
         sink.submit(

@@ -42,7 +42,11 @@ def _config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
                     {
                         "ip": "127.0.0.1",
                         "services": [
-                            {"name": "Scheduler", "monitor": "tcp", "params": {"port": ports["sched"]}},
+                            {
+                                "name": "Scheduler",
+                                "monitor": "tcp",
+                                "params": {"port": ports["sched"]},
+                            },
                             {"name": "Closed", "monitor": "tcp", "params": {"port": 9}},
                         ],
                     }
@@ -59,7 +63,16 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, object], di
     path, ports = _config(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--config", str(path), "--state-dir", str(tmp_path / "state")],
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "up",
+            "--config",
+            str(path),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
         cwd=tmp_path,
         env=env | {"PYTHONPATH": os.pathsep.join([str(Path.cwd()), str(Path.cwd() / "protos")])},
         stdout=subprocess.PIPE,
@@ -88,13 +101,17 @@ def _wait_gone(pids: list[int], timeout: float = 20) -> list[int]:
     deadline = time.monotonic() + timeout
     alive = pids
     while alive and time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = [
+            p
+            for p in pids
+            if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
         time.sleep(0.1)
     return alive
 
 
 def test_vigil_up_runs_the_pipeline_and_sigterm_stops_every_child(tmp_path: Path) -> None:
-    proc, endpoints, ports = _start(tmp_path)
+    proc, endpoints, _ports = _start(tmp_path)
     pids = _children(endpoints)
     try:
         assert len(pids) == 4  # nats-server, events, scheduler, one minion
@@ -103,10 +120,21 @@ def test_vigil_up_runs_the_pipeline_and_sigterm_stops_every_child(tmp_path: Path
         assert url.startswith("nats://127.0.0.1:")
         # The closed port is reported lost through the whole pipeline.
         sniff = subprocess.run(
-            [sys.executable, "-m", "services.cli", "sniff", "vigil.events.service.lost.>", "--count", "1"],
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "sniff",
+                "vigil.events.service.lost.>",
+                "--count",
+                "1",
+            ],
             cwd=tmp_path,
             env={k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
-            | {"VIGIL_NATS_URL": url, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), str(Path.cwd() / "protos")])},
+            | {
+                "VIGIL_NATS_URL": url,
+                "PYTHONPATH": os.pathsep.join([str(Path.cwd()), str(Path.cwd() / "protos")]),
+            },
             capture_output=True,
             text=True,
             timeout=60,

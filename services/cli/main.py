@@ -26,7 +26,10 @@ ConfigOpt = Annotated[
 ]
 NatsOpt = Annotated[
     str | None,
-    typer.Option("--nats", help="NATS URL (default: $VIGIL_NATS_URL, .vigil/nats-url, nats://127.0.0.1:4222)."),
+    typer.Option(
+        "--nats",
+        help="NATS URL (default: $VIGIL_NATS_URL, .vigil/nats-url, nats://127.0.0.1:4222).",
+    ),
 ]
 LogOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
 
@@ -55,9 +58,9 @@ def up(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML configuration file.")] = Path(
         "examples/demo.yaml"
     ),
-    state_dir: Annotated[Path, typer.Option(help="Where NATS data, ids and the SQLite stores live.")] = Path(
-        ".vigil"
-    ),
+    state_dir: Annotated[
+        Path, typer.Option(help="Where NATS data, ids and the SQLite stores live.")
+    ] = Path(".vigil"),
     log_level: LogOpt = "INFO",
 ) -> None:
     """Run everything on this machine: embedded nats-server, event service, scheduler, minions."""
@@ -95,8 +98,12 @@ def events(config: ConfigOpt = None, nats: NatsOpt = None, log_level: LogOpt = "
 def minion(
     config: ConfigOpt = None,
     nats: NatsOpt = None,
-    location: Annotated[str | None, typer.Option(help="Location served (default: config, else Default).")] = None,
-    system_id: Annotated[str | None, typer.Option(help="Stable id (default: generated once, kept on disk).")] = None,
+    location: Annotated[
+        str | None, typer.Option(help="Location served (default: config, else Default).")
+    ] = None,
+    system_id: Annotated[
+        str | None, typer.Option(help="Stable id (default: generated once, kept on disk).")
+    ] = None,
     scheduler_address: Annotated[
         str | None, typer.Option("--scheduler", help="Scheduler gRPC host:port.")
     ] = None,
@@ -113,7 +120,11 @@ def minion(
     cfg = _config(config)
     overrides = {
         k: v
-        for k, v in {"location": location, "system_id": system_id, "scheduler": scheduler_address}.items()
+        for k, v in {
+            "location": location,
+            "system_id": system_id,
+            "scheduler": scheduler_address,
+        }.items()
         if v is not None
     }
     try:
@@ -130,14 +141,18 @@ def minion(
 def sniff(
     subject: Annotated[str, typer.Argument(help="Subject to watch.")] = "vigil.events.>",
     nats: NatsOpt = None,
-    pretty: Annotated[bool, typer.Option(help="One readable line per event instead of JSON.")] = False,
+    pretty: Annotated[
+        bool, typer.Option(help="One readable line per event instead of JSON.")
+    ] = False,
     count: Annotated[int, typer.Option(help="Exit after this many messages (0: never).")] = 0,
 ) -> None:
     """Print events as they are published, one JSON line each (like RackHD's sniff.js)."""
     from services.cli.sniff import run_sniff
     from services.common.natsconn import discover_nats_url
 
-    raise typer.Exit(asyncio.run(run_sniff(discover_nats_url(nats), subject, pretty=pretty, count=count)))
+    raise typer.Exit(
+        asyncio.run(run_sniff(discover_nats_url(nats), subject, pretty=pretty, count=count))
+    )
 
 
 @app.command()

@@ -22,7 +22,9 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
-async def serve(make: Callable[[], Component], on_started: Callable[[Component], Awaitable[None]] | None = None) -> int:
+async def serve(
+    make: Callable[[], Component], on_started: Callable[[Component], Awaitable[None]] | None = None
+) -> int:
     """Start the component, run until SIGINT/SIGTERM or a fatal task failure, stop it.
 
     Returns the process exit code: 0 after a requested stop, 1 after a failure.

@@ -67,10 +67,11 @@ async def run_sniff(url: str, subject: str, *, pretty: bool, count: int) -> int:
         nonlocal seen
         if count and seen >= count:
             return
-        if pretty:
-            line = pretty_line(msg.subject, msg.data)
-        else:
-            line = msg.data.decode("utf-8", "replace").strip()
+        line = (
+            pretty_line(msg.subject, msg.data)
+            if pretty
+            else msg.data.decode("utf-8", "replace").strip()
+        )
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
         seen += 1

@@ -10,6 +10,7 @@ nothing is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from services.common.config import DEFAULT_LOCATION, VigilConfig
 from services.common.natsserver import NatsServer, die_with_parent
+
 
 def _popen_options() -> dict[str, object]:
     return {"start_new_session": True, "preexec_fn": die_with_parent}
@@ -56,7 +58,7 @@ def run_up(cfg: VigilConfig, config_path: Path, state_dir: Path, log_level: str)
     signal.signal(signal.SIGTERM, on_signal)
 
     nats = NatsServer(state_dir / "nats", log_file=state_dir / "nats-server.log")
-    nats.start(**_popen_options())
+    nats.start(15.0, **_popen_options())
     (state_dir / "nats-url").write_text(nats.url + "\n")
 
     base = [sys.executable, "-m", "services.cli"]
@@ -66,7 +68,9 @@ def run_up(cfg: VigilConfig, config_path: Path, state_dir: Path, log_level: str)
     def spawn(name: str, *args: str) -> None:
         env = dict(os.environ)
         env.pop("VIGIL_NATS_URL", None)
-        proc = subprocess.Popen([*base, *args, *common], stdin=subprocess.DEVNULL, env=env, **_popen_options())  # type: ignore[call-overload]
+        proc = subprocess.Popen(
+            [*base, *args, *common], stdin=subprocess.DEVNULL, env=env, **_popen_options()
+        )  # type: ignore[call-overload]
         children.append((name, proc))
 
     spawn("events", "events")
@@ -75,9 +79,12 @@ def run_up(cfg: VigilConfig, config_path: Path, state_dir: Path, log_level: str)
         spawn(
             f"minion[{loc}]",
             "minion",
-            "--location", loc,
-            "--system-id", f"embedded-{loc.lower()}",
-            "--scheduler", cfg.scheduler.listen,
+            "--location",
+            loc,
+            "--system-id",
+            f"embedded-{loc.lower()}",
+            "--scheduler",
+            cfg.scheduler.listen,
         )
     endpoints = {
         "nats": nats.url,
@@ -86,7 +93,8 @@ def run_up(cfg: VigilConfig, config_path: Path, state_dir: Path, log_level: str)
         "events_grpc": cfg.events.listen,
         "events_metrics": cfg.events.metrics_listen,
         "minion_locations": locations(cfg),
-        "pids": {name: p.pid for name, p in children} | {"nats-server": nats.proc.pid if nats.proc else None},
+        "pids": {name: p.pid for name, p in children}
+        | ({"nats-server": nats.proc.pid} if nats.proc else {}),
     }
     (state_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2) + "\n")
     print(
@@ -106,7 +114,9 @@ def run_up(cfg: VigilConfig, config_path: Path, state_dir: Path, log_level: str)
         while not stop_requested:
             for name, proc in children:
                 if proc.poll() is not None:
-                    print(f"vigil up: {name} exited with {proc.returncode}; stopping", file=sys.stderr)
+                    print(
+                        f"vigil up: {name} exited with {proc.returncode}; stopping", file=sys.stderr
+                    )
                     code = 1
                     stop_requested = True
             if nats.proc is not None and nats.proc.poll() is not None:
@@ -118,9 +128,7 @@ def run_up(cfg: VigilConfig, config_path: Path, state_dir: Path, log_level: str)
         for name, proc in reversed(children):
             _stop(proc, name, timeout=15.0)
         nats.stop()
-        try:
+        with contextlib.suppress(OSError):
             (state_dir / "nats-url").unlink()
-        except OSError:
-            pass
     print("vigil up: stopped", flush=True)
     return code

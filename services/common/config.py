@@ -53,7 +53,9 @@ def _check(pattern: re.Pattern[str], what: str) -> Any:
 
 Location = Annotated[str, _check(LOCATION_RE, "location (letters, digits, '-', '_')")]
 NodeId = Annotated[str, _check(NODE_ID_RE, "node id (letters, digits, '-', '_')")]
-ServiceName = Annotated[str, _check(SERVICE_NAME_RE, "service name (letters, digits, '-', '_', '.')")]
+ServiceName = Annotated[
+    str, _check(SERVICE_NAME_RE, "service name (letters, digits, '-', '_', '.')")
+]
 PositiveDuration = Annotated[Duration, Field(gt=0)]
 
 
@@ -223,7 +225,9 @@ class InterfaceConfig(Strict):
             try:
                 return ipaddress.ip_address(v)
             except ValueError:
-                raise ValueError(f"{v!r} is not an IP address (interfaces take addresses, not host names)") from None
+                raise ValueError(
+                    f"{v!r} is not an IP address (interfaces take addresses, not host names)"
+                ) from None
         return v
 
     @field_validator("services", mode="before")

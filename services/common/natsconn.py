@@ -63,7 +63,11 @@ async def connect(
         log.warning("NATS (%s): disconnected", name)
 
     async def on_reconnected() -> None:
-        log.info("NATS (%s): reconnected to %s", name, nc.connected_url.netloc if nc.connected_url else "?")
+        log.info(
+            "NATS (%s): reconnected to %s",
+            name,
+            nc.connected_url.netloc if nc.connected_url else "?",
+        )
 
     loop = asyncio.get_running_loop()
     give_up = None if first_attempt_timeout is None else loop.time() + first_attempt_timeout
@@ -88,6 +92,8 @@ async def connect(
         except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
             if give_up is not None and loop.time() + delay > give_up:
                 raise ConnectionError(f"cannot connect to NATS at {url}: {exc}") from exc
-            log.warning("NATS (%s): cannot connect to %s (%s); retrying in %.1fs", name, url, exc, delay)
+            log.warning(
+                "NATS (%s): cannot connect to %s (%s); retrying in %.1fs", name, url, exc, delay
+            )
             await asyncio.sleep(delay)
             delay = min(max_backoff, delay * 2) * random.uniform(0.8, 1.2)

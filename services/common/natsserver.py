@@ -8,6 +8,7 @@ them never race for a port.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import shutil
@@ -19,7 +20,6 @@ import sysconfig
 import time
 from pathlib import Path
 
-
 PR_SET_PDEATHSIG = 1
 
 
@@ -28,10 +28,8 @@ def die_with_parent() -> None:
 
     So a killed ``vigil up`` (or test run) never leaves a server behind.
     """
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 def nats_server_binary() -> str:
@@ -79,12 +77,17 @@ class NatsServer:
             stale.unlink()
         args = [
             nats_server_binary(),
-            "-a", self.host,
-            "-p", str(self.port),
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
             "-js",
-            "-sd", str(self.data_dir / "jetstream"),
-            "--ports_file_dir", str(ports_dir),
-            "-l", str(self.log_file),
+            "-sd",
+            str(self.data_dir / "jetstream"),
+            "--ports_file_dir",
+            str(ports_dir),
+            "-l",
+            str(self.log_file),
             *self.extra_args,
         ]
         # No preexec_fn by default: forking a process that runs gRPC threads can
@@ -93,7 +96,9 @@ class NatsServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see {self.log_file}")
+                raise RuntimeError(
+                    f"nats-server exited with {self.proc.returncode}; see {self.log_file}"
+                )
             port = self._read_port(ports_dir)
             if port and self._accepts(port):
                 self.port = port

@@ -19,6 +19,7 @@ location L (see :func:`services.scheduler.packages.resolve`):
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -73,7 +74,7 @@ def _check_downtime(steps: tuple[DowntimeStep, ...]) -> tuple[DowntimeStep, ...]
         raise ValueError("needs at least one step")
     if steps[0].begin != 0:
         raise ValueError("the first step must begin at 0")
-    for a, b in zip(steps, steps[1:], strict=False):
+    for a, b in itertools.pairwise(steps):
         if b.begin <= a.begin:
             raise ValueError("steps must be in increasing order of begin")
     return steps
@@ -155,7 +156,9 @@ class PackageFilter(_Strict):
     def _lenient_ranges(cls, v: Any) -> Any:
         # "10.0.0.1/8" is what operators write; accept it as 10.0.0.0/8.
         if isinstance(v, list | tuple):
-            return tuple(ipaddress.ip_network(str(x), strict=False) if isinstance(x, str) else x for x in v)
+            return tuple(
+                ipaddress.ip_network(str(x), strict=False) if isinstance(x, str) else x for x in v
+            )
         return v
 
     def matches(self, ip: str, location: str) -> bool:

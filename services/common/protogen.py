@@ -31,7 +31,9 @@ def generate(proto_root: Path, out_root: Path) -> None:
     """Run protoc (with mypy-protobuf stubs) for every vigil/v1 proto."""
     from grpc_tools import protoc  # dev dependency: only needed here
 
-    protos = sorted(str(p.relative_to(proto_root)) for p in (proto_root / "vigil/v1").glob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(proto_root)) for p in (proto_root / "vigil/v1").glob("*.proto")
+    )
     if not protos:
         raise SystemExit(f"protogen: no .proto files under {proto_root}/vigil/v1")
     include = Path(protoc.__file__).parent / "_proto"

@@ -26,7 +26,9 @@ class Supervisor:
         self.failed = asyncio.Event()
         self.failure: BaseException | None = None
 
-    def spawn(self, name: str, coro: Coroutine[Any, Any, Any], *, essential: bool = True) -> asyncio.Task[Any]:
+    def spawn(
+        self, name: str, coro: Coroutine[Any, Any, Any], *, essential: bool = True
+    ) -> asyncio.Task[Any]:
         """Run ``coro`` until it ends or :meth:`close` cancels it."""
         task = asyncio.create_task(coro, name=f"{self.name}:{name}")
         self._tasks.add(task)

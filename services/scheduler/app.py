@@ -1,12 +1,12 @@
 """The scheduler process: wire up, serve, shut down.
 
-    store ─ inventory, restore state ─┐
-    NATS ── JetStream ────────────────┤
-                                      ├─ Dispatcher  (due polls → vigil.poll.<location>, TTL → UNKNOWN)
-    gRPC ResultSink ──────────────────┼─ StateKeeper (results → state, outages, outbox)
-    gRPC Poller, Inventory ───────────┤
-                                      ├─ MinionRegistry (sessions, heartbeats, minion/location events)
-                                      └─ OutboxRelay (outbox → vigil.ingest.scheduler)
+store ─ inventory, restore state ─┐
+NATS ── JetStream ────────────────┤
+                                  ├─ Dispatcher  (due polls → vigil.poll.<location>, TTL → UNKNOWN)
+gRPC ResultSink ──────────────────┼─ StateKeeper (results → state, outages, outbox)
+gRPC Poller, Inventory ───────────┤
+                                  ├─ MinionRegistry (sessions, heartbeats, minion/location events)
+                                  └─ OutboxRelay (outbox → vigil.ingest.scheduler)
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import asyncio
 import logging
 import secrets
 
+from nats.aio.client import Client as NATS
 from vigil.v1 import inventory_pb2_grpc, poller_pb2_grpc, sink_pb2_grpc
 
 from services.common import natsconn
@@ -52,14 +53,16 @@ class Scheduler:
         self.nodes: dict[str, NodeState] = {}
         self.store = SchedulerStore(self.settings.store_url)
         self.inventory = Inventory(cfg, self.store, self.services, self.interfaces, self.nodes)
-        self.registry = MinionRegistry(self.settings.heartbeat_interval, self.settings.heartbeat_misses)
+        self.registry = MinionRegistry(
+            self.settings.heartbeat_interval, self.settings.heartbeat_misses
+        )
         self.tasks = Supervisor("scheduler")
         self.grpc: GrpcServer | None = None
         self.status_server: StatusServer | None = None
         self.dispatcher: Dispatcher | None = None
         self.keeper: StateKeeper | None = None
         self.relay: OutboxRelay | None = None
-        self._nc: natsconn.NATS | None = None
+        self._nc: NATS | None = None
 
     async def start(self) -> None:
         """Load the inventory, restore state, connect, start dispatching and serving."""
@@ -79,7 +82,9 @@ class Scheduler:
             keep_history=self.settings.results_retention > 0,
         )
         states = await self.store.load_states()
-        orphans = await keeper.restore(states, await self.store.open_outages(), await self.store.down_elements())
+        orphans = await keeper.restore(
+            states, await self.store.open_outages(), await self.store.down_elements()
+        )
         await keeper.close_unmanaged(orphans, now())
         await keeper.retire(sorted(set(states) - set(self.services)), now())
 
@@ -99,7 +104,9 @@ class Scheduler:
             [
                 (
                     poller_pb2_grpc.add_PollerServicer_to_server,
-                    PollerServicer(self.services, self.store, self.registry, self.dispatcher, keeper),
+                    PollerServicer(
+                        self.services, self.store, self.registry, self.dispatcher, keeper
+                    ),
                     "vigil.v1.Poller",
                 ),
                 (
@@ -110,7 +117,10 @@ class Scheduler:
                 (
                     sink_pb2_grpc.add_ResultSinkServicer_to_server,
                     ResultSinkServicer(
-                        self.registry, self.dispatcher, keeper, self.id,
+                        self.registry,
+                        self.dispatcher,
+                        keeper,
+                        self.id,
                         sites=SiteSync(self.services, self.cfg.locations),  # issue 6: sites
                     ),
                     "vigil.v1.ResultSink",
@@ -119,7 +129,9 @@ class Scheduler:
         )
         await self.grpc.start()
         if self.settings.metrics_listen:
-            self.status_server = StatusServer(self.settings.metrics_listen, lambda: not self.tasks.failed.is_set())
+            self.status_server = StatusServer(
+                self.settings.metrics_listen, lambda: not self.tasks.failed.is_set()
+            )
             await self.status_server.start()
 
         self.tasks.spawn("state-keeper", keeper.run())
@@ -130,7 +142,9 @@ class Scheduler:
         self.tasks.spawn("outbox-relay", self.relay.run())
         self.dispatcher.schedule_all(minion_grace=self.registry.timeout)
         self.tasks.spawn("dispatcher", self.dispatcher.run())
-        self.tasks.spawn("minion-registry", self.registry.run(keeper, self.dispatcher))  # issue 6: liveness sweeper
+        self.tasks.spawn(
+            "minion-registry", self.registry.run(keeper, self.dispatcher)
+        )  # issue 6: liveness sweeper
         log.info(
             "scheduler %s: %d node(s), %d service(s), gRPC on %s, NATS %s",
             self.id,

@@ -17,6 +17,7 @@ instead of queueing without limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
@@ -183,13 +184,13 @@ class Dispatcher:
                 await self._dispatch_due(due, now)
                 await asyncio.sleep(0)
                 continue
-            wake = [t for t in (self.schedule.next_due(), self.pending.next_expiry()) if t is not None]
+            wake = [
+                t for t in (self.schedule.next_due(), self.pending.next_expiry()) if t is not None
+            ]
             timeout = min(1.0, max(0.0, min(wake) - now)) if wake else 1.0
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
 
     async def _dispatch_due(self, due: list[tuple[ServiceKey, float]], now: float) -> None:
         ready: list[ServiceRuntime] = []
@@ -222,7 +223,11 @@ class Dispatcher:
         await self.send(ready)
 
     async def send(
-        self, runtimes: Iterable[ServiceRuntime], *, ttl: float | None = None, system_id: str | None = None
+        self,
+        runtimes: Iterable[ServiceRuntime],
+        *,
+        ttl: float | None = None,
+        system_id: str | None = None,
     ) -> list[str]:
         """Publish polls for these services now (batched per location); returns the request ids."""
         by_location: dict[str, list[tuple[ServiceRuntime, str]]] = defaultdict(list)
@@ -242,12 +247,20 @@ class Dispatcher:
                 at = wall_now()
                 for rt, rid in batch:
                     await self.keeper.submit(
-                        Observation(rt.key, Status.UNKNOWN, f"no minion at location {location}", at, request_id=rid)
+                        Observation(
+                            rt.key,
+                            Status.UNKNOWN,
+                            f"no minion at location {location}",
+                            at,
+                            request_id=rid,
+                        )
                     )
                 continue
             subject = poll_subject(location, system_id)
             for i in range(0, len(batch), self.batch_size):
-                await self._publish(subject, location, batch[i : i + self.batch_size], loop_now, ttl)
+                await self._publish(
+                    subject, location, batch[i : i + self.batch_size], loop_now, ttl
+                )
         return ids
 
     async def _publish(
@@ -266,7 +279,9 @@ class Dispatcher:
             ttl = ttl_override if ttl_override is not None else spec.ttl
             req = msg.requests.add(
                 id=rid,
-                service=common_pb2.ServiceRef(node_id=spec.key.node_id, ip=spec.key.ip, service=spec.key.service),
+                service=common_pb2.ServiceRef(
+                    node_id=spec.key.node_id, ip=spec.key.ip, service=spec.key.service
+                ),
                 location=location,
                 monitor=spec.monitor,
                 retries=spec.retries,
@@ -284,7 +299,13 @@ class Dispatcher:
             at = wall_now()
             for rt, rid in batch:
                 await self.keeper.submit(
-                    Observation(rt.key, Status.UNKNOWN, f"cannot send poll request over NATS: {exc}", at, request_id=rid)
+                    Observation(
+                        rt.key,
+                        Status.UNKNOWN,
+                        f"cannot send poll request over NATS: {exc}",
+                        at,
+                        request_id=rid,
+                    )
                 )
             return False
         for (rt, _), poll in zip(batch, polls, strict=True):
@@ -326,7 +347,13 @@ class Dispatcher:
             rt.in_flight = None
             metrics.UNKNOWN.labels("no_minion").inc()
             await self.keeper.submit(
-                Observation(rt.key, Status.UNKNOWN, f"no minion at location {location}", wall_now(), request_id=rid)
+                Observation(
+                    rt.key,
+                    Status.UNKNOWN,
+                    f"no minion at location {location}",
+                    wall_now(),
+                    request_id=rid,
+                )
             )
             return
         if not await self._publish(poll_subject(location), location, [(rt, rid)], loop_now, ttl):
@@ -366,7 +393,9 @@ class Dispatcher:
             rt = self.services.get(poll.key)
             if rt is not None and rt.in_flight == poll.request_id:
                 rt.in_flight = None
-            await self.keeper.submit(Observation(poll.key, Status.UNKNOWN, reason, at, request_id=poll.request_id))
+            await self.keeper.submit(
+                Observation(poll.key, Status.UNKNOWN, reason, at, request_id=poll.request_id)
+            )
         metrics.IN_FLIGHT.set(len(self.pending))
         return len(polls)
 

@@ -23,7 +23,13 @@ from pydantic import ValidationError
 from services.common.config import NodeConfig, VigilConfig
 from services.common.timeutil import now
 from services.common.validation import describe
-from services.scheduler.model import InterfaceState, NodeState, ServiceKey, ServiceRuntime, ServiceSpec
+from services.scheduler.model import (
+    InterfaceState,
+    NodeState,
+    ServiceKey,
+    ServiceRuntime,
+    ServiceSpec,
+)
 from services.scheduler.packages import DEFAULT_POLICY, ResolveError, Resolver
 from services.scheduler.store import SchedulerStore
 
@@ -80,7 +86,9 @@ class Inventory:
 
     # -- building ------------------------------------------------------------------
 
-    def validate(self, raw: dict[str, Any], where: str = "node") -> tuple[NodeConfig, dict[ServiceKey, ServiceSpec]]:
+    def validate(
+        self, raw: dict[str, Any], where: str = "node"
+    ) -> tuple[NodeConfig, dict[ServiceKey, ServiceSpec]]:
         """Parse and resolve a node document; raises :class:`InventoryError`."""
         try:
             node = NodeConfig.model_validate(raw)
@@ -99,7 +107,10 @@ class Inventory:
             self.entries[node.id] = NodeEntry(node, CONFIG, specs)
         for node_id, doc in (await self.store.load_nodes()).items():
             if node_id in self.entries:
-                log.warning("node %s is declared in the configuration file; its API definition is ignored", node_id)
+                log.warning(
+                    "node %s is declared in the configuration file; its API definition is ignored",
+                    node_id,
+                )
                 continue
             try:
                 node, specs = self.validate(doc, f"stored node {node_id}")
@@ -111,7 +122,9 @@ class Inventory:
         for entry in self.entries.values():
             self._install(entry)
 
-    def _install(self, entry: NodeEntry) -> tuple[list[ServiceKey], list[ServiceKey], list[ServiceRuntime]]:
+    def _install(
+        self, entry: NodeEntry
+    ) -> tuple[list[ServiceKey], list[ServiceKey], list[ServiceRuntime]]:
         """Bring the runtime dicts in line with ``entry``; returns (added, changed, removed)."""
         node = entry.node
         old = self._by_node.get(node.id, set())
@@ -164,9 +177,13 @@ class Inventory:
         """Raise :class:`ReadOnlyNode` for a node declared in the file."""
         entry = self.entries.get(node_id)
         if entry is not None and entry.source == CONFIG:
-            raise ReadOnlyNode(f"node {node_id} is declared in the configuration file; change it there")
+            raise ReadOnlyNode(
+                f"node {node_id} is declared in the configuration file; change it there"
+            )
 
-    async def put(self, node: NodeConfig, specs: dict[ServiceKey, ServiceSpec], scheduler: Any, keeper: Any) -> NodeEntry:
+    async def put(
+        self, node: NodeConfig, specs: dict[ServiceKey, ServiceSpec], scheduler: Any, keeper: Any
+    ) -> NodeEntry:
         """Persist and apply a validated node (call inside the keeper's task)."""
         self.check_writable(node.id)
         await self.store.put_node(node.id, node.model_dump(mode="json", exclude_none=True))
@@ -182,7 +199,11 @@ class Inventory:
         if removed:
             await keeper.forget(removed, now(), "deleted")
         log.info(
-            "node %s put: %d service(s) added, %d changed, %d removed", node.id, len(added), len(changed), len(removed)
+            "node %s put: %d service(s) added, %d changed, %d removed",
+            node.id,
+            len(added),
+            len(changed),
+            len(removed),
         )
         return entry
 
@@ -198,5 +219,7 @@ class Inventory:
             scheduler.remove(rt.key)
         outages = sum(1 for rt in removed if rt.outage is not None)
         await keeper.forget(removed, now(), "deleted")
-        log.info("node %s deleted: %d service(s), %d outage(s) closed", node_id, len(removed), outages)
+        log.info(
+            "node %s deleted: %d service(s), %d outage(s) closed", node_id, len(removed), outages
+        )
         return len(removed), outages

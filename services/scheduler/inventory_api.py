@@ -66,7 +66,9 @@ def node_message(entry: NodeEntry) -> inventory_pb2.Node:
         label=node.label,
         location=node.location,
         foreign_id=node.foreign_id or "",
-        source=inventory_pb2.NODE_SOURCE_API if entry.source == API else inventory_pb2.NODE_SOURCE_CONFIG,
+        source=inventory_pb2.NODE_SOURCE_API
+        if entry.source == API
+        else inventory_pb2.NODE_SOURCE_CONFIG,
     )
     for itf in node.interfaces:
         out = msg.interfaces.add(ip=str(itf.ip))
@@ -80,7 +82,14 @@ def node_message(entry: NodeEntry) -> inventory_pb2.Node:
                     getattr(s, name).CopyFrom(to_duration(value))
             if svc.retries is not None:
                 s.retries = svc.retries
-            spec = next((sp for k, sp in entry.specs.items() if k.ip == str(itf.ip) and k.service == svc.name), None)
+            spec = next(
+                (
+                    sp
+                    for k, sp in entry.specs.items()
+                    if k.ip == str(itf.ip) and k.service == svc.name
+                ),
+                None,
+            )
             if spec is not None:
                 policy = spec.policy or DEFAULT_POLICY
                 r = s.resolved
@@ -108,7 +117,9 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
         self.keeper = keeper
 
     @handle_errors
-    async def PutNode(self, request: inventory_pb2.PutNodeRequest, context: Ctx) -> inventory_pb2.Node:  # noqa: N802
+    async def PutNode(
+        self, request: inventory_pb2.PutNodeRequest, context: Ctx
+    ) -> inventory_pb2.Node:
         if not request.HasField("node"):
             raise InvalidArgument("node", "is required")
         if not request.node.id:
@@ -122,11 +133,15 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
             self.inventory.check_writable(node.id)
         except ReadOnlyNode as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        entry: NodeEntry = await self.keeper.call(lambda: self.inventory.put(node, specs, self.scheduler, self.keeper))
+        entry: NodeEntry = await self.keeper.call(
+            lambda: self.inventory.put(node, specs, self.scheduler, self.keeper)
+        )
         return node_message(entry)
 
     @handle_errors
-    async def GetNode(self, request: inventory_pb2.GetNodeRequest, context: Ctx) -> inventory_pb2.Node:  # noqa: N802
+    async def GetNode(
+        self, request: inventory_pb2.GetNodeRequest, context: Ctx
+    ) -> inventory_pb2.Node:
         if not request.id:
             raise InvalidArgument("id", "is required")
         entry = self.inventory.get(request.id)
@@ -135,7 +150,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
         return node_message(entry)
 
     @handle_errors
-    async def ListNodes(  # noqa: N802
+    async def ListNodes(
         self, request: inventory_pb2.ListNodesRequest, context: Ctx
     ) -> inventory_pb2.ListNodesResponse:
         filters = [request.location, request.foreign_id]
@@ -159,7 +174,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
         )
 
     @handle_errors
-    async def DeleteNode(  # noqa: N802
+    async def DeleteNode(
         self, request: inventory_pb2.DeleteNodeRequest, context: Ctx
     ) -> inventory_pb2.DeleteNodeResponse:
         if not request.id:

@@ -20,9 +20,7 @@ RESULTS_LATE = Counter(
     "vigil_scheduler_results_late_total",
     "Results whose request had already expired or was unknown (counted, ignored)",
 )
-UNKNOWN = Counter(
-    "vigil_scheduler_unknown_total", "Polls that ended UNKNOWN, by cause", ["cause"]
-)
+UNKNOWN = Counter("vigil_scheduler_unknown_total", "Polls that ended UNKNOWN, by cause", ["cause"])
 DISPATCH_LAG = Histogram(
     "vigil_scheduler_dispatch_lag_seconds",
     "Delay between a poll's due time and its dispatch",

@@ -8,6 +8,7 @@ window (``Nats-Msg-Id`` = event id) and by the event service's id check.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 
@@ -25,7 +26,9 @@ BATCH = 256
 class OutboxRelay:
     """Publishes outbox events in order of creation."""
 
-    def __init__(self, store: SchedulerStore, js: JetStreamContext, source: str = "scheduler") -> None:
+    def __init__(
+        self, store: SchedulerStore, js: JetStreamContext, source: str = "scheduler"
+    ) -> None:
         self.store = store
         self.js = js
         self.subject = f"{INGEST_SUBJECT_PREFIX}.{source}"
@@ -52,10 +55,8 @@ class OutboxRelay:
                 continue
             if sent < BATCH:
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=5.0)
-                except TimeoutError:
-                    pass
 
     async def relay_once(self) -> int:
         """Publish one batch; returns how many events left the outbox."""
@@ -65,16 +66,24 @@ class OutboxRelay:
             return 0
         acks = await asyncio.gather(
             *(
-                self.js.publish(self.subject, payload, timeout=5.0, headers={"Nats-Msg-Id": event_id})
+                self.js.publish(
+                    self.subject, payload, timeout=5.0, headers={"Nats-Msg-Id": event_id}
+                )
                 for _, event_id, payload in rows
             ),
             return_exceptions=True,
         )
-        done = [seq for (seq, _, _), ack in zip(rows, acks, strict=True) if not isinstance(ack, BaseException)]
+        done = [
+            seq
+            for (seq, _, _), ack in zip(rows, acks, strict=True)
+            if not isinstance(ack, BaseException)
+        ]
         await self.store.outbox_done(done)
         self.published += len(done)
         failed = [a for a in acks if isinstance(a, BaseException)]
         if failed:
-            raise ConnectionError(f"{len(failed)} of {len(rows)} event(s) not acknowledged: {failed[0]!r}")
+            raise ConnectionError(
+                f"{len(failed)} of {len(rows)} event(s) not acknowledged: {failed[0]!r}"
+            )
         metrics.OUTBOX.set(await self.store.outbox_size())
         return len(done)

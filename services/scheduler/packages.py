@@ -113,7 +113,9 @@ class Resolver:
             ]
         return found
 
-    def governing(self, ip: str, location: str, service: str) -> tuple[Package, PackageService | None]:
+    def governing(
+        self, ip: str, location: str, service: str
+    ) -> tuple[Package, PackageService | None]:
         """The package that governs ``service`` on ``ip``, and its definition of it."""
         matching = self.matching(ip, location)
         for pkg in reversed(matching):
@@ -160,10 +162,14 @@ class Resolver:
             return getattr(d, name)
 
         interval = float(pick("interval"))
-        explicit_interval = entry.interval if entry.interval is not None else (
-            definition.interval if definition else None
+        explicit_interval = (
+            entry.interval
+            if entry.interval is not None
+            else (definition.interval if definition else None)
         )
-        explicit_ttl = entry.ttl if entry.ttl is not None else (definition.ttl if definition else None)
+        explicit_ttl = (
+            entry.ttl if entry.ttl is not None else (definition.ttl if definition else None)
+        )
         return ServiceSpec(
             key=ServiceKey(node.id, ip, entry.name),
             location=node.location,
@@ -175,7 +181,9 @@ class Resolver:
             ttl=self.ttl(node.location, explicit_ttl, explicit_interval, interval),
             node_label=node.label,
             policy=self.policy(pkg, node.maintenance),
-            params_key="" if entry.params or definition is None else f"{pkg.name}/{definition.name}/{monitor}",
+            params_key=""
+            if entry.params or definition is None
+            else f"{pkg.name}/{definition.name}/{monitor}",
         )
 
     def _definition_problem(
@@ -188,7 +196,9 @@ class Resolver:
             cache[key] = check_params(monitor, params)
         return cache[key]  # type: ignore[no-any-return]
 
-    def ttl(self, location: str, ttl: float | None, explicit_interval: float | None, interval: float) -> float:
+    def ttl(
+        self, location: str, ttl: float | None, explicit_interval: float | None, interval: float
+    ) -> float:
         """TTL precedence: the service's ``ttl``, else its own ``interval``, else the
         location's ``ttl``, else the global default ``ttl``, else the effective interval.
 

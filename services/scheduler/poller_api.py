@@ -41,7 +41,9 @@ def service_status(rt: ServiceRuntime, held: bool = False) -> poller_pb2.Service
         location=rt.spec.location,
         monitor=rt.spec.monitor,
         status=STATUS_PB[rt.status],
-        last_poll_status=STATUS_PB[rt.last_poll_status] if rt.last_poll_status else 0,
+        last_poll_status=(
+            STATUS_PB[rt.last_poll_status] if rt.last_poll_status else common_pb2.POLL_STATUS_UNSPECIFIED
+        ),
         last_reason=rt.last_reason,
         response_time_ms=rt.response_time_ms,
         values=rt.values,
@@ -108,7 +110,12 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         self.keeper = keeper
 
     def _status(self, rt: ServiceRuntime) -> poller_pb2.ServiceStatus:
-        held = self.keeper is not None and not rt.paused and not rt.polling_stopped and not self.keeper.polled(rt)
+        held = (
+            self.keeper is not None
+            and not rt.paused
+            and not rt.polling_stopped
+            and not self.keeper.polled(rt)
+        )
         return service_status(rt, held)
 
     def _service(self, ref: common_pb2.ServiceRef, has: bool) -> ServiceRuntime:
@@ -121,7 +128,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         return rt
 
     @handle_errors
-    async def PollNow(  # noqa: N802
+    async def PollNow(
         self, request: poller_pb2.PollNowRequest, context: Ctx
     ) -> poller_pb2.PollNowResponse:
         rt = self._service(request.service, request.HasField("service"))
@@ -138,7 +145,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         return poller_pb2.PollNowResponse(service=self._status(done), request_id=rid)
 
     @handle_errors
-    async def SetPaused(  # noqa: N802
+    async def SetPaused(
         self, request: poller_pb2.SetPausedRequest, context: Ctx
     ) -> poller_pb2.ServiceStatus:
         rt = self._service(request.service, request.HasField("service"))
@@ -147,7 +154,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         return self._status(rt)
 
     @handle_errors
-    async def ListResults(  # noqa: N802
+    async def ListResults(
         self, request: poller_pb2.ListResultsRequest, context: Ctx
     ) -> poller_pb2.ListResultsResponse:
         since = from_timestamp(request.since) if request.HasField("since") else None
@@ -175,7 +182,11 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
             m = poller_pb2.Result(
                 id=r.id,
                 service=service_ref(r.key),
-                status=STATUS_PB.get(Status(r.status), 0) if r.status in Status.__members__ else 0,
+                status=(
+                    STATUS_PB[Status(r.status)]
+                    if r.status in Status.__members__
+                    else common_pb2.POLL_STATUS_UNSPECIFIED
+                ),
                 reason=r.reason,
                 response_time_ms=r.response_time_ms,
                 values=r.values,
@@ -190,7 +201,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         )
 
     @handle_errors
-    async def ListServices(  # noqa: N802
+    async def ListServices(
         self, request: poller_pb2.ListServicesRequest, context: Ctx
     ) -> poller_pb2.ListServicesResponse:
         if request.status and request.status not in PB_STATUS:
@@ -223,13 +234,13 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         )
 
     @handle_errors
-    async def GetService(  # noqa: N802
+    async def GetService(
         self, request: poller_pb2.GetServiceRequest, context: Ctx
     ) -> poller_pb2.ServiceStatus:
         return self._status(self._service(request.service, request.HasField("service")))
 
     @handle_errors
-    async def ListOutages(  # noqa: N802
+    async def ListOutages(
         self, request: poller_pb2.ListOutagesRequest, context: Ctx
     ) -> poller_pb2.ListOutagesResponse:
         states = {
@@ -260,16 +271,23 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         )
 
     @handle_errors
-    async def ListMinions(  # noqa: N802
+    async def ListMinions(
         self, request: poller_pb2.ListMinionsRequest, context: Ctx
     ) -> poller_pb2.ListMinionsResponse:
         filters = [request.location]
         size = paging.page_size(request.page_size)
         after = paging.decode_token(request.page_token, filters)
-        sessions = [s for s in self.registry.sessions() if not request.location or s.location == request.location]
+        sessions = [
+            s
+            for s in self.registry.sessions()
+            if not request.location or s.location == request.location
+        ]
         start = 0
         if after is not None:
-            start = next((i for i, s in enumerate(sessions) if [s.location, s.system_id] > after), len(sessions))
+            start = next(
+                (i for i, s in enumerate(sessions) if [s.location, s.system_id] > after),
+                len(sessions),
+            )
         page = sessions[start : start + size]
         out = []
         for s in page:
@@ -278,7 +296,9 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
                 location=s.location,
                 version=s.version,
                 monitors=s.monitors,
-                status=poller_pb2.MINION_STATUS_UP if self.registry.is_live(s) else poller_pb2.MINION_STATUS_DOWN,
+                status=poller_pb2.MINION_STATUS_UP
+                if self.registry.is_live(s)
+                else poller_pb2.MINION_STATUS_DOWN,
                 in_flight=s.in_flight,
                 polls_done=s.polls_done,
                 nats_connected=s.nats_connected,
@@ -289,6 +309,8 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         more = start + size < len(sessions)
         return poller_pb2.ListMinionsResponse(
             minions=out,
-            next_page_token=paging.encode_token([page[-1].location, page[-1].system_id], filters) if more and page else "",
+            next_page_token=paging.encode_token([page[-1].location, page[-1].system_id], filters)
+            if more and page
+            else "",
             total_size=len(sessions),
         )

@@ -30,6 +30,7 @@ Rules (DESIGN.md, issue 3):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 from collections import deque
@@ -70,7 +71,9 @@ class Scheduling(Protocol):
 @dataclass(slots=True)
 class _Command:
     fn: Callable[[], Awaitable[Any]]
-    done: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[Any] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 @dataclass(slots=True)
@@ -291,7 +294,9 @@ class StateKeeper:
         elif itf is not None and itf.down and itf.critical != rt.key:
             # Polled although its interface is down (e.g. poll-now): blame the interface.
             self._open_caused(rt, itf, since, reason)
-        elif itf is not None and itf.critical not in (None, rt.key) and itf.critical in self.services:
+        elif (
+            itf is not None and itf.critical not in (None, rt.key) and itf.critical in self.services
+        ):
             # Is it the service, or the whole interface? Ask the critical service first.
             rt.awaiting_critical = True
             assert itf.critical is not None
@@ -333,11 +338,13 @@ class StateKeeper:
         if cfg is None:
             return
         recent = list(rt.history)[-cfg.window :]
-        changes = sum(1 for a, b in zip(recent, recent[1:], strict=False) if a is not b)
+        changes = sum(1 for a, b in itertools.pairwise(recent) if a is not b)
         if not rt.flapping and changes >= cfg.threshold:
             rt.flapping = True
             self._dirty.add(rt.key)
-            self._events(self._event("service", "flapping", rt, obs.at, changes=changes, window=cfg.window))
+            self._events(
+                self._event("service", "flapping", rt, obs.at, changes=changes, window=cfg.window)
+            )
         elif rt.flapping and len(recent) >= cfg.window and changes * 2 < cfg.threshold:
             rt.flapping = False
             self._dirty.add(rt.key)
@@ -345,7 +352,9 @@ class StateKeeper:
 
     # -- transitions: memory now, writes for the batch's transaction -------------------
 
-    def _events(self, *events: Event, patch: list[tuple[Event, str, OutageRef]] | None = None) -> None:
+    def _events(
+        self, *events: Event, patch: list[tuple[Event, str, OutageRef]] | None = None
+    ) -> None:
         self._writes.append(_Write("events", events=list(events), patch=patch or []))
 
     def _suppression(self, rt: ServiceRuntime, at: float) -> str | None:
@@ -357,9 +366,16 @@ class StateKeeper:
         ref = OutageRef()
         rt.outage, rt.outage_cause = ref, "service"
         lost = self._event("service", "lost", rt, at, reason=reason, suppressed=suppressed)
-        self._writes.append(_Write("open", ref=ref, key=rt.key, at=at, reason=reason, event_id=lost.id))
+        self._writes.append(
+            _Write("open", ref=ref, key=rt.key, at=at, reason=reason, event_id=lost.id)
+        )
         opened = self._event(
-            "outage", "opened", rt, at, reason=reason, lostEventId=lost.id,
+            "outage",
+            "opened",
+            rt,
+            at,
+            reason=reason,
+            lostEventId=lost.id,
             suppressed=suppressed or ("flapping" if rt.flapping else None),
         )
         # While flapping, the individual lost/regained events are what floods consumers.
@@ -372,14 +388,23 @@ class StateKeeper:
         regained = self._event("service", "regained", rt, at, suppressed=suppressed)
         events = [] if rt.flapping else [regained]
         if ref is not None:
-            self._writes.append(_Write("close", ref=ref, at=at, reason="service regained", event_id=regained.id))
+            self._writes.append(
+                _Write("close", ref=ref, at=at, reason="service regained", event_id=regained.id)
+            )
             events.append(
                 self._event(
-                    "outage", "closed", rt, at, regainedEventId=regained.id, reason="service regained",
+                    "outage",
+                    "closed",
+                    rt,
+                    at,
+                    regainedEventId=regained.id,
+                    reason="service regained",
                     suppressed=suppressed or ("flapping" if rt.flapping else None),
                 )
             )
-        self._events(*events, patch=[(e, "outageId", ref) for e in events] if ref is not None else [])
+        self._events(
+            *events, patch=[(e, "outageId", ref) for e in events] if ref is not None else []
+        )
 
     def _open_caused(self, rt: ServiceRuntime, itf: InterfaceState, at: float, reason: str) -> None:
         if rt.outage is not None:
@@ -390,14 +415,27 @@ class StateKeeper:
         rt.status, rt.status_since = Status.DOWN, rt.status_since or at
         rt.outage, rt.outage_cause = OutageRef(), cause
         self._writes.append(
-            _Write("open", ref=rt.outage, key=rt.key, at=at, reason=reason, event_id=event_id, cause=cause, cause_event_id=event_id)
+            _Write(
+                "open",
+                ref=rt.outage,
+                key=rt.key,
+                at=at,
+                reason=reason,
+                event_id=event_id,
+                cause=cause,
+                cause_event_id=event_id,
+            )
         )
         self._dirty.add(rt.key)
 
-    def _interface_down(self, critical: ServiceRuntime, itf: InterfaceState, at: float, reason: str) -> None:
+    def _interface_down(
+        self, critical: ServiceRuntime, itf: InterfaceState, at: float, reason: str
+    ) -> None:
         node = self.nodes.get(itf.node_id)
         itf.down, itf.down_since = True, at
-        node_down = node is not None and all(i.down for i in self.interfaces.values() if i.node_id == itf.node_id)
+        node_down = node is not None and all(
+            i.down for i in self.interfaces.values() if i.node_id == itf.node_id
+        )
         kind = "node" if node_down else "interface"
         event = make_event(
             kind,
@@ -414,10 +452,14 @@ class StateKeeper:
             suppressed=self._suppression(critical, at),
         )
         itf.down_event_id = event.id
-        self._writes.append(_Write("down", element=DownElement("interface", itf.node_id, itf.ip, at, event.id)))
+        self._writes.append(
+            _Write("down", element=DownElement("interface", itf.node_id, itf.ip, at, event.id))
+        )
         if node_down and node is not None:
             node.down, node.down_since, node.down_event_id = True, at, event.id
-            self._writes.append(_Write("down", element=DownElement("node", itf.node_id, "", at, event.id)))
+            self._writes.append(
+                _Write("down", element=DownElement("node", itf.node_id, "", at, event.id))
+            )
         affected = 0
         for rt in self._services_of(itf):
             if rt.outage is not None:
@@ -428,8 +470,14 @@ class StateKeeper:
             rt.outage, rt.outage_cause = OutageRef(), kind
             self._writes.append(
                 _Write(
-                    "open", ref=rt.outage, key=rt.key, at=at, reason=reason if rt is critical else f"{kind} down",
-                    event_id=event.id, cause=kind, cause_event_id=event.id,
+                    "open",
+                    ref=rt.outage,
+                    key=rt.key,
+                    at=at,
+                    reason=reason if rt is critical else f"{kind} down",
+                    event_id=event.id,
+                    cause=kind,
+                    cause_event_id=event.id,
                 )
             )
             self._dirty.add(rt.key)
@@ -456,7 +504,9 @@ class StateKeeper:
         )
         events = [event]
         itf.down, itf.down_since, itf.down_event_id = False, None, None
-        self._writes.append(_Write("up", element=DownElement("interface", itf.node_id, itf.ip, at, "")))
+        self._writes.append(
+            _Write("up", element=DownElement("interface", itf.node_id, itf.ip, at, ""))
+        )
         if node_was_down and node is not None:
             node.down, node.down_since, node.down_event_id = False, None, None
             self._writes.append(_Write("up", element=DownElement("node", itf.node_id, "", at, "")))
@@ -465,15 +515,23 @@ class StateKeeper:
                 if other.node_id == itf.node_id and other.down and other is not itf:
                     events.append(
                         make_event(
-                            "interface", "down", source=SOURCE, type_id=f"{other.node_id}/{other.ip}",
-                            node_id=other.node_id, location=critical.spec.location, created_at=at, ip=other.ip,
+                            "interface",
+                            "down",
+                            source=SOURCE,
+                            type_id=f"{other.node_id}/{other.ip}",
+                            node_id=other.node_id,
+                            location=critical.spec.location,
+                            created_at=at,
+                            ip=other.ip,
                             reason="still down after node up",
                         )
                     )
         closed = 0
         for rt in self._services_of(itf):
             if rt.outage_cause in ("interface", "node") and rt.outage is not None:
-                self._writes.append(_Write("close", ref=rt.outage, at=at, reason=f"{kind} up", event_id=event.id))
+                self._writes.append(
+                    _Write("close", ref=rt.outage, at=at, reason=f"{kind} up", event_id=event.id)
+                )
                 rt.outage, rt.outage_cause = None, ""
                 closed += 1
             if rt.status is Status.DOWN and rt.outage is None:
@@ -530,7 +588,9 @@ class StateKeeper:
     async def _write(tx: Transaction, w: _Write) -> list[Event]:
         if w.kind == "open":
             assert w.ref is not None and w.key is not None
-            w.ref.id = await tx.open_outage(w.key, w.at, w.reason, w.event_id or "", w.cause, w.cause_event_id)
+            w.ref.id = await tx.open_outage(
+                w.key, w.at, w.reason, w.event_id or "", w.cause, w.cause_event_id
+            )
         elif w.kind == "close":
             assert w.ref is not None
             if w.ref.id is not None:
@@ -583,7 +643,10 @@ class StateKeeper:
                 rt.stale = True
                 events.append(
                     self._event(
-                        "poller", "stale", rt, now,
+                        "poller",
+                        "stale",
+                        rt,
+                        now,
                         lastPollAt=reference if rt.last_poll_at is not None else None,
                         interval=interval,
                     )
@@ -641,13 +704,18 @@ class StateKeeper:
             if not rt.last_reason:
                 rt.last_reason = outage.reason
         for el in down or []:
-            if el.kind == "interface" and (itf := self.interfaces.get((el.node_id, el.ip))) is not None:
+            if (
+                el.kind == "interface"
+                and (itf := self.interfaces.get((el.node_id, el.ip))) is not None
+            ):
                 itf.down, itf.down_since, itf.down_event_id = True, el.since, el.event_id
             elif el.kind == "node" and (node := self.nodes.get(el.node_id)) is not None:
                 node.down, node.down_since, node.down_event_id = True, el.since, el.event_id
         return orphans
 
-    async def close_unmanaged(self, orphans: list[OutageRow], at: float, reason: str = "unmanaged") -> None:
+    async def close_unmanaged(
+        self, orphans: list[OutageRow], at: float, reason: str = "unmanaged"
+    ) -> None:
         """Close outages of services that are no longer configured."""
         if not orphans:
             return
@@ -657,9 +725,16 @@ class StateKeeper:
                     await tx.enqueue(
                         [
                             make_event(
-                                "outage", "closed", source=SOURCE, type_id=str(o.key),
-                                node_id=o.key.node_id, created_at=at, ip=o.key.ip,
-                                service=o.key.service, outageId=o.id, reason=reason,
+                                "outage",
+                                "closed",
+                                source=SOURCE,
+                                type_id=str(o.key),
+                                node_id=o.key.node_id,
+                                created_at=at,
+                                ip=o.key.ip,
+                                service=o.key.service,
+                                outageId=o.id,
+                                reason=reason,
                             )
                         ]
                     )
@@ -675,7 +750,9 @@ class StateKeeper:
             if rt.open_outage_id is not None
         ]
         await self.close_unmanaged(orphans, at, reason)
-        await self.emit([self._event("service", "deleted", rt, at, reason=reason) for rt in runtimes])
+        await self.emit(
+            [self._event("service", "deleted", rt, at, reason=reason) for rt in runtimes]
+        )
         for rt in runtimes:
             self._dirty.discard(rt.key)
             for fut in self.waiters.pop(rt.in_flight or "", []):
@@ -690,8 +767,15 @@ class StateKeeper:
         await self.emit(
             [
                 make_event(
-                    "service", "deleted", source=SOURCE, type_id=str(k), node_id=k.node_id,
-                    created_at=at, ip=k.ip, service=k.service, reason=reason,
+                    "service",
+                    "deleted",
+                    source=SOURCE,
+                    type_id=str(k),
+                    node_id=k.node_id,
+                    created_at=at,
+                    ip=k.ip,
+                    service=k.service,
+                    reason=reason,
                 )
                 for k in keys
             ]

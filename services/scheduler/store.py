@@ -173,7 +173,9 @@ def _outage(row: Any) -> OutageRow:
 
 
 def _key_cond(table: sa.Table, key: ServiceKey) -> Any:
-    return sa.and_(table.c.node_id == key.node_id, table.c.ip == key.ip, table.c.service == key.service)
+    return sa.and_(
+        table.c.node_id == key.node_id, table.c.ip == key.ip, table.c.service == key.service
+    )
 
 
 class Transaction:
@@ -215,13 +217,19 @@ class Transaction:
         result = await self.conn.execute(
             outages.update()
             .where(outages.c.id == outage_id, outages.c.closed_at.is_(None))
-            .values(closed_at=db.utc(at), regained_event_id=regained_event_id, close_reason=reason[:2000])
+            .values(
+                closed_at=db.utc(at),
+                regained_event_id=regained_event_id,
+                close_reason=reason[:2000],
+            )
         )
         return bool(result.rowcount)
 
     async def enqueue(self, events: Iterable[Event]) -> None:
         """Put events in the outbox; the relay publishes them after commit."""
-        rows = [{"event_id": e.id, "payload": e.to_json(), "created_at": db.utc(now())} for e in events]
+        rows = [
+            {"event_id": e.id, "payload": e.to_json(), "created_at": db.utc(now())} for e in events
+        ]
         if rows:
             await self.conn.execute(event_outbox.insert(), rows)
 
@@ -246,7 +254,9 @@ class Transaction:
         """Forget a down interface or node."""
         await self.conn.execute(
             down_elements.delete().where(
-                down_elements.c.kind == kind, down_elements.c.node_id == node_id, down_elements.c.ip == ip
+                down_elements.c.kind == kind,
+                down_elements.c.node_id == node_id,
+                down_elements.c.ip == ip,
             )
         )
 
@@ -287,7 +297,13 @@ class SchedulerStore:
             await db.upsert(
                 conn,
                 nodes,
-                [{"id": node_id, "document": json.dumps(document, sort_keys=True), "updated_at": db.utc(now())}],
+                [
+                    {
+                        "id": node_id,
+                        "document": json.dumps(document, sort_keys=True),
+                        "updated_at": db.utc(now()),
+                    }
+                ],
                 ("id",),
             )
 
@@ -342,7 +358,9 @@ class SchedulerStore:
         ]
         async with self.engine.begin() as conn:
             for i in range(0, len(values), 1000):
-                await db.upsert(conn, service_state, values[i : i + 1000], ("node_id", "ip", "service"))
+                await db.upsert(
+                    conn, service_state, values[i : i + 1000], ("node_id", "ip", "service")
+                )
 
     async def delete_states(self, keys: Iterable[ServiceKey]) -> None:
         """Forget the state of services that are no longer configured."""
@@ -356,14 +374,18 @@ class SchedulerStore:
         """Interfaces and nodes recorded as down."""
         async with self.engine.connect() as conn:
             rows = (await conn.execute(sa.select(down_elements))).all()
-        return [DownElement(r.kind, r.node_id, r.ip, db.epoch(r.since) or 0.0, r.event_id) for r in rows]
+        return [
+            DownElement(r.kind, r.node_id, r.ip, db.epoch(r.since) or 0.0, r.event_id) for r in rows
+        ]
 
     # -- outages ---------------------------------------------------------------------
 
     async def open_outages(self) -> list[OutageRow]:
         """Every outage still open."""
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(sa.select(outages).where(outages.c.closed_at.is_(None)))).all()
+            rows = (
+                await conn.execute(sa.select(outages).where(outages.c.closed_at.is_(None)))
+            ).all()
         return [_outage(r) for r in rows]
 
     async def list_outages(
@@ -434,9 +456,13 @@ class SchedulerStore:
         page = [*conds, results.c.id < before_id] if before_id is not None else conds
         async with self.engine.connect() as conn:
             rows = (
-                await conn.execute(sa.select(results).where(*page).order_by(results.c.id.desc()).limit(limit))
+                await conn.execute(
+                    sa.select(results).where(*page).order_by(results.c.id.desc()).limit(limit)
+                )
             ).all()
-            total = (await conn.execute(sa.select(sa.func.count()).select_from(results).where(*conds))).scalar_one()
+            total = (
+                await conn.execute(sa.select(sa.func.count()).select_from(results).where(*conds))
+            ).scalar_one()
         return [
             ResultRow(
                 id=r.id,
@@ -457,10 +483,16 @@ class SchedulerStore:
         while True:
             async with self.engine.begin() as conn:
                 ids = (
-                    await conn.execute(
-                        sa.select(results.c.id).where(results.c.at < db.utc(older_than)).limit(batch)
+                    (
+                        await conn.execute(
+                            sa.select(results.c.id)
+                            .where(results.c.at < db.utc(older_than))
+                            .limit(batch)
+                        )
                     )
-                ).scalars().all()
+                    .scalars()
+                    .all()
+                )
                 if not ids:
                     return removed
                 await conn.execute(results.delete().where(results.c.id.in_(ids)))
@@ -490,4 +522,8 @@ class SchedulerStore:
     async def outbox_size(self) -> int:
         """Events waiting to be published."""
         async with self.engine.connect() as conn:
-            return int((await conn.execute(sa.select(sa.func.count()).select_from(event_outbox))).scalar_one())
+            return int(
+                (
+                    await conn.execute(sa.select(sa.func.count()).select_from(event_outbox))
+                ).scalar_one()
+            )

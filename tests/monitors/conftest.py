@@ -92,7 +92,7 @@ def poll(monitors: MonitorSet) -> PollFn:
         name: str,
         address: str,
         params: dict[str, Any] | None = None,
-        timeout: float = 3.0,  # noqa: ASYNC109 - the service's timeout, as the runner gets it
+        timeout: float = 3.0,
         location: str = "Default",
         ttl: float | None = None,
     ) -> PollOutcome:
@@ -167,7 +167,7 @@ def snmpsim() -> Iterator[dict[str, Any]]:
         "--logging-method=null",
     ]
     env = {**os.environ, "SNMPSIM_ALLOW_ROOT": "true"}
-    log = open(tmp / "log", "wb")  # noqa: SIM115 - closed in teardown
+    log = open(tmp / "log", "wb")  # noqa: SIM115 - the agent writes to it until teardown
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         _wait_snmp(port, proc, tmp / "log")

@@ -87,9 +87,7 @@ def test_discovered_in_a_fresh_process(example_plugin):
 
 
 def test_params_validated_at_configuration_time(example_plugin):
-    with pytest.raises(
-        registry.ParamsError, match=r"params\.path: must be an absolute path"
-    ):
+    with pytest.raises(registry.ParamsError, match=r"params\.path: must be an absolute path"):
         registry.validate_params("file_age", {"path": "relative/file"})
     with pytest.raises(registry.ParamsError, match=r"params\.max_age: unknown key"):
         registry.validate_params("file_age", {"path": "/tmp/x", "max_age": 5})

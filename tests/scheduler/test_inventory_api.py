@@ -23,7 +23,9 @@ PACKAGES = [
     {
         "name": "fast",
         "downtime": [{"begin": "0s", "interval": "0.5s"}],
-        "services": [{"name": "Web", "monitor": "http", "params": {"path": "/health"}, "interval": "30s"}],
+        "services": [
+            {"name": "Web", "monitor": "http", "params": {"path": "/health"}, "interval": "30s"}
+        ],
     },
     {
         "name": "lab",
@@ -60,22 +62,32 @@ def node(node_id: str, port: int, *services: str) -> inventory_pb2.Node:
     return n
 
 
-async def test_put_get_list_delete_take_effect_at_once(stack: Stack, channel: grpc.aio.Channel) -> None:
+async def test_put_get_list_delete_take_effect_at_once(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
     inv = inventory_pb2_grpc.InventoryStub(channel)
     target = await TcpTarget().start()
     try:
-        created = await inv.PutNode(inventory_pb2.PutNodeRequest(node=node("api-1", target.port, "Echo", "Echo2")))
+        created = await inv.PutNode(
+            inventory_pb2.PutNodeRequest(node=node("api-1", target.port, "Echo", "Echo2"))
+        )
         assert created.source == inventory_pb2.NODE_SOURCE_API
         resolved = created.interfaces[0].services[0].resolved
         assert resolved.monitor == "tcp" and resolved.package == "fast"
         assert resolved.ttl.ToTimedelta().total_seconds() == 0.5  # its own interval
         services = stack.scheduler.services  # type: ignore[union-attr]
         echo = ServiceKey("api-1", "127.0.0.1", "Echo")
-        await wait_for(lambda: echo in services and services[echo].status is Status.UP, what="new service polled")
+        await wait_for(
+            lambda: echo in services and services[echo].status is Status.UP,
+            what="new service polled",
+        )
 
         # Replace: Echo2 goes away while DOWN with an open outage.
         await target.stop()
-        await wait_for(lambda: services[ServiceKey("api-1", "127.0.0.1", "Echo2")].open_outage_id, what="outage")
+        await wait_for(
+            lambda: services[ServiceKey("api-1", "127.0.0.1", "Echo2")].open_outage_id,
+            what="outage",
+        )
         await inv.PutNode(inventory_pb2.PutNodeRequest(node=node("api-1", target.port, "Echo")))
         assert ServiceKey("api-1", "127.0.0.1", "Echo2") not in services
         poller = poller_pb2_grpc.PollerStub(channel)
@@ -88,7 +100,9 @@ async def test_put_get_list_delete_take_effect_at_once(stack: Stack, channel: gr
         assert [s.name for s in got.interfaces[0].services] == ["Echo"]
         listed = await inv.ListNodes(inventory_pb2.ListNodesRequest(page_size=1))
         assert listed.total_size == 2 and listed.next_page_token
-        page2 = await inv.ListNodes(inventory_pb2.ListNodesRequest(page_size=1, page_token=listed.next_page_token))
+        page2 = await inv.ListNodes(
+            inventory_pb2.ListNodesRequest(page_size=1, page_token=listed.next_page_token)
+        )
         assert {listed.nodes[0].id, page2.nodes[0].id} == {"api-1", "from-file"}
 
         deleted = await inv.DeleteNode(inventory_pb2.DeleteNodeRequest(id="api-1"))
@@ -101,14 +115,19 @@ async def test_put_get_list_delete_take_effect_at_once(stack: Stack, channel: gr
         await target.stop()
 
 
-async def test_package_provides_monitor_and_last_match_wins(stack: Stack, channel: grpc.aio.Channel) -> None:
+async def test_package_provides_monitor_and_last_match_wins(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
     inv = inventory_pb2_grpc.InventoryStub(channel)
     n = inventory_pb2.Node(id="pkg-1")
     n.interfaces.add(ip="192.0.2.10").services.add(name="Web")
     n.interfaces.add(ip="198.51.100.10").services.add(name="Web")
     got = await inv.PutNode(inventory_pb2.PutNodeRequest(node=n))
     lab, other = (itf.services[0].resolved for itf in got.interfaces)
-    assert (lab.package, lab.params["path"]) == ("lab", "/lab")  # both match 192.0.2.10: the last wins
+    assert (lab.package, lab.params["path"]) == (
+        "lab",
+        "/lab",
+    )  # both match 192.0.2.10: the last wins
     assert (other.package, other.params["path"]) == ("fast", "/health")
     assert other.interval.ToTimedelta().total_seconds() == 30
 
@@ -117,8 +136,16 @@ async def test_package_provides_monitor_and_last_match_wins(stack: Stack, channe
     ("mutate", "code", "field"),
     [
         (lambda n: setattr(n, "id", ""), grpc.StatusCode.INVALID_ARGUMENT, "node.id"),
-        (lambda n: setattr(n, "location", "paris.east"), grpc.StatusCode.INVALID_ARGUMENT, "node.location"),
-        (lambda n: setattr(n.interfaces[0], "ip", "10.0.0.300"), grpc.StatusCode.INVALID_ARGUMENT, "node.interfaces[0].ip"),
+        (
+            lambda n: setattr(n, "location", "paris.east"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "node.location",
+        ),
+        (
+            lambda n: setattr(n.interfaces[0], "ip", "10.0.0.300"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "node.interfaces[0].ip",
+        ),
         (
             lambda n: setattr(n.interfaces[0].services[0], "monitor", "pign"),
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -139,7 +166,11 @@ async def test_package_provides_monitor_and_last_match_wins(stack: Stack, channe
             grpc.StatusCode.INVALID_ARGUMENT,
             "names no monitor",
         ),
-        (lambda n: setattr(n, "id", "from-file"), grpc.StatusCode.FAILED_PRECONDITION, "configuration file"),
+        (
+            lambda n: setattr(n, "id", "from-file"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "configuration file",
+        ),
     ],
 )
 async def test_bad_put_is_refused_and_nothing_changes(
@@ -168,12 +199,16 @@ async def test_config_node_cannot_be_deleted(channel: grpc.aio.Channel) -> None:
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_api_nodes_survive_a_restart(tmp_path: Path, nats_server: NatsServer, events_seen: EventCollector) -> None:
+async def test_api_nodes_survive_a_restart(
+    tmp_path: Path, nats_server: NatsServer, events_seen: EventCollector
+) -> None:
     cfg = make_config(tmp_path, nats_server.url, [CONFIG_NODE], packages=PACKAGES)
     stack = await Stack(cfg, nats_server.url).start(events=False)
     try:
         async with grpc.aio.insecure_channel(stack.scheduler.grpc_address) as ch:  # type: ignore[union-attr]
-            await inventory_pb2_grpc.InventoryStub(ch).PutNode(inventory_pb2.PutNodeRequest(node=node("api-9", 9)))
+            await inventory_pb2_grpc.InventoryStub(ch).PutNode(
+                inventory_pb2.PutNodeRequest(node=node("api-9", 9))
+            )
     finally:
         await stack.stop()
     stack = await Stack(cfg, nats_server.url).start(events=False)

@@ -107,13 +107,18 @@ def _node(ports: dict[str, int]) -> dict[str, Any]:
         "interfaces": [
             {
                 "ip": "127.0.0.1",
-                "services": [{"name": name, "monitor": "tcp", "params": {"port": port}} for name, port in ports.items()],
+                "services": [
+                    {"name": name, "monitor": "tcp", "params": {"port": port}}
+                    for name, port in ports.items()
+                ],
             }
         ],
     }
 
 
-async def test_node_outage_end_to_end(tmp_path: Path, nats_server: NatsServer, events_seen: EventCollector) -> None:
+async def test_node_outage_end_to_end(
+    tmp_path: Path, nats_server: NatsServer, events_seen: EventCollector
+) -> None:
     targets = {name: await TcpTarget().start() for name in ("Ping", "Web", "Db")}
     packages = [
         {
@@ -123,19 +128,33 @@ async def test_node_outage_end_to_end(tmp_path: Path, nats_server: NatsServer, e
             "retry_interval": "0.2s",
         }
     ]
-    cfg = make_config(tmp_path, nats_server.url, [_node({n: t.port for n, t in targets.items()})], packages=packages)
+    cfg = make_config(
+        tmp_path,
+        nats_server.url,
+        [_node({n: t.port for n, t in targets.items()})],
+        packages=packages,
+    )
     stack = await Stack(cfg, nats_server.url).start()
     try:
         assert stack.scheduler is not None
         services = stack.scheduler.services
-        await wait_for(lambda: all(rt.status is Status.UP for rt in services.values()), what="all UP")
+        await wait_for(
+            lambda: all(rt.status is Status.UP for rt in services.values()), what="all UP"
+        )
 
         for t in targets.values():
             await t.stop()
-        node_down = await wait_for(lambda: events_seen.find(type="node", action="down"), what="node down")
-        await wait_for(lambda: all(rt.outage is not None and rt.open_outage_id for rt in services.values()), what="outages")
+        node_down = await wait_for(
+            lambda: events_seen.find(type="node", action="down"), what="node down"
+        )
+        await wait_for(
+            lambda: all(rt.outage is not None and rt.open_outage_id for rt in services.values()),
+            what="outages",
+        )
         assert len(node_down) == 1
-        assert node_down[0]["nodeId"] == "web-1" and node_down[0]["data"]["criticalService"] == "Ping"
+        assert (
+            node_down[0]["nodeId"] == "web-1" and node_down[0]["data"]["criticalService"] == "Ping"
+        )
         assert events_seen.find(type="service") == []
 
         async with grpc.aio.insecure_channel(stack.scheduler.grpc_address) as ch:
@@ -150,7 +169,9 @@ async def test_node_outage_end_to_end(tmp_path: Path, nats_server: NatsServer, e
             await t.start()
         node_up = await wait_for(lambda: events_seen.find(type="node", action="up"), what="node up")
         assert len(node_up) == 1
-        await wait_for(lambda: all(rt.status is Status.UP for rt in services.values()), what="all UP again")
+        await wait_for(
+            lambda: all(rt.status is Status.UP for rt in services.values()), what="all UP again"
+        )
         assert events_seen.find(type="service") == []
         assert len(events_seen.find(type="node", action="down")) == 1
     finally:

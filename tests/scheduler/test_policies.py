@@ -9,7 +9,13 @@ import pytest
 
 from minion.monitors.base import Status
 from services.common.config import ConfigError, parse_config
-from services.common.policy import DEFAULT_DOWNTIME, DowntimeStep, Flapping, MaintenanceWindow, downtime_interval
+from services.common.policy import (
+    DEFAULT_DOWNTIME,
+    DowntimeStep,
+    Flapping,
+    MaintenanceWindow,
+    downtime_interval,
+)
 from services.scheduler.model import ServiceKey
 from services.scheduler.timing import effective_interval
 from tests.scheduler.util import T0, all_outages, make_keeper, obs, outbox_events, policy
@@ -19,7 +25,16 @@ KEY = ServiceKey("n1", "10.0.0.1", "HTTP")
 
 @pytest.mark.parametrize(
     ("down_for", "expected"),
-    [(0, 30), (299, 30), (300, 300), (43199, 300), (43200, 600), (431999, 600), (432000, 3600), (10**8, 3600)],
+    [
+        (0, 30),
+        (299, 30),
+        (300, 300),
+        (43199, 300),
+        (43200, 600),
+        (431999, 600),
+        (432000, 3600),
+        (10**8, 3600),
+    ],
 )
 def test_default_downtime_model_is_opennms(down_for: float, expected: float) -> None:
     assert downtime_interval(DEFAULT_DOWNTIME, down_for) == expected
@@ -60,7 +75,9 @@ async def test_downtime_model_drives_the_interval_while_down(tmp_path: Path) -> 
 
 
 async def test_confirmation_before_down_and_before_up(tmp_path: Path) -> None:
-    keeper = await make_keeper(f"sqlite:///{tmp_path}/s.db", [KEY], policy(confirm_down=3, confirm_up=2, critical=None))
+    keeper = await make_keeper(
+        f"sqlite:///{tmp_path}/s.db", [KEY], policy(confirm_down=3, confirm_up=2, critical=None)
+    )
     rt = keeper.services[KEY]
     await keeper.apply([obs(KEY, Status.UP, T0)])
     # Two failures, then a success: a blip, no outage (the false "30-second outage").
@@ -72,7 +89,11 @@ async def test_confirmation_before_down_and_before_up(tmp_path: Path) -> None:
     assert await all_outages(keeper) == []
     # Three in a row, with an UNKNOWN in between that counts for nothing.
     await keeper.apply(
-        [obs(KEY, Status.DOWN, T0 + 10), obs(KEY, Status.UNKNOWN, T0 + 11), obs(KEY, Status.DOWN, T0 + 12)]
+        [
+            obs(KEY, Status.DOWN, T0 + 10),
+            obs(KEY, Status.UNKNOWN, T0 + 11),
+            obs(KEY, Status.DOWN, T0 + 12),
+        ]
     )
     assert rt.status is Status.UP
     await keeper.apply([obs(KEY, Status.DOWN, T0 + 13)])
@@ -86,16 +107,32 @@ async def test_confirmation_before_down_and_before_up(tmp_path: Path) -> None:
     [outage] = await all_outages(keeper)
     assert outage.closed_at == T0 + 20
     kinds = [(e["type"], e["action"]) for e in await outbox_events(keeper)]
-    assert kinds == [("service", "lost"), ("outage", "opened"), ("service", "regained"), ("outage", "closed")]
+    assert kinds == [
+        ("service", "lost"),
+        ("outage", "opened"),
+        ("service", "regained"),
+        ("outage", "closed"),
+    ]
     await keeper.store.close()
 
 
 async def test_flapping_suppresses_lost_and_regained_until_settled(tmp_path: Path) -> None:
     keeper = await make_keeper(
-        f"sqlite:///{tmp_path}/s.db", [KEY], policy(flapping=Flapping(window=6, threshold=4), critical=None)
+        f"sqlite:///{tmp_path}/s.db",
+        [KEY],
+        policy(flapping=Flapping(window=6, threshold=4), critical=None),
     )
     rt = keeper.services[KEY]
-    seq = [Status.UP, Status.DOWN, Status.UP, Status.DOWN, Status.UP, Status.DOWN, Status.UP, Status.DOWN]
+    seq = [
+        Status.UP,
+        Status.DOWN,
+        Status.UP,
+        Status.DOWN,
+        Status.UP,
+        Status.DOWN,
+        Status.UP,
+        Status.DOWN,
+    ]
     await keeper.apply([obs(KEY, s, T0 + i) for i, s in enumerate(seq)])
     assert rt.flapping
     events = await outbox_events(keeper)
@@ -121,7 +158,9 @@ async def test_maintenance_marks_events_suppressed(tmp_path: Path) -> None:
         start=datetime.fromtimestamp(T0 - 3600, UTC),
         end=datetime.fromtimestamp(T0 + 3600, UTC),
     )
-    keeper = await make_keeper(f"sqlite:///{tmp_path}/s.db", [KEY], policy(maintenance=(window,), critical=None))
+    keeper = await make_keeper(
+        f"sqlite:///{tmp_path}/s.db", [KEY], policy(maintenance=(window,), critical=None)
+    )
     await keeper.apply([obs(KEY, Status.UP, T0), obs(KEY, Status.DOWN, T0 + 1)])
     # Outside the window: not suppressed.
     await keeper.apply([obs(KEY, Status.UP, T0 + 7200)])
@@ -135,7 +174,9 @@ async def test_maintenance_marks_events_suppressed(tmp_path: Path) -> None:
 
 def test_weekly_maintenance_window_recurs() -> None:
     w = MaintenanceWindow(
-        start=datetime(2026, 11, 3, 2, 0, tzinfo=UTC), end=datetime(2026, 11, 3, 4, 0, tzinfo=UTC), weekly=True
+        start=datetime(2026, 11, 3, 2, 0, tzinfo=UTC),
+        end=datetime(2026, 11, 3, 4, 0, tzinfo=UTC),
+        weekly=True,
     )
     assert w.active(datetime(2026, 11, 10, 3, 0, tzinfo=UTC).timestamp())
     assert not w.active(datetime(2026, 11, 10, 5, 0, tzinfo=UTC).timestamp())
@@ -156,6 +197,8 @@ async def test_stale_service_emits_poller_stale_once(tmp_path: Path) -> None:
     # A paused service is not stale.
     rt.paused = True
     assert await keeper.sweep_stale(T0 + 10_000) == 0
-    stale = [e for e in await outbox_events(keeper) if (e["type"], e["action"]) == ("poller", "stale")]
+    stale = [
+        e for e in await outbox_events(keeper) if (e["type"], e["action"]) == ("poller", "stale")
+    ]
     assert len(stale) == 1 and stale[0]["typeId"] == str(KEY)
     await keeper.store.close()

@@ -30,10 +30,20 @@ async def target() -> AsyncIterator[TcpTarget]:
 async def stack(tmp_path: Path, nats_server: NatsServer, target: TcpTarget) -> AsyncIterator[Stack]:
     node = {
         "id": "n1",
-        "interfaces": [{"ip": "127.0.0.1", "services": [{"name": "Echo", "monitor": "tcp", "params": {"port": target.port}}]}],
+        "interfaces": [
+            {
+                "ip": "127.0.0.1",
+                "services": [{"name": "Echo", "monitor": "tcp", "params": {"port": target.port}}],
+            }
+        ],
     }
     # A long interval: anything polled within the test was polled on demand.
-    cfg = make_config(tmp_path, nats_server.url, [node], defaults={"interval": "1h", "timeout": "1s", "retries": 0})
+    cfg = make_config(
+        tmp_path,
+        nats_server.url,
+        [node],
+        defaults={"interval": "1h", "timeout": "1s", "retries": 0},
+    )
     s = await Stack(cfg, nats_server.url).start(events=False)
     try:
         yield s
@@ -48,7 +58,9 @@ async def poller(stack: Stack) -> AsyncIterator[poller_pb2_grpc.PollerStub]:
         yield poller_pb2_grpc.PollerStub(ch)
 
 
-async def test_poll_now_returns_the_fresh_result(stack: Stack, poller: poller_pb2_grpc.PollerStub, target: TcpTarget) -> None:
+async def test_poll_now_returns_the_fresh_result(
+    stack: Stack, poller: poller_pb2_grpc.PollerStub, target: TcpTarget
+) -> None:
     up = await poller.PollNow(poller_pb2.PollNowRequest(service=REF))
     assert up.service.last_poll_status == common_pb2.POLL_STATUS_UP
     assert up.service.status == common_pb2.POLL_STATUS_UP
@@ -65,7 +77,11 @@ async def test_poll_now_bad_requests(poller: poller_pb2_grpc.PollerStub) -> None
         await poller.PollNow(poller_pb2.PollNowRequest())
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await poller.PollNow(poller_pb2.PollNowRequest(service=common_pb2.ServiceRef(node_id="n1", ip="127.0.0.1", service="X")))
+        await poller.PollNow(
+            poller_pb2.PollNowRequest(
+                service=common_pb2.ServiceRef(node_id="n1", ip="127.0.0.1", service="X")
+            )
+        )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -86,12 +102,16 @@ async def test_pause_stops_scheduled_polls_and_survives_restart(
     assert rt.paused
     assert KEY not in stack.scheduler.dispatcher.schedule  # type: ignore[union-attr]
     async with grpc.aio.insecure_channel(stack.scheduler.grpc_address) as ch:
-        resumed = await poller_pb2_grpc.PollerStub(ch).SetPaused(poller_pb2.SetPausedRequest(service=REF, paused=False))
+        resumed = await poller_pb2_grpc.PollerStub(ch).SetPaused(
+            poller_pb2.SetPausedRequest(service=REF, paused=False)
+        )
     assert not resumed.paused
     assert KEY in stack.scheduler.dispatcher.schedule  # type: ignore[union-attr]
 
 
-async def test_list_results_keeps_history_with_paging(stack: Stack, poller: poller_pb2_grpc.PollerStub, target: TcpTarget) -> None:
+async def test_list_results_keeps_history_with_paging(
+    stack: Stack, poller: poller_pb2_grpc.PollerStub, target: TcpTarget
+) -> None:
     await poller.PollNow(poller_pb2.PollNowRequest(service=REF))
     await target.stop()
     await poller.PollNow(poller_pb2.PollNowRequest(service=REF))
@@ -101,7 +121,9 @@ async def test_list_results_keeps_history_with_paging(stack: Stack, poller: poll
     seen = []
     token = ""
     while True:
-        page = await poller.ListResults(poller_pb2.ListResultsRequest(node_id="n1", page_size=2, page_token=token))
+        page = await poller.ListResults(
+            poller_pb2.ListResultsRequest(node_id="n1", page_size=2, page_token=token)
+        )
         assert page.total_size == 3
         seen += list(page.results)
         token = page.next_page_token
@@ -115,7 +137,9 @@ async def test_list_results_keeps_history_with_paging(stack: Stack, poller: poll
     assert seen[1].reason.startswith("connection refused")
     assert seen[0].system_id
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await poller.ListResults(poller_pb2.ListResultsRequest(node_id="n2", page_token=page.next_page_token or "x"))
+        await poller.ListResults(
+            poller_pb2.ListResultsRequest(node_id="n2", page_token=page.next_page_token or "x")
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -130,14 +154,29 @@ async def test_a_hung_poll_delays_no_other_service(tmp_path: Path, nats_server: 
     nodes = [
         {
             "id": "slow",
-            "interfaces": [{"ip": "127.0.0.1", "services": [
-                {"name": "Hung", "monitor": "tcp", "timeout": "20s", "ttl": "30s",
-                 "params": {"port": hung.sockets[0].getsockname()[1], "banner": "^SSH"}}
-            ]}],
+            "interfaces": [
+                {
+                    "ip": "127.0.0.1",
+                    "services": [
+                        {
+                            "name": "Hung",
+                            "monitor": "tcp",
+                            "timeout": "20s",
+                            "ttl": "30s",
+                            "params": {"port": hung.sockets[0].getsockname()[1], "banner": "^SSH"},
+                        }
+                    ],
+                }
+            ],
         },
         {
             "id": "quick",
-            "interfaces": [{"ip": "127.0.0.1", "services": [{"name": "Fast", "monitor": "tcp", "params": {"port": fast.port}}]}],
+            "interfaces": [
+                {
+                    "ip": "127.0.0.1",
+                    "services": [{"name": "Fast", "monitor": "tcp", "params": {"port": fast.port}}],
+                }
+            ],
         },
     ]
     cfg = make_config(tmp_path, nats_server.url, nodes)
@@ -151,7 +190,9 @@ async def test_a_hung_poll_delays_no_other_service(tmp_path: Path, nats_server: 
         await wait_for(lambda: fast_rt.last_poll_at != polls_at_start, what="a fast poll")
         for _ in range(4):  # the fast service keeps its 0.5 s rhythm
             before = fast_rt.last_poll_at
-            await wait_for(lambda: fast_rt.last_poll_at != before, timeout=5, what="next fast poll")
+            await wait_for(
+                lambda b=before: fast_rt.last_poll_at != b, timeout=5, what="next fast poll"
+            )
         assert hung_rt.in_flight is not None and hung_rt.last_poll_at is None
         assert fast_rt.status is Status.UP
     finally:

@@ -25,7 +25,9 @@ async def test_restart_mid_outage_keeps_outages_and_emits_no_duplicates(
     tmp_path: Path, nats_server: NatsServer, events_seen: EventCollector, db_url: str
 ) -> None:
     target = await TcpTarget().start()
-    cfg = make_config(tmp_path, nats_server.url, nodes(target.port, True), scheduler={"store_url": db_url})
+    cfg = make_config(
+        tmp_path, nats_server.url, nodes(target.port, True), scheduler={"store_url": db_url}
+    )
     stack = await Stack(cfg, nats_server.url).start()
     try:
         assert stack.scheduler is not None
@@ -35,11 +37,15 @@ async def test_restart_mid_outage_keeps_outages_and_emits_no_duplicates(
         await wait_for(lambda: rt.open_outage_id, what="Echo outage")
         await wait_for(lambda: stack.scheduler.services[GONE].open_outage_id, what="Gone outage")  # type: ignore[union-attr]
         outage_id = rt.open_outage_id
-        await wait_for(lambda: len(events_seen.find(type="service", action="lost")) == 2, what="2 lost events")
+        await wait_for(
+            lambda: len(events_seen.find(type="service", action="lost")) == 2, what="2 lost events"
+        )
         await stack.scheduler.stop()
 
         # Restart with "Gone" no longer configured.
-        stack.cfg = make_config(tmp_path, nats_server.url, nodes(target.port, False), scheduler={"store_url": db_url})
+        stack.cfg = make_config(
+            tmp_path, nats_server.url, nodes(target.port, False), scheduler={"store_url": db_url}
+        )
         for m in list(stack.minions):
             await stack.stop_minion(m)
         await stack.start_scheduler()
@@ -54,13 +60,19 @@ async def test_restart_mid_outage_keeps_outages_and_emits_no_duplicates(
         assert len(events_seen.find(type="outage", action="opened")) == 2
         # The outage of the service no longer configured was closed as unmanaged.
         closed = await wait_for(
-            lambda: [e for e in events_seen.find(type="outage", action="closed") if e["data"]["service"] == "Gone"],
+            lambda: [
+                e
+                for e in events_seen.find(type="outage", action="closed")
+                if e["data"]["service"] == "Gone"
+            ],
             what="Gone closed",
         )
         assert closed[0]["data"]["reason"] == "unmanaged"
 
         await target.start()
-        regained = await wait_for(lambda: events_seen.find(type="service", action="regained"), what="regained")
+        regained = await wait_for(
+            lambda: events_seen.find(type="service", action="regained"), what="regained"
+        )
         assert regained[0]["data"]["outageId"] == outage_id
         rows, total = await stack.scheduler.store.list_outages(
             state=None, node_id="n1", service=None, before_id=None, limit=10

@@ -46,9 +46,13 @@ def reference(seq: list[Status], n: int, m: int) -> tuple[Status, list[list[floa
     return state, outages
 
 
-async def run(seq: list[Status], n: int, m: int, batch: int) -> tuple[Status, list[list[float | None]], list[dict[str, object]]]:
+async def run(
+    seq: list[Status], n: int, m: int, batch: int
+) -> tuple[Status, list[list[float | None]], list[dict[str, object]]]:
     with tempfile.TemporaryDirectory() as tmp:
-        keeper = await make_keeper(f"sqlite:///{Path(tmp)}/s.db", [KEY], policy(n, m, critical=None))
+        keeper = await make_keeper(
+            f"sqlite:///{Path(tmp)}/s.db", [KEY], policy(n, m, critical=None)
+        )
         try:
             observations = [obs(KEY, s, T0 + i) for i, s in enumerate(seq)]
             for i in range(0, len(observations), batch):
@@ -67,7 +71,9 @@ async def run(seq: list[Status], n: int, m: int, batch: int) -> tuple[Status, li
     m=st.integers(1, 3),
     batch=st.integers(1, 7),
 )
-def test_any_sequence_yields_well_formed_outages(seq: list[Status], n: int, m: int, batch: int) -> None:
+def test_any_sequence_yields_well_formed_outages(
+    seq: list[Status], n: int, m: int, batch: int
+) -> None:
     state, outages, events = asyncio.run(run(seq, n, m, batch))
     expected_state, expected = reference(seq, n, m)
     assert state is expected_state

@@ -7,7 +7,14 @@ from typing import Any
 
 from minion.monitors.base import Status
 from services.common.policy import DEFAULT_DOWNTIME, Flapping, MaintenanceWindow
-from services.scheduler.model import InterfaceState, NodeState, Observation, ServiceKey, ServiceRuntime, ServiceSpec
+from services.scheduler.model import (
+    InterfaceState,
+    NodeState,
+    Observation,
+    ServiceKey,
+    ServiceRuntime,
+    ServiceSpec,
+)
 from services.scheduler.packages import Policy
 from services.scheduler.state import StateKeeper
 from services.scheduler.store import SchedulerStore
@@ -36,13 +43,24 @@ def policy(
 
 def spec(key: ServiceKey, pol: Policy, interval: float = 60.0) -> ServiceSpec:
     return ServiceSpec(
-        key=key, location="Default", monitor="tcp", params={"port": 1}, interval=interval,
-        timeout=1.0, retries=0, ttl=interval, policy=pol,
+        key=key,
+        location="Default",
+        monitor="tcp",
+        params={"port": 1},
+        interval=interval,
+        timeout=1.0,
+        retries=0,
+        ttl=interval,
+        policy=pol,
     )
 
 
 async def make_keeper(
-    url: str, keys: list[ServiceKey], pol: Policy, *, critical: dict[tuple[str, str], ServiceKey] | None = None
+    url: str,
+    keys: list[ServiceKey],
+    pol: Policy,
+    *,
+    critical: dict[tuple[str, str], ServiceKey] | None = None,
 ) -> StateKeeper:
     """A keeper over an opened store, with interfaces and nodes for ``keys``."""
     store = SchedulerStore(url)
@@ -67,5 +85,7 @@ async def outbox_events(keeper: StateKeeper) -> list[dict[str, Any]]:
 
 
 async def all_outages(keeper: StateKeeper) -> list[Any]:
-    rows, _ = await keeper.store.list_outages(state=None, node_id=None, service=None, before_id=None, limit=100_000)
+    rows, _ = await keeper.store.list_outages(
+        state=None, node_id=None, service=None, before_id=None, limit=100_000
+    )
     return sorted(rows, key=lambda r: r.id)

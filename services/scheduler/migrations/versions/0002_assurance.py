@@ -18,11 +18,15 @@ When = sa.DateTime(timezone=True)
 
 def upgrade() -> None:
     with op.batch_alter_table("outages") as batch:
-        batch.add_column(sa.Column("cause", sa.String(16), nullable=False, server_default="service"))
+        batch.add_column(
+            sa.Column("cause", sa.String(16), nullable=False, server_default="service")
+        )
         batch.add_column(sa.Column("cause_event_id", sa.String(64)))
     with op.batch_alter_table("service_state") as batch:
         batch.add_column(sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()))
-        batch.add_column(sa.Column("flapping", sa.Boolean, nullable=False, server_default=sa.false()))
+        batch.add_column(
+            sa.Column("flapping", sa.Boolean, nullable=False, server_default=sa.false())
+        )
     op.create_table(
         "down_elements",
         sa.Column("kind", sa.String(16), primary_key=True),
