@@ -26,6 +26,14 @@ from services.common.config import (
     VigilConfig,
     parse_config,
 )
+from services.common.policy import (
+    DowntimeStep,
+    Flapping,
+    MaintenanceWindow,
+    Package,
+    PackageFilter,
+    PackageService,
+)
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
@@ -40,6 +48,12 @@ TABLES: dict[str, type[BaseModel]] = {
     "Node": NodeConfig,
     "Interface": InterfaceConfig,
     "Service": ServiceConfig,
+    "Package": Package,
+    "Filter": PackageFilter,
+    "Definition": PackageService,
+    "Downtime": DowntimeStep,
+    "Flapping": Flapping,
+    "Maintenance": MaintenanceWindow,
 }
 
 
@@ -63,7 +77,7 @@ def test_every_key_is_documented() -> None:
     for heading, model in TABLES.items():
         assert heading in found, f"no table for {heading}"
         assert sorted(found[heading]) == sorted(model.model_fields), heading
-    sections = {h for h in TABLES if h.islower()} | {"nodes"}
+    sections = {h for h in TABLES if h.islower()} | {"nodes", "packages"}
     assert sections == set(VigilConfig.model_fields)
 
 

@@ -151,14 +151,33 @@ class PackageFilter(_Strict):
     addresses: tuple[IpAddress, ...] = ()
     locations: tuple[str, ...] = ()
 
+    @field_validator("addresses", mode="before")
+    @classmethod
+    def _addresses(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            out = []
+            for x in v:
+                try:
+                    out.append(ipaddress.ip_address(str(x)) if isinstance(x, str) else x)
+                except ValueError:
+                    raise ValueError(
+                        f"{x!r} is not an IP address (put ranges in include_ranges)"
+                    ) from None
+            return tuple(out)
+        return v
+
     @field_validator("include_ranges", "exclude_ranges", mode="before")
     @classmethod
-    def _lenient_ranges(cls, v: Any) -> Any:
-        # "10.0.0.1/8" is what operators write; accept it as 10.0.0.0/8.
+    def _ranges(cls, v: Any) -> Any:
         if isinstance(v, list | tuple):
-            return tuple(
-                ipaddress.ip_network(str(x), strict=False) if isinstance(x, str) else x for x in v
-            )
+            out = []
+            for x in v:
+                try:
+                    # "10.0.0.1/8" is what operators write; accept it as 10.0.0.0/8.
+                    out.append(ipaddress.ip_network(str(x), strict=False) if isinstance(x, str) else x)
+                except ValueError:
+                    raise ValueError(f"{x!r} is not an address range like 10.0.0.0/8") from None
+            return tuple(out)
         return v
 
     def matches(self, ip: str, location: str) -> bool:

@@ -225,6 +225,9 @@ class StateKeeper:
                     self.scheduling.reschedule(key)
             for key, urgent in follow:
                 if key in self.services:
+                    if not urgent:
+                        # Back on its schedule (it may have been dropped while held).
+                        self.scheduling.reschedule(key)
                     self.scheduling.poll_now(key, urgent=urgent)
         for rid, rt in resolved:
             for fut in self.waiters.pop(rid, []):
@@ -538,6 +541,7 @@ class StateKeeper:
                 # Presumed up with its interface; an immediate poll tells the truth.
                 rt.status, rt.status_since = Status.UP, at
             rt.against, rt.against_since = 0, None
+            rt.polling_stopped = False
             self._dirty.add(rt.key)
             if rt is not critical:
                 self._follow.append((rt.key, False))
@@ -635,7 +639,9 @@ class StateKeeper:
                 rt.stale = False
                 continue
             interval = effective_interval(rt, now)
-            reference = rt.last_poll_at if rt.last_poll_at is not None else rt.added
+            # Since the last result, or since this process scheduled the service
+            # (a restart after a long stop is not staleness).
+            reference = max(rt.last_poll_at or 0.0, rt.added)
             if interval is None or reference == 0.0:
                 continue
             late = now - reference > 2 * interval
