@@ -8,7 +8,7 @@ import os
 import platform
 import sys
 
-from bench import events, monitors, pipeline, startup
+from bench import events, minions, monitors, pipeline, startup
 from bench.common import table
 
 
@@ -16,7 +16,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs")
     parser.add_argument(
-        "--only", default="", help="comma-separated sections: pipeline,startup,events,monitors"
+        "--only",
+        default="",
+        help="comma-separated sections: pipeline,minions,startup,events,monitors",
     )
     ns = parser.parse_args()
     only = {s for s in ns.only.split(",") if s}
@@ -28,6 +30,10 @@ def main() -> None:
         print("\n## pipeline (scheduler → NATS → minion → gRPC → state)")
         rows = asyncio.run(pipeline.main(quick=ns.quick))
         print(table(rows))
+        sys.stdout.flush()
+    if not only or "minions" in only:  # issue 6
+        print("\n## minions (1, 2, 4 minions at one location, through the real pipeline)")
+        print(table(asyncio.run(minions.main(quick=ns.quick))))
         sys.stdout.flush()
     if not only or "startup" in only:
         print("\n## start-up of a large inventory (process start → every service dispatched once)")

@@ -178,6 +178,8 @@ class Minion:
     async def start(self) -> None:
         """Connect to NATS and the scheduler; start taking requests."""
         self.tasks.spawn("sink", self.sink.run())
+        # Before NATS: a store-and-forward minion started during a cut polls on its own.
+        self.tasks.spawn("site", self.site.run())
         self._nc = nc = await natsconn.connect(self.nats_url, f"vigil-minion-{self.system_id}")
         _, own = self.subjects
         self._own = await nc.subscribe(
@@ -189,7 +191,6 @@ class Minion:
         await self._reconcile_intake()
         await nc.flush(timeout=5)
         self.tasks.spawn("intake", self._intake_loop())
-        self.tasks.spawn("site", self.site.run())
         log.info(
             "minion %s at location %s: NATS %s, scheduler %s, monitors %s",
             self.system_id,
@@ -224,7 +225,7 @@ class Minion:
                 return
             if self._stopping:  # stop() began while we subscribed
                 sub, self._shared = self._shared, None
-                await _leave(sub)
+                await _leave(self._nc, sub)
                 return
             if self.intake_pauses:
                 self.intake_resumes += 1
@@ -249,7 +250,7 @@ class Minion:
                 why,
                 self.runner.in_flight,
             )
-            await _leave(sub)
+            await _leave(self._nc, sub)
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop taking requests, finish in-flight polls (bounded), flush, say goodbye, close."""
@@ -258,7 +259,7 @@ class Minion:
         shared, own, self._shared, self._own = self._shared, self._own, None, None
         for sub in (shared, own):
             if sub is not None:
-                await _leave(sub)
+                await _leave(self._nc, sub)
         timeout = self.settings.drain_timeout if drain_timeout is None else drain_timeout
         await self.runner.drain(timeout)
         if self.sink.connected.is_set():
@@ -279,11 +280,24 @@ class Minion:
         )
 
 
-async def _leave(sub: Any) -> None:
-    """Unsubscribe, handing over requests already received (bounded wait)."""
-    try:
-        # drain: the server stops sending at once; what already arrived is still run.
-        await asyncio.wait_for(sub.drain(), UNSUBSCRIBE_TIMEOUT)
-    except Exception:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+async def _leave(nc: NATS | None, sub: Any) -> None:
+    """Unsubscribe, still running the requests already received (bounded wait).
+
+    Connected: ``drain`` (the server stops sending at once; what already
+    arrived is processed). Not connected: a local unsubscribe, so that the
+    client does not subscribe again when it reconnects.
+    """
+    if nc is not None and nc.is_connected:
+        try:
+            await asyncio.wait_for(sub.drain(), UNSUBSCRIBE_TIMEOUT)
+            return
+        except Exception as exc:
+            log.debug("draining %s failed (%r); dropping it locally", sub.subject, exc)
+            # The UNSUB went out first; make sure the client forgets it too (a
+            # failed drain leaves it registered, and a reconnect would renew it).
+            with contextlib.suppress(Exception):
+                sub._stop_processing()
+                nc._remove_sub(sub._id)
+            return
+    with contextlib.suppress(Exception):
+        await sub.unsubscribe()
