@@ -126,7 +126,7 @@ class SchedulerSettings(Strict):
     max_in_flight: int = Field(default=100_000, ge=1)
     max_in_flight_per_node: int = Field(default=100, ge=1)
     #: Every poll result is kept this long for ``ListResults`` (``0s``: no history).
-    results_retention: Duration = 7 * 86400.0
+    results_retention: Duration = 86400.0
 
 
 class EventsSettings(Strict):

@@ -105,7 +105,12 @@ class Scheduler:
                 (
                     poller_pb2_grpc.add_PollerServicer_to_server,
                     PollerServicer(
-                        self.services, self.store, self.registry, self.dispatcher, keeper
+                        self.services,
+                        self.store,
+                        self.registry,
+                        self.dispatcher,
+                        keeper,
+                        version=lambda: self.inventory.version,
                     ),
                     "vigil.v1.Poller",
                 ),

@@ -83,6 +83,8 @@ class Inventory:
         self.entries: dict[str, NodeEntry] = {}
         #: node id → its service keys (the runtime dict is keyed by service).
         self._by_node: dict[str, set[ServiceKey]] = {}
+        #: Bumped on every change of the set of services (lets readers cache sorted views).
+        self.version = 0
 
     # -- building ------------------------------------------------------------------
 
@@ -127,6 +129,7 @@ class Inventory:
     ) -> tuple[list[ServiceKey], list[ServiceKey], list[ServiceRuntime]]:
         """Bring the runtime dicts in line with ``entry``; returns (added, changed, removed)."""
         node = entry.node
+        self.version += 1
         old = self._by_node.get(node.id, set())
         new = set(entry.specs)
         self._by_node[node.id] = new
@@ -160,6 +163,7 @@ class Inventory:
         return added, changed, removed
 
     def _uninstall(self, node_id: str) -> list[ServiceRuntime]:
+        self.version += 1
         keys = self._by_node.pop(node_id, set())
         removed = [self.services.pop(k) for k in keys if k in self.services]
         for ip in {k.ip for k in keys}:

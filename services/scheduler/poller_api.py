@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -102,12 +103,23 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         registry: MinionRegistry,
         dispatcher: Dispatcher | None = None,
         keeper: StateKeeper | None = None,
+        version: Callable[[], int] | None = None,
     ) -> None:
         self.services = services
         self.store = store
         self.registry = registry
         self.dispatcher = dispatcher
         self.keeper = keeper
+        # Sorting 100k keys per page request is wasteful: keep the sorted
+        # view until the inventory changes.
+        self._version = version
+        self._sorted: tuple[object, list[ServiceKey]] | None = None
+
+    def _sorted_keys(self) -> list[ServiceKey]:
+        stamp = (self._version() if self._version else None, len(self.services))
+        if self._sorted is None or self._sorted[0] != stamp or stamp[0] is None:
+            self._sorted = (stamp, sorted(self.services))
+        return self._sorted[1]
 
     def _status(self, rt: ServiceRuntime) -> poller_pb2.ServiceStatus:
         held = (
@@ -214,13 +226,14 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         ):
             raise InvalidArgument("page_token", "not a token this server issued")
         want = PB_STATUS.get(request.status)
-        matching = sorted(
+        matching = [
             key
-            for key, rt in self.services.items()
-            if (not request.node_id or key.node_id == request.node_id)
+            for key in self._sorted_keys()
+            if (rt := self.services.get(key)) is not None
+            and (not request.node_id or key.node_id == request.node_id)
             and (not request.location or rt.spec.location == request.location)
             and (want is None or rt.status is want)
-        )
+        ]
         start = 0
         if after is not None:
             last = ServiceKey(*after)
