@@ -14,9 +14,11 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from services.common.config import DEFAULT_LOCATION, VigilConfig
@@ -37,6 +39,24 @@ def _stop(proc: subprocess.Popen[bytes], name: str, timeout: float) -> None:
         print(f"vigil up: {name} did not stop within {timeout:.0f}s; killing it", file=sys.stderr)
         proc.kill()
         proc.wait(5)
+
+
+def _wait_listening(address: str, timeout: float, alive: Callable[[], bool]) -> bool:
+    """Wait until ``host:port`` accepts connections (``False`` on timeout or a dead child)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if host in ("0.0.0.0", "", "*"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and alive():
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
 
 
 def locations(cfg: VigilConfig) -> list[str]:
@@ -75,6 +95,10 @@ def run_up(cfg: VigilConfig, config_path: Path, state_dir: Path, log_level: str)
 
     spawn("events", "events")
     spawn("scheduler", "scheduler")
+    # Minions would only log refused connections until the scheduler listens.
+    _wait_listening(
+        cfg.scheduler.listen, timeout=60.0, alive=lambda: children[-1][1].poll() is None
+    )
     for loc in locations(cfg):
         spawn(
             f"minion[{loc}]",
