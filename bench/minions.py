@@ -60,7 +60,7 @@ def _nodes(services: int, monitor: str, params: dict[str, Any]) -> list[dict[str
 def _total(counter: Any, **labels: str) -> float:
     """Sum of a counter's ``_total`` samples whose labels include ``labels``."""
     return sum(
-        s.value
+        float(s.value)
         for m in counter.collect()
         for s in m.samples
         if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items())

@@ -22,6 +22,7 @@ scheduler marks it down at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -90,6 +91,10 @@ class SinkClient:
         self._heard_heartbeat_ack = False
         self._last_read = 0.0
         self.connected = asyncio.Event()
+        #: Set when a session ends (cleared when one starts).
+        self._ended = asyncio.Event()
+        #: Set on every acknowledgement (for :meth:`flush`).
+        self._progress = asyncio.Event()
         #: Loop-clock time since when there has been no session (``None`` while connected).
         self.disconnected_since: float | None = _loop_time()
         #: Wall-clock time of the last sign that a session worked (0: never).
@@ -148,6 +153,7 @@ class SinkClient:
                 if self.connected.is_set():
                     self.disconnected_since = _loop_time()
                 self.connected.clear()
+                self._ended.set()
                 self._replay = None  # not committed: read again from the spool next time
                 self._requeue_unacked()
             if self._goodbye is not None:
@@ -177,7 +183,7 @@ class SinkClient:
             call = stub.Connect()
             await call.write(sink_pb2.MinionMessage(hello=self._hello()))
             first = await asyncio.wait_for(call.read(), timeout=15.0)
-            if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
+            if not isinstance(first, sink_pb2.SinkMessage) or first.WhichOneof("kind") != "welcome":
                 raise ConnectionError("scheduler did not welcome this minion")
             interval = from_duration(first.welcome.heartbeat_interval) or 5.0
             # Twice the silence after which the scheduler declares us down: longer
@@ -190,6 +196,7 @@ class SinkClient:
                 self._on_welcome(first.welcome)
             self.last_contact = time.time()
             self.sessions += 1
+            self._ended.clear()
             self.connected.set()
             self.disconnected_since = None
             reader = asyncio.create_task(self._read(call))
@@ -216,6 +223,7 @@ class SinkClient:
                 self._on_schedule(msg.schedule)
 
     def _on_ack(self, ack: sink_pb2.BatchAck) -> None:
+        self._progress.set()
         if self._replay is not None and self._replay[0] == ack.seq:
             _, pos, count = self._replay
             self._replay = None
@@ -341,9 +349,15 @@ class SinkClient:
         """Wait until every queued result is acknowledged (``False`` on timeout)."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        while self.backlog and loop.time() < end:
-            await asyncio.sleep(0.05)
-        return not self.backlog
+        while self.backlog:
+            remaining = end - loop.time()
+            if remaining <= 0:
+                return False
+            self._progress.clear()
+            # Woken by each acknowledgement; the bound re-checks now and then anyway.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), min(remaining, 0.5))
+        return True
 
     async def goodbye(self, reason: str, timeout: float) -> bool:
         """Tell the scheduler this minion is stopping (after what is queued), then end the session.
@@ -353,10 +367,10 @@ class SinkClient:
         """
         self._goodbye = reason
         self._have.set()
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while self.connected.is_set() and loop.time() < end:
-            await asyncio.sleep(0.02)
+        if not self.connected.is_set():
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), timeout)
         return not self.connected.is_set()
 
 

@@ -125,8 +125,7 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
             )
         session = self._session(first)
         if isinstance(session, str):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, session)
-            return
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, session)  # raises
         self.registry.register(session)
         store_and_forward = self.sites is not None and self.sites.enabled(session.location)
         try:

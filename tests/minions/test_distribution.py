@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 from vigil.v1 import common_pb2, poll_pb2, sink_pb2
@@ -18,7 +19,7 @@ from tests.helpers import EventCollector, Stack, free_port, make_config, wait_fo
 from tests.minions.util import BannerTarget, MinionProcess, list_outages, noop_nodes, tcp_node
 
 
-def banner_nodes(count: int, port: int, location: str, **svc: object) -> list[dict[str, object]]:
+def banner_nodes(count: int, port: int, location: str, **svc: str) -> list[dict[str, Any]]:
     """``count`` nodes polling the slow banner target (UP after its delay)."""
     return [
         tcp_node(f"n{i}", port, location, params={"banner": "^OK"}, **svc) for i in range(count)

@@ -40,9 +40,10 @@ def spooled(m: Any) -> list[poll_pb2.PollResult]:
 async def test_schedule_reaches_the_minion_once_and_is_kept_on_disk(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
-    nodes = [tcp_node("n1", 9, "edge", interval="2s", timeout="1s", ttl="1500ms")] + noop_nodes(
-        2, "other", prefix="o"
-    )
+    nodes = [
+        tcp_node("n1", 9, "edge", interval="2s", timeout="1s", ttl="1500ms"),
+        *noop_nodes(2, "other", prefix="o"),
+    ]
     cfg = sf_config(tmp_path, nats_server.url, nodes)
     stack = await Stack(cfg, nats_server.url).start(events=False, minion_locations=())
     assert stack.scheduler is not None

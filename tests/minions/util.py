@@ -13,10 +13,22 @@ import grpc
 import yaml
 from vigil.v1 import poller_pb2, poller_pb2_grpc
 
-from services.common.natsserver import die_with_parent
 from tests.helpers import Stack, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+#: Python code a child runs first: the kernel kills it when the test process dies. Set by
+#: the child itself, because ``preexec_fn`` is unsafe once gRPC's threads run in the parent
+#: (a forked child can crash before its ``exec``).
+DIE_WITH_PARENT = "import ctypes, signal; ctypes.CDLL('libc.so.6').prctl(1, signal.SIGKILL)"
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """``python -m module args`` that dies with the test process."""
+    code = f"{DIE_WITH_PARENT}; import runpy, sys; sys.argv[0] = {module!r}; "
+    code += f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    return [sys.executable, "-c", code, *args]
 
 
 def python_env() -> dict[str, str]:
@@ -129,9 +141,11 @@ class MinionProcess:
         cfg.write_text(yaml.safe_dump({"minion": settings}))
         self.args = [
             *prefix,
-            sys.executable, "-m", "services.cli", "minion", "--config", str(cfg),
-            "--nats", nats_url, "--scheduler", scheduler,
-            "--location", location, "--system-id", system_id, "--log-level", "INFO",
+            *python_module(
+                "services.cli", "minion", "--config", str(cfg),
+                "--nats", nats_url, "--scheduler", scheduler,
+                "--location", location, "--system-id", system_id, "--log-level", "INFO",
+            ),
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -144,7 +158,6 @@ class MinionProcess:
                 stderr=subprocess.STDOUT,
                 env=python_env(),
                 cwd=ROOT,
-                preexec_fn=die_with_parent,
             )
         return self
 

@@ -41,8 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.natsserver import die_with_parent
-from tests.minions.util import ROOT, MinionProcess, python_env
+from tests.minions.util import DIE_WITH_PARENT, ROOT, MinionProcess, python_env
 
 PREFIX = "vgt"
 TEST_RANGE = "10.250.0.0/16"
@@ -50,7 +49,9 @@ UNREACHABLE = ["unreachable", TEST_RANGE, "metric", "4000"]
 
 pytestmark = pytest.mark.netns
 
-TARGET_SERVER = """
+TARGET_SERVER = (
+    DIE_WITH_PARENT
+    + """
 import asyncio, sys
 async def main():
     async def handle(r, w):
@@ -60,6 +61,7 @@ async def main():
     await server.serve_forever()
 asyncio.run(main())
 """
+)
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -180,7 +182,6 @@ class Site:
                 ],
                 stdout=subprocess.PIPE,
                 stderr=out,
-                preexec_fn=die_with_parent,
             )
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 15.0)
@@ -194,9 +195,7 @@ class Site:
 
     def run(self, *args: str) -> subprocess.Popen[bytes]:
         """A process inside the site (killed at the end)."""
-        proc = subprocess.Popen(
-            [*self.exec_prefix, *args], env=python_env(), cwd=ROOT, preexec_fn=die_with_parent
-        )
+        proc = subprocess.Popen([*self.exec_prefix, *args], env=python_env(), cwd=ROOT)
         self.processes.append(proc)
         return proc
 

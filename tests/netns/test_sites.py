@@ -73,6 +73,37 @@ class Central:
         procs.append(m)
         return m
 
+    async def settled(self, *system_ids: str) -> int:
+        """Wait until these minions are UP and the events of their arrival have come in.
+
+        Returns the number of events seen so far: what follows is the test's doing.
+        """
+        assert self.stack.scheduler is not None
+        registry = self.stack.scheduler.registry
+
+        def arrived() -> bool:
+            for sid in system_ids:
+                rec = registry.get(sid)
+                if rec is None or not rec.up:
+                    return False
+                ups = [
+                    e
+                    for e in self.events.find(type="minion", action="up")
+                    if e["data"]["systemId"] == sid
+                ]
+                if not ups:
+                    return False
+            # A location reported unreachable before its first minion came (the start-up
+            # scan) must have its "reachable" in as well.
+            for loc in {registry.get(sid).location for sid in system_ids}:  # type: ignore[union-attr]
+                actions = [e["action"] for e in self.events.find(type="location", location=loc)]
+                if actions and actions[-1] != "reachable":
+                    return False
+            return True
+
+        await wait_for(arrived, timeout=SLOW, what=f"minions {system_ids} up and announced")
+        return len(self.events.events)
+
     def of(self, *types: str, after: int = 0) -> list[tuple[str, str, str | None]]:
         """(type, action, location) of the events of these types, from index ``after``."""
         return [
@@ -214,7 +245,7 @@ async def test_cutting_a_site_makes_its_services_unknown_with_one_event_and_no_o
         await wait_for(
             lambda: all(r.status is Status.UP for r in a_rts + b_rts), timeout=SLOW, what="all UP"
         )
-        before = len(c.events.events)
+        before = await c.settled("a-1", "b-1")
 
         sites.b.cut()
         await wait_for(
@@ -285,7 +316,7 @@ async def test_store_and_forward_records_an_outage_during_the_cut_with_its_real_
             timeout=SLOW,
             what="UP, schedule",
         )
-        before = len(c.events.events)
+        before = await c.settled("a-1", "b-1")
 
         sites.b.cut()
         cut_at = time.time()
@@ -378,7 +409,7 @@ async def test_two_minions_share_a_site_and_one_takes_over_when_the_other_dies(
         )
         rts = [c.services[ServiceKey("a", sites.a.target_addr, n)] for n in names]
         await wait_for(lambda: all(r.status is Status.UP for r in rts), timeout=SLOW, what="all UP")
-        before = len(c.events.events)
+        before = await c.settled("a-1", "a-2")
         done_before = polls("a-2")
 
         first.kill()
