@@ -202,7 +202,8 @@ class DiskSpool:
         if tail.size >= self.segment_bytes:
             tail = self._roll()
         record = HEADER.pack(len(payload), zlib.crc32(payload), at) + payload
-        # One write per record, no userspace buffer: a crash loses at most the record being written.
+        # One write per record, no userspace buffer: a crash of the minion loses at most
+        # the record being written (cut off at the next start).
         with tail.path.open("ab", buffering=0) as f:
             f.write(record)
         tail.size += len(record)
@@ -325,7 +326,14 @@ class DiskSpool:
             with contextlib.suppress(OSError):
                 head.path.unlink()
             self._cursor = Position(self._segments[0].seq, 0, 0)
+        tail = self._segments[-1]
+        if self._cursor.seq == tail.seq and self._cursor.offset >= tail.size:
+            self._unread = 0  # at the end: nothing can be left (whatever the counts said)
         self._save_cursor()
+
+    def forget(self) -> None:
+        """Count nothing as pending any more (what is left cannot be read)."""
+        self._unread = 0
 
     def close(self) -> None:
         """Persist the replay position."""

@@ -45,9 +45,9 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from services.common.events import Event, make_event
 from services.common.timeutil import now
@@ -395,9 +395,8 @@ class MinionRegistry:
                 batch = list(self._events)
                 self._events.clear()
                 try:
-                    await keeper.emit(batch)
+                    await _uncancelled(keeper.emit(batch))
                 except asyncio.CancelledError:
-                    self._events.extendleft(reversed(batch))
                     raise
                 except Exception as exc:
                     # Back at the front, in order: retried until the store takes them.
@@ -421,6 +420,28 @@ class MinionRegistry:
         metrics.MINIONS.clear()
         for loc, n in counts.items():
             metrics.MINIONS.labels(loc).set(n)
+
+
+#: At shutdown, how long a store write already under way may take to finish.
+WRITE_GRACE = 3.0
+
+
+async def _uncancelled(write: Coroutine[Any, Any, None]) -> None:
+    """Run a store write to its end even when cancelled (bounded by :data:`WRITE_GRACE`).
+
+    A transaction cancelled half-way can leave the store locked (SQLite) for
+    whoever writes next, e.g. the scheduler's final state flush.
+    """
+    task = asyncio.ensure_future(write)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        done, _ = await asyncio.wait({task}, timeout=WRITE_GRACE)
+        if not done:
+            task.cancel()
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("a minion/location event write failed at shutdown: %s", task.exception())
+        raise
 
 
 def _loop_time() -> float:
