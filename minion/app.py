@@ -36,7 +36,9 @@ from vigil.v1 import sink_pb2
 import minion
 from minion.buffer import DiskSpool
 from minion.monitors import registry
+from minion.monitors.nagios import set_plugin_dirs
 from minion.monitors.registry import MonitorSet
+from minion.monitors.snmp_config import set_snmp_profiles
 from minion.runner import PollRunner
 from minion.sink_client import SinkClient
 from minion.site import SitePoller
@@ -84,6 +86,9 @@ class Minion:
         self.location = settings.location
         self.system_id = load_system_id(settings)
         self.monitors = MonitorSet()
+        # Process-wide monitor settings: credentials by site, plugin locations.
+        set_snmp_profiles(settings.snmp_profiles)
+        set_plugin_dirs(settings.plugin_dirs)
         self.tasks = Supervisor("minion")
         self.spool_dir = Path(settings.spool_dir) / self.system_id
         self.spool = DiskSpool(

@@ -29,7 +29,11 @@ from pydantic import (
 )
 
 from services.common.durations import Duration
+from minion.monitors.snmp_config import SnmpProfile
 from services.common.policy import MaintenanceWindow, Package
+
+#: Debian's monitoring-plugins locations (kept here so config needs no monitor import).
+DEFAULT_PLUGIN_DIRS = ("/usr/lib/nagios/plugins", "/usr/lib/monitoring-plugins")
 from services.common.validation import describe
 
 LOCATION_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -185,6 +189,19 @@ class MinionSettings(Strict):
     spool_max_age: PositiveDuration = 86400.0
     #: Cut off from the scheduler (or NATS) this long: poll the schedule on our own.
     autonomous_after: PositiveDuration = 15.0
+    #: SNMP credentials by address range and/or location (first match wins; a
+    #: service's own parameters override field by field). Never logged.
+    snmp_profiles: list[SnmpProfile] = Field(default_factory=list)
+    #: Where relative Nagios plugin names are looked up, in order.
+    plugin_dirs: list[str] = Field(default_factory=lambda: list(DEFAULT_PLUGIN_DIRS))
+
+    @field_validator("plugin_dirs")
+    @classmethod
+    def _absolute(cls, v: list[str]) -> list[str]:
+        for d in v:
+            if not d.startswith("/"):
+                raise ValueError(f"{d!r} must be an absolute path")
+        return v
 
 
 class Defaults(Strict):

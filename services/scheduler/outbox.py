@@ -78,7 +78,7 @@ class OutboxRelay:
             for (seq, _, _), ack in zip(rows, acks, strict=True)
             if not isinstance(ack, BaseException)
         ]
-        await self.store.outbox_done(done)
+        await asyncio.shield(self.store.outbox_done(done))
         self.published += len(done)
         failed = [a for a in acks if isinstance(a, BaseException)]
         if failed:

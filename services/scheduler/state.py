@@ -235,12 +235,15 @@ class StateKeeper:
                     fut.set_result(rt)
 
     def _record(self, rt: ServiceRuntime, obs: Observation) -> None:
-        rt.last_poll_status = obs.status
-        rt.last_reason = obs.reason
-        rt.last_poll_at = obs.at
-        if obs.status is not Status.UNKNOWN:
-            rt.response_time_ms = obs.response_time_ms
-            rt.values = dict(obs.values)
+        # A replayed (store-and-forward) result older than what we have is history,
+        # not the latest poll.
+        if rt.last_poll_at is None or obs.at >= rt.last_poll_at:
+            rt.last_poll_status = obs.status
+            rt.last_reason = obs.reason
+            rt.last_poll_at = obs.at
+            if obs.status is not Status.UNKNOWN:
+                rt.response_time_ms = obs.response_time_ms
+                rt.values = dict(obs.values)
         self._dirty.add(obs.key)
         if self.keep_history:
             if len(self._history) >= MAX_HISTORY_BUFFER:
@@ -571,11 +574,10 @@ class StateKeeper:
         delay = 0.5
         emitted: list[Event] = []
         while True:
-            emitted = []
             try:
-                async with self.store.transaction() as tx:
-                    for w in writes:
-                        emitted += await self._write(tx, w)
+                # Shielded: a shutdown must not cancel a transaction half-way
+                # (SQLite would stay locked until the connection is collected).
+                emitted = await asyncio.shield(self._write_all(writes))
                 break
             except asyncio.CancelledError:
                 raise
@@ -587,6 +589,13 @@ class StateKeeper:
             metrics.EVENTS_EMITTED.labels(e.type, e.action).inc()
         if emitted:
             self._on_events()
+
+    async def _write_all(self, writes: list[_Write]) -> list[Event]:
+        emitted: list[Event] = []
+        async with self.store.transaction() as tx:
+            for w in writes:
+                emitted += await self._write(tx, w)
+        return emitted
 
     @staticmethod
     async def _write(tx: Transaction, w: _Write) -> list[Event]:
@@ -616,8 +625,12 @@ class StateKeeper:
         """Durably queue events that no service transition carries (minions, locations, ...)."""
         if not events:
             return
-        async with self.store.transaction() as tx:
-            await tx.enqueue(events)
+
+        async def write() -> None:
+            async with self.store.transaction() as tx:
+                await tx.enqueue(events)
+
+        await asyncio.shield(write())
         for e in events:
             metrics.EVENTS_EMITTED.labels(e.type, e.action).inc()
         self._on_events()
@@ -822,14 +835,14 @@ class StateKeeper:
         """
         rows = self.take_dirty()
         try:
-            await self.store.save_states(rows)
+            await asyncio.shield(self.store.save_states(rows))
         except Exception:
             self._dirty.update(r.key for r in rows)
             raise
         history = list(self._history)
         self._history.clear()
         try:
-            await self.store.add_results(history)
+            await asyncio.shield(self.store.add_results(history))
         except Exception:
             self._history.extendleft(reversed(history))
             while len(self._history) > MAX_HISTORY_BUFFER:
