@@ -28,13 +28,13 @@ from pydantic import (
     model_validator,
 )
 
-from services.common.durations import Duration
 from minion.monitors.snmp_config import SnmpProfile
+from services.common.durations import Duration
 from services.common.policy import MaintenanceWindow, Package
-
-#: Debian's monitoring-plugins locations (kept here so config needs no monitor import).
-DEFAULT_PLUGIN_DIRS = ("/usr/lib/nagios/plugins", "/usr/lib/monitoring-plugins")
 from services.common.validation import describe
+
+#: Debian's monitoring-plugins locations (mirrors minion.monitors.nagios, which is heavier to import).
+DEFAULT_PLUGIN_DIRS = ("/usr/lib/nagios/plugins", "/usr/lib/monitoring-plugins")
 
 LOCATION_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
