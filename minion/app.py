@@ -100,6 +100,7 @@ class Minion:
             location=self.location,
             version=minion.__version__,
             monitors=registry.available(),
+            max_in_flight=settings.max_in_flight,
         )
         self.runner = PollRunner(
             self.monitors,

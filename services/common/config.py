@@ -125,7 +125,7 @@ class SchedulerSettings(Strict):
     #: After start, first polls are spread over min(interval, splay).
     start_splay: Duration = 30.0
     #: How often the latest state of every service is written to the store.
-    status_flush_interval: PositiveDuration = 2.0
+    status_flush_interval: PositiveDuration = 5.0
     #: Bounds on polls awaiting a result; beyond them due polls wait (back-pressure).
     max_in_flight: int = Field(default=100_000, ge=1)
     max_in_flight_per_node: int = Field(default=100, ge=1)

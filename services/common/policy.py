@@ -174,7 +174,9 @@ class PackageFilter(_Strict):
             for x in v:
                 try:
                     # "10.0.0.1/8" is what operators write; accept it as 10.0.0.0/8.
-                    out.append(ipaddress.ip_network(str(x), strict=False) if isinstance(x, str) else x)
+                    out.append(
+                        ipaddress.ip_network(str(x), strict=False) if isinstance(x, str) else x
+                    )
                 except ValueError:
                     raise ValueError(f"{x!r} is not an address range like 10.0.0.0/8") from None
             return tuple(out)

@@ -99,6 +99,8 @@ class MinionSession:
     heartbeats: int = 0
     #: Wall-clock time the minion says it last had a working session (0: never).
     last_connected_at: float = 0.0
+    #: Polls it runs at once (from its hello; 0: unknown).
+    capacity: int = 0
     #: Set when a newer session of the same system id replaces this one.
     replaced: asyncio.Event = field(default_factory=asyncio.Event)
     #: The gRPC stream of this session is open.
@@ -224,6 +226,23 @@ class MinionRegistry:
             and loop_now - s.last_seen <= self.timeout
             for s in self._minions.values()
         )
+
+    def capacity(self, location: str) -> int | None:
+        """Polls the live minions of ``location`` run at once (``None``: unbounded/unknown)."""
+        loop_now = _loop_time()
+        total = 0
+        for s in self._minions.values():
+            if (
+                s.location == location
+                and s.up
+                and s.open
+                and s.nats_connected
+                and loop_now - s.last_seen <= self.timeout
+            ):
+                if s.capacity <= 0:
+                    return None
+                total += s.capacity
+        return total or None
 
     def reachable(self, location: str) -> bool | None:
         """Whether a minion serves ``location`` (``None``: not known yet)."""

@@ -25,6 +25,7 @@ class PendingPolls:
         self._by_id: dict[str, PendingPoll] = {}
         self._heap: list[tuple[float, str]] = []
         self._per_node: dict[str, int] = {}
+        self._per_location: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -33,18 +34,27 @@ class PendingPolls:
         """Requests in flight for one node."""
         return self._per_node.get(node_id, 0)
 
+    def per_location(self, location: str) -> int:
+        """Requests in flight at one location."""
+        return self._per_location.get(location, 0)
+
     def add(self, poll: PendingPoll) -> None:
         """Track a request until its result arrives or it expires."""
         self._by_id[poll.request_id] = poll
         self._per_node[poll.key.node_id] = self._per_node.get(poll.key.node_id, 0) + 1
+        self._per_location[poll.location] = self._per_location.get(poll.location, 0) + 1
         heapq.heappush(self._heap, (poll.expires, poll.request_id))
 
     def _forget(self, poll: PendingPoll) -> None:
-        left = self._per_node.get(poll.key.node_id, 1) - 1
-        if left:
-            self._per_node[poll.key.node_id] = left
-        else:
-            self._per_node.pop(poll.key.node_id, None)
+        for counts, key in (
+            (self._per_node, poll.key.node_id),
+            (self._per_location, poll.location),
+        ):
+            left = counts.get(key, 1) - 1
+            if left:
+                counts[key] = left
+            else:
+                counts.pop(key, None)
 
     def pop(self, request_id: str) -> PendingPoll | None:
         """Claim a request for its result; ``None`` if unknown or already expired."""

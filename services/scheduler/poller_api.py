@@ -43,7 +43,9 @@ def service_status(rt: ServiceRuntime, held: bool = False) -> poller_pb2.Service
         monitor=rt.spec.monitor,
         status=STATUS_PB[rt.status],
         last_poll_status=(
-            STATUS_PB[rt.last_poll_status] if rt.last_poll_status else common_pb2.POLL_STATUS_UNSPECIFIED
+            STATUS_PB[rt.last_poll_status]
+            if rt.last_poll_status
+            else common_pb2.POLL_STATUS_UNSPECIFIED
         ),
         last_reason=rt.last_reason,
         response_time_ms=rt.response_time_ms,

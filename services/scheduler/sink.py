@@ -193,6 +193,7 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
             location=hello.location,
             version=hello.version[:64],
             monitors=list(hello.monitors)[:256],
+            capacity=hello.max_in_flight,
             last_connected_at=from_timestamp(hello.last_connected_at)
             if hello.HasField("last_connected_at")
             else 0.0,

@@ -123,6 +123,7 @@ class StateKeeper:
         self.scheduling: Scheduling | None = None
         #: PollNow callers waiting for the result of a request id.
         self.waiters: dict[str, list[asyncio.Future[ServiceRuntime]]] = {}
+        self._sweep_keys: list[ServiceKey] = []
         # The batch being computed.
         self._writes: list[_Write] = []
         self._follow: list[tuple[ServiceKey, bool]] = []
@@ -196,12 +197,13 @@ class StateKeeper:
         self._writes, self._follow = [], []
         resolved: list[tuple[str, ServiceRuntime]] = []
         reschedule: set[ServiceKey] = set()
+        counts = dict.fromkeys(Status, 0)
         for obs in batch:
             rt = self.services.get(obs.key)
             if rt is None:
                 continue  # unconfigured since the poll was sent
             self.applied += 1
-            metrics.RESULTS.labels(obs.status.value).inc()
+            counts[obs.status] += 1
             self._record(rt, obs)
             if obs.request_id in self.waiters:
                 resolved.append((obs.request_id, rt))
@@ -215,6 +217,9 @@ class StateKeeper:
             self._critical_answered(rt, obs)
             if (rt.status, rt.against) != before:
                 reschedule.add(rt.key)
+        for status, n in counts.items():
+            if n:
+                metrics.RESULTS.labels(status.value).inc(n)
         writes, follow = self._writes, self._follow
         self._writes, self._follow = [], []
         if writes:
@@ -644,10 +649,24 @@ class StateKeeper:
         itf = self._itf(rt)
         return not (itf is not None and itf.down and itf.critical != rt.key)
 
-    async def sweep_stale(self, now: float) -> int:
-        """Emit ``poller stale`` once for each service without a result for 2 intervals."""
+    async def sweep_stale(self, now: float, limit: int | None = None) -> int:
+        """Emit ``poller stale`` once for each service without a result for 2 intervals.
+
+        With ``limit``, only that many services are checked per call, round-robin,
+        so that a large inventory costs a bounded slice of each second.
+        """
         events = []
-        for rt in self.services.values():
+        if limit is None:
+            batch = list(self.services.values())
+        else:
+            if not self._sweep_keys:
+                self._sweep_keys = list(self.services)
+            batch = []
+            while self._sweep_keys and len(batch) < limit:
+                rt_ = self.services.get(self._sweep_keys.pop())
+                if rt_ is not None:
+                    batch.append(rt_)
+        for rt in batch:
             if not self.polled(rt):
                 rt.stale = False
                 continue
@@ -674,14 +693,18 @@ class StateKeeper:
             await self.emit(events)
         return len(events)
 
-    async def run_stale_sweeper(self, period: float = 1.0) -> None:
-        """Sweep for ever."""
+    async def run_stale_sweeper(self, period: float = 1.0, per_tick: int = 5000) -> None:
+        """Sweep for ever, ``per_tick`` services every ``period`` seconds.
+
+        100k services are all checked every 20 s: plenty, since staleness is
+        measured in intervals.
+        """
         import time
 
         while True:
             await asyncio.sleep(period)
             try:
-                await self.sweep_stale(time.time())
+                await self.sweep_stale(time.time(), limit=per_tick)
             except Exception as exc:
                 log.warning("stale sweep failed: %s", exc)
 

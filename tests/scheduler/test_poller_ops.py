@@ -201,3 +201,63 @@ async def test_a_hung_poll_delays_no_other_service(tmp_path: Path, nats_server: 
         for w in held:
             w.close()
         hung.close()
+
+
+async def test_a_saturated_location_gets_no_more_than_its_minions_can_run(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """Back-pressure: polls wait for room instead of expiring UNKNOWN at the minion."""
+    held: list[asyncio.StreamWriter] = []
+    answering = False
+
+    async def hang(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)
+        if answering:
+            w.write(b"X-banner\r\n")
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    services = [
+        {
+            "name": f"S{i}",
+            "monitor": "tcp",
+            "timeout": "30s",
+            "ttl": "60s",
+            "params": {"port": port, "banner": "^X"},
+        }
+        for i in range(6)
+    ]
+    cfg = make_config(
+        tmp_path,
+        nats_server.url,
+        [{"id": "n", "interfaces": [{"ip": "127.0.0.1", "services": services}]}],
+    )
+    stack = await Stack(cfg, nats_server.url).start(events=False, minion_locations=())
+    try:
+        assert stack.scheduler is not None and stack.scheduler.dispatcher is not None
+        await stack.start_minion(max_in_flight=2)
+        dispatcher = stack.scheduler.dispatcher
+        await wait_for(
+            lambda: dispatcher.pending.per_location("Default") == 2, what="two polls in flight"
+        )
+        await asyncio.sleep(1.5)  # several intervals: the others keep waiting, in order
+        assert dispatcher.pending.per_location("Default") == 2
+        assert len(held) == 2
+        waiting = [rt for rt in stack.scheduler.services.values() if rt.in_flight is None]
+        assert len(waiting) == 4 and all(rt.last_poll_status is None for rt in waiting)
+        # The peer answers: room frees up and the waiting services are polled.
+        answering = True
+        for w in held:
+            w.write(b"X-banner\r\n")
+        await wait_for(
+            lambda: all(
+                rt.last_poll_status is Status.UP for rt in stack.scheduler.services.values()
+            ),  # type: ignore[union-attr]
+            timeout=20,
+            what="every service polled",
+        )
+    finally:
+        await stack.stop()
+        for w in held:
+            w.close()
+        server.close()

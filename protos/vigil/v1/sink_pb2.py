@@ -29,7 +29,7 @@ from vigil.v1 import common_pb2 as vigil_dot_v1_dot_common__pb2
 from vigil.v1 import poll_pb2 as vigil_dot_v1_dot_poll__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13vigil/v1/sink.proto\x12\x08vigil.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15vigil/v1/common.proto\x1a\x13vigil/v1/poll.proto\"\xa5\x01\n\x0bMinionHello\x12\x11\n\tsystem_id\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08monitors\x18\x04 \x03(\t\x12\x35\n\x11last_connected_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fschedule_digest\x18\x06 \x01(\t\"\xe5\x01\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tin_flight\x18\x02 \x01(\r\x12\x12\n\npolls_done\x18\x03 \x01(\x04\x12\x16\n\x0enats_connected\x18\x04 \x01(\x08\x12\x17\n\x0f\x64ropped_expired\x18\x05 \x01(\x04\x12\x15\n\rintake_paused\x18\x06 \x01(\x08\x12\x12\n\nautonomous\x18\x07 \x01(\x08\x12\x0f\n\x07spooled\x18\x08 \x01(\x04\x12\x17\n\x0fresults_dropped\x18\t \x01(\x04\"S\n\x0bResultBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12%\n\x07results\x18\x02 \x03(\x0b\x32\x14.vigil.v1.PollResult\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xb9\x01\n\rMinionMessage\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.vigil.v1.MinionHelloH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.vigil.v1.HeartbeatH\x00\x12(\n\x07results\x18\x03 \x01(\x0b\x32\x15.vigil.v1.ResultBatchH\x00\x12$\n\x07goodbye\x18\x04 \x01(\x0b\x32\x11.vigil.v1.GoodbyeH\x00\x42\x06\n\x04kind\"\x8b\x01\n\x07Welcome\x12\x14\n\x0cscheduler_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11store_and_forward\x18\x03 \x01(\x08\x12\x18\n\x10heartbeat_misses\x18\x04 \x01(\r\"7\n\x08\x42\x61tchAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x0c\n\x04late\x18\x03 \x01(\r\"\x85\x02\n\x10ScheduledService\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.vigil.v1.ServiceRef\x12\x0f\n\x07monitor\x18\x02 \x01(\t\x12\'\n\x06params\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x08interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07retries\x18\x06 \x01(\r\x12&\n\x03ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x80\x01\n\x10LocationSchedule\x12\x10\n\x08location\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12,\n\x08services\x18\x05 \x03(\x0b\x32\x1a.vigil.v1.ScheduledService\"?\n\x0cHeartbeatAck\x12/\n\x0breceived_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbf\x01\n\x0bSinkMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.vigil.v1.WelcomeH\x00\x12!\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x12.vigil.v1.BatchAckH\x00\x12.\n\x08schedule\x18\x03 \x01(\x0b\x32\x1a.vigil.v1.LocationScheduleH\x00\x12/\n\rheartbeat_ack\x18\x04 \x01(\x0b\x32\x16.vigil.v1.HeartbeatAckH\x00\x42\x06\n\x04kind2K\n\nResultSink\x12=\n\x07\x43onnect\x12\x17.vigil.v1.MinionMessage\x1a\x15.vigil.v1.SinkMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13vigil/v1/sink.proto\x12\x08vigil.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15vigil/v1/common.proto\x1a\x13vigil/v1/poll.proto\"\xbc\x01\n\x0bMinionHello\x12\x11\n\tsystem_id\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08monitors\x18\x04 \x03(\t\x12\x35\n\x11last_connected_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fschedule_digest\x18\x06 \x01(\t\x12\x15\n\rmax_in_flight\x18\x07 \x01(\r\"\xe5\x01\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tin_flight\x18\x02 \x01(\r\x12\x12\n\npolls_done\x18\x03 \x01(\x04\x12\x16\n\x0enats_connected\x18\x04 \x01(\x08\x12\x17\n\x0f\x64ropped_expired\x18\x05 \x01(\x04\x12\x15\n\rintake_paused\x18\x06 \x01(\x08\x12\x12\n\nautonomous\x18\x07 \x01(\x08\x12\x0f\n\x07spooled\x18\x08 \x01(\x04\x12\x17\n\x0fresults_dropped\x18\t \x01(\x04\"S\n\x0bResultBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12%\n\x07results\x18\x02 \x03(\x0b\x32\x14.vigil.v1.PollResult\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xb9\x01\n\rMinionMessage\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.vigil.v1.MinionHelloH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.vigil.v1.HeartbeatH\x00\x12(\n\x07results\x18\x03 \x01(\x0b\x32\x15.vigil.v1.ResultBatchH\x00\x12$\n\x07goodbye\x18\x04 \x01(\x0b\x32\x11.vigil.v1.GoodbyeH\x00\x42\x06\n\x04kind\"\x8b\x01\n\x07Welcome\x12\x14\n\x0cscheduler_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11store_and_forward\x18\x03 \x01(\x08\x12\x18\n\x10heartbeat_misses\x18\x04 \x01(\r\"7\n\x08\x42\x61tchAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x0c\n\x04late\x18\x03 \x01(\r\"\x85\x02\n\x10ScheduledService\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.vigil.v1.ServiceRef\x12\x0f\n\x07monitor\x18\x02 \x01(\t\x12\'\n\x06params\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x08interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07retries\x18\x06 \x01(\r\x12&\n\x03ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x80\x01\n\x10LocationSchedule\x12\x10\n\x08location\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12,\n\x08services\x18\x05 \x03(\x0b\x32\x1a.vigil.v1.ScheduledService\"?\n\x0cHeartbeatAck\x12/\n\x0breceived_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbf\x01\n\x0bSinkMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.vigil.v1.WelcomeH\x00\x12!\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x12.vigil.v1.BatchAckH\x00\x12.\n\x08schedule\x18\x03 \x01(\x0b\x32\x1a.vigil.v1.LocationScheduleH\x00\x12/\n\rheartbeat_ack\x18\x04 \x01(\x0b\x32\x16.vigil.v1.HeartbeatAckH\x00\x42\x06\n\x04kind2K\n\nResultSink\x12=\n\x07\x43onnect\x12\x17.vigil.v1.MinionMessage\x1a\x15.vigil.v1.SinkMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,27 +37,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vigil.v1.sink_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MINIONHELLO']._serialized_start=173
-  _globals['_MINIONHELLO']._serialized_end=338
-  _globals['_HEARTBEAT']._serialized_start=341
-  _globals['_HEARTBEAT']._serialized_end=570
-  _globals['_RESULTBATCH']._serialized_start=572
-  _globals['_RESULTBATCH']._serialized_end=655
-  _globals['_GOODBYE']._serialized_start=657
-  _globals['_GOODBYE']._serialized_end=682
-  _globals['_MINIONMESSAGE']._serialized_start=685
-  _globals['_MINIONMESSAGE']._serialized_end=870
-  _globals['_WELCOME']._serialized_start=873
-  _globals['_WELCOME']._serialized_end=1012
-  _globals['_BATCHACK']._serialized_start=1014
-  _globals['_BATCHACK']._serialized_end=1069
-  _globals['_SCHEDULEDSERVICE']._serialized_start=1072
-  _globals['_SCHEDULEDSERVICE']._serialized_end=1333
-  _globals['_LOCATIONSCHEDULE']._serialized_start=1336
-  _globals['_LOCATIONSCHEDULE']._serialized_end=1464
-  _globals['_HEARTBEATACK']._serialized_start=1466
-  _globals['_HEARTBEATACK']._serialized_end=1529
-  _globals['_SINKMESSAGE']._serialized_start=1532
-  _globals['_SINKMESSAGE']._serialized_end=1723
-  _globals['_RESULTSINK']._serialized_start=1725
-  _globals['_RESULTSINK']._serialized_end=1800
+  _globals['_MINIONHELLO']._serialized_end=361
+  _globals['_HEARTBEAT']._serialized_start=364
+  _globals['_HEARTBEAT']._serialized_end=593
+  _globals['_RESULTBATCH']._serialized_start=595
+  _globals['_RESULTBATCH']._serialized_end=678
+  _globals['_GOODBYE']._serialized_start=680
+  _globals['_GOODBYE']._serialized_end=705
+  _globals['_MINIONMESSAGE']._serialized_start=708
+  _globals['_MINIONMESSAGE']._serialized_end=893
+  _globals['_WELCOME']._serialized_start=896
+  _globals['_WELCOME']._serialized_end=1035
+  _globals['_BATCHACK']._serialized_start=1037
+  _globals['_BATCHACK']._serialized_end=1092
+  _globals['_SCHEDULEDSERVICE']._serialized_start=1095
+  _globals['_SCHEDULEDSERVICE']._serialized_end=1356
+  _globals['_LOCATIONSCHEDULE']._serialized_start=1359
+  _globals['_LOCATIONSCHEDULE']._serialized_end=1487
+  _globals['_HEARTBEATACK']._serialized_start=1489
+  _globals['_HEARTBEATACK']._serialized_end=1552
+  _globals['_SINKMESSAGE']._serialized_start=1555
+  _globals['_SINKMESSAGE']._serialized_end=1746
+  _globals['_RESULTSINK']._serialized_start=1748
+  _globals['_RESULTSINK']._serialized_end=1823
 # @@protoc_insertion_point(module_scope)

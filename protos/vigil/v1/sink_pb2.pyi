@@ -33,12 +33,17 @@ class MinionHello(_message.Message):
     MONITORS_FIELD_NUMBER: _builtins.int
     LAST_CONNECTED_AT_FIELD_NUMBER: _builtins.int
     SCHEDULE_DIGEST_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
     system_id: _builtins.str
     location: _builtins.str
     version: _builtins.str
     schedule_digest: _builtins.str
     """Digest of the location schedule the minion holds (store-and-forward), so
     an unchanged schedule is not sent again.
+    """
+    max_in_flight: _builtins.int
+    """Polls the minion runs at once; the scheduler keeps a location's polls in
+    flight within the sum of its live minions' capacity (0: unknown, no bound).
     """
     @_builtins.property
     def monitors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -59,10 +64,11 @@ class MinionHello(_message.Message):
         monitors: _abc.Iterable[_builtins.str] | None = ...,
         last_connected_at: _timestamp_pb2.Timestamp | None = ...,
         schedule_digest: _builtins.str = ...,
+        max_in_flight: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_connected_at", b"last_connected_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_connected_at", b"last_connected_at", "location", b"location", "monitors", b"monitors", "schedule_digest", b"schedule_digest", "system_id", b"system_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_connected_at", b"last_connected_at", "location", b"location", "max_in_flight", b"max_in_flight", "monitors", b"monitors", "schedule_digest", b"schedule_digest", "system_id", b"system_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
