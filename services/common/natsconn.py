@@ -97,3 +97,16 @@ async def connect(
             )
             await asyncio.sleep(delay)
             delay = min(max_backoff, delay * 2) * random.uniform(0.8, 1.2)
+
+
+async def close(nc: NATS | None, timeout: float = 5.0) -> None:
+    """Drain (deliver what is buffered), else close; never raises: used on shutdown."""
+    if nc is None:
+        return
+    try:
+        await asyncio.wait_for(nc.drain(), timeout)
+    except Exception:
+        try:
+            await nc.close()
+        except Exception as exc:
+            log.debug("closing NATS: %s", exc)

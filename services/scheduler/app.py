@@ -184,13 +184,6 @@ class Scheduler:
                 await asyncio.wait_for(self.relay.relay_once(), 5.0)
             except Exception as exc:
                 log.warning("final event relay failed (events stay in the outbox): %s", exc)
-        if self._nc is not None:
-            try:
-                await asyncio.wait_for(self._nc.drain(), 5.0)
-            except Exception:
-                try:
-                    await self._nc.close()
-                except Exception as exc:
-                    log.debug("closing NATS: %s", exc)
+        await natsconn.close(self._nc)
         await self.store.close()
         log.info("scheduler %s stopped", self.id)

@@ -298,18 +298,7 @@ class Dispatcher:
                     for rt, _ in batch:  # try again shortly
                         self.schedule.add(rt.key, loop_now + 1.0)
                     continue
-                metrics.UNKNOWN.labels("no_minion").inc(len(batch))
-                at = wall_now()
-                for rt, rid in batch:
-                    await self.keeper.submit(
-                        Observation(
-                            rt.key,
-                            Status.UNKNOWN,
-                            f"no minion at location {location}",
-                            at,
-                            request_id=rid,
-                        )
-                    )
+                await self._unknown(batch, "no_minion", f"no minion at location {location}")
                 continue
             subject = poll_subject(location, system_id)
             for i in range(0, len(batch), self.batch_size):
@@ -350,18 +339,7 @@ class Dispatcher:
             await self.nc.publish(subject, msg.SerializeToString())
         except Exception as exc:
             log.warning("publishing %d poll(s) to %s failed: %s", len(batch), subject, exc)
-            metrics.UNKNOWN.labels("nats").inc(len(batch))
-            at = wall_now()
-            for rt, rid in batch:
-                await self.keeper.submit(
-                    Observation(
-                        rt.key,
-                        Status.UNKNOWN,
-                        f"cannot send poll request over NATS: {exc}",
-                        at,
-                        request_id=rid,
-                    )
-                )
+            await self._unknown(batch, "nats", f"cannot send poll request over NATS: {exc}")
             return False
         for (rt, _), poll in zip(batch, polls, strict=True):
             rt.in_flight = poll.request_id
@@ -370,6 +348,13 @@ class Dispatcher:
         metrics.POLLS_DISPATCHED.labels(location).inc(len(batch))
         metrics.IN_FLIGHT.set(len(self.pending))
         return True
+
+    async def _unknown(self, batch: list[tuple[ServiceRuntime, str]], cause: str, reason: str) -> None:
+        """Answer these requests UNKNOWN at once (they cannot be sent)."""
+        metrics.UNKNOWN.labels(cause).inc(len(batch))
+        at = wall_now()
+        for rt, rid in batch:
+            await self.keeper.submit(Observation(rt.key, Status.UNKNOWN, reason, at, request_id=rid))
 
     def poll_now(self, key: ServiceKey, *, urgent: bool) -> str | None:
         """Poll a service out of schedule; returns the request id to wait for.
@@ -400,16 +385,7 @@ class Dispatcher:
             return
         if not self.registry.available(location):
             rt.in_flight = None
-            metrics.UNKNOWN.labels("no_minion").inc()
-            await self.keeper.submit(
-                Observation(
-                    rt.key,
-                    Status.UNKNOWN,
-                    f"no minion at location {location}",
-                    wall_now(),
-                    request_id=rid,
-                )
-            )
+            await self._unknown([(rt, rid)], "no_minion", f"no minion at location {location}")
             return
         if not await self._publish(poll_subject(location), location, [(rt, rid)], loop_now, ttl):
             rt.in_flight = None  # the UNKNOWN has been submitted
