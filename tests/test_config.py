@@ -151,3 +151,20 @@ def test_cli_scheduler_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "nodes[0].interfaces[0].services[0].params.status" in proc.stderr
+
+
+def test_every_bad_service_is_reported_in_one_pass(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        node(
+            "          - {name: A, monitor: tcp, params: {port: 0}}\n"
+            "          - {name: B, monitor: nope}\n"
+            "          - {name: C, monitor: tcp, params: {port: 22}}"
+        ),
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    message = str(err.value)
+    assert "services[0].params.port" in message
+    assert "services[1].monitor: unknown monitor 'nope'" in message
+    assert "services[2]" not in message

@@ -219,13 +219,18 @@ class Resolver:
     def node(self, node: NodeConfig, where: str = "node") -> dict[ServiceKey, ServiceSpec]:
         """Every service of a node; errors name ``where.interfaces[i].services[j].field``."""
         specs: dict[ServiceKey, ServiceSpec] = {}
+        problems: list[str] = []
         for i, itf in enumerate(node.interfaces):
             for j, entry in enumerate(itf.services):
                 try:
                     spec = self.service(node, str(itf.ip), entry)
                 except ResolveError as exc:
-                    raise ResolveError(f"{where}.interfaces[{i}].services[{j}].{exc}") from None
+                    # Collect them all: an operator fixes a file in one pass.
+                    problems.append(f"{where}.interfaces[{i}].services[{j}].{exc}")
+                    continue
                 specs[spec.key] = spec
+        if problems:
+            raise ResolveError("; ".join(problems))
         return specs
 
 
