@@ -349,12 +349,16 @@ class Dispatcher:
         metrics.IN_FLIGHT.set(len(self.pending))
         return True
 
-    async def _unknown(self, batch: list[tuple[ServiceRuntime, str]], cause: str, reason: str) -> None:
+    async def _unknown(
+        self, batch: list[tuple[ServiceRuntime, str]], cause: str, reason: str
+    ) -> None:
         """Answer these requests UNKNOWN at once (they cannot be sent)."""
         metrics.UNKNOWN.labels(cause).inc(len(batch))
         at = wall_now()
         for rt, rid in batch:
-            await self.keeper.submit(Observation(rt.key, Status.UNKNOWN, reason, at, request_id=rid))
+            await self.keeper.submit(
+                Observation(rt.key, Status.UNKNOWN, reason, at, request_id=rid)
+            )
 
     def poll_now(self, key: ServiceKey, *, urgent: bool) -> str | None:
         """Poll a service out of schedule; returns the request id to wait for.
