@@ -15,6 +15,7 @@ from services.scheduler.inventory import API, Inventory, InventoryError, NodeEnt
 from services.scheduler.packages import DEFAULT_POLICY
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+BUSY = "the scheduler did not apply the change within 30s (is the store reachable?); retry"
 
 
 def node_document(node: inventory_pb2.Node) -> dict[str, Any]:
@@ -133,9 +134,12 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
             self.inventory.check_writable(node.id)
         except ReadOnlyNode as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        entry: NodeEntry = await self.keeper.call(
-            lambda: self.inventory.put(node, specs, self.scheduler, self.keeper)
-        )
+        try:
+            entry: NodeEntry = await self.keeper.call(
+                lambda: self.inventory.put(node, specs, self.scheduler, self.keeper)
+            )
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, BUSY)
         return node_message(entry)
 
     @handle_errors
@@ -189,6 +193,8 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
             services, outages = await self.keeper.call(
                 lambda: self.inventory.delete(request.id, self.scheduler, self.keeper)
             )
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, BUSY)
         except KeyError:
             raise NotFound(f"node {request.id} does not exist") from None
         return inventory_pb2.DeleteNodeResponse(services_removed=services, outages_closed=outages)

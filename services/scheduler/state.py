@@ -134,11 +134,17 @@ class StateKeeper:
         """Queue an observation; waits while the queue is full (back-pressure)."""
         await self._queue.put(obs)
 
-    async def call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``fn`` in the keeper's task, in order with observations; returns its result."""
+    async def call(self, fn: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
+        """Run ``fn`` in the keeper's task, in order with observations; returns its result.
+
+        Raises ``TimeoutError`` when the keeper cannot get to it in time (e.g.
+        the store is down and it is retrying); the command itself still runs
+        when its turn comes, so callers must be idempotent (PutNode is).
+        """
         cmd = _Command(fn)
-        await self._queue.put(cmd)
-        return await cmd.done
+        async with asyncio.timeout(timeout):
+            await self._queue.put(cmd)
+            return await asyncio.shield(cmd.done)
 
     def wait_result(self, request_id: str) -> asyncio.Future[ServiceRuntime]:
         """A future resolved with the service once the result of ``request_id`` is applied."""
