@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 DEFAULT_PAGE_SIZE = 50
@@ -44,8 +45,7 @@ def encode_token(position: Any, filters: Any) -> str:
     return base64.urlsafe_b64encode(blob.encode()).decode().rstrip("=")
 
 
-def decode_token(token: str, filters: Any) -> Any:
-    """The position in ``token`` (``None`` for an empty token)."""
+def _decode(token: str, filters: Any, fits: Callable[[Any], bool]) -> Any:
     if not token:
         return None
     try:
@@ -56,4 +56,31 @@ def decode_token(token: str, filters: Any) -> Any:
         raise PageError("page_token", "not a token this server issued") from None
     if fingerprint != _fingerprint(filters):
         raise PageError("page_token", "was issued for a request with other filters")
+    if not fits(position):
+        # Well-formed, but not a position this list hands out: never let it reach a query.
+        raise PageError("page_token", "not a token this server issued")
     return position
+
+
+def decode_int(token: str, filters: Any) -> int | None:
+    """The numeric position in ``token`` (an id or sequence); ``None`` for an empty token."""
+    value: int | None = _decode(
+        token, filters, lambda p: isinstance(p, int) and not isinstance(p, bool)
+    )
+    return value
+
+
+def decode_str(token: str, filters: Any) -> str | None:
+    """The string position in ``token`` (a name); ``None`` for an empty token."""
+    value: str | None = _decode(token, filters, lambda p: isinstance(p, str))
+    return value
+
+
+def decode_strs(token: str, filters: Any, count: int) -> list[str] | None:
+    """A position of ``count`` strings (a composite key); ``None`` for an empty token."""
+    value: list[str] | None = _decode(
+        token,
+        filters,
+        lambda p: isinstance(p, list) and len(p) == count and all(isinstance(x, str) for x in p),
+    )
+    return value

@@ -159,9 +159,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
     ) -> inventory_pb2.ListNodesResponse:
         filters = [request.location, request.foreign_id]
         size = paging.page_size(request.page_size)
-        after = paging.decode_token(request.page_token, filters)
-        if after is not None and not isinstance(after, str):
-            raise InvalidArgument("page_token", "not a token this server issued")
+        after = paging.decode_str(request.page_token, filters)
         ids = sorted(
             node_id
             for node_id, e in self.inventory.entries.items()

@@ -177,9 +177,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
             raise InvalidArgument("until", "must be after since")
         filters = [request.node_id, request.ip, request.service, since, until]
         size = paging.page_size(request.page_size)
-        before = paging.decode_token(request.page_token, filters)
-        if before is not None and not isinstance(before, int):
-            raise InvalidArgument("page_token", "not a token this server issued")
+        before = paging.decode_int(request.page_token, filters)
         rows, total = await self.store.list_results(
             node_id=request.node_id or None,
             ip=request.ip or None,
@@ -222,11 +220,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
             raise InvalidArgument("status", f"unknown value {request.status}")
         filters = [request.node_id, request.location, request.status]
         size = paging.page_size(request.page_size)
-        after = paging.decode_token(request.page_token, filters)
-        if after is not None and not (
-            isinstance(after, list) and len(after) == 3 and all(isinstance(x, str) for x in after)
-        ):
-            raise InvalidArgument("page_token", "not a token this server issued")
+        after = paging.decode_strs(request.page_token, filters, 3)
         want = PB_STATUS.get(request.status)
         matching = [
             key
@@ -267,9 +261,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
             raise InvalidArgument("state", f"unknown value {request.state}")
         filters = [request.state, request.node_id, request.service]
         size = paging.page_size(request.page_size)
-        before = paging.decode_token(request.page_token, filters)
-        if before is not None and not isinstance(before, int):
-            raise InvalidArgument("page_token", "not a token this server issued")
+        before = paging.decode_int(request.page_token, filters)
         rows, total = await self.store.list_outages(
             state=states[request.state],
             node_id=request.node_id or None,
@@ -291,7 +283,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
     ) -> poller_pb2.ListMinionsResponse:
         filters = [request.location]
         size = paging.page_size(request.page_size)
-        after = paging.decode_token(request.page_token, filters)
+        after = paging.decode_strs(request.page_token, filters, 2)
         sessions = [
             s
             for s in self.registry.sessions()
