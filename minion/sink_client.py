@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -34,6 +33,7 @@ import grpc
 from vigil.v1 import poll_pb2, sink_pb2, sink_pb2_grpc
 
 from minion.buffer import DiskSpool, Position
+from services.common.backoff import Backoff
 from services.common.timeutil import from_duration, set_timestamp
 
 log = logging.getLogger(__name__)
@@ -136,11 +136,11 @@ class SinkClient:
 
     async def run(self) -> None:
         """Hold a session for ever (until :meth:`goodbye`), reconnecting with jittered back-off."""
-        delay = 0.5
+        backoff = Backoff()
         while True:
             try:
                 await self._session()
-                delay = 0.5
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
@@ -158,8 +158,7 @@ class SinkClient:
                 self._requeue_unacked()
             if self._goodbye is not None:
                 return
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(10.0, delay * 2)
+            await backoff.sleep()
 
     def _requeue_unacked(self) -> None:
         if self._unacked:

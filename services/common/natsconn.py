@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 from pathlib import Path
 
 import nats
 from nats.aio.client import Client as NATS
+
+from services.common.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ async def connect(
 
     loop = asyncio.get_running_loop()
     give_up = None if first_attempt_timeout is None else loop.time() + first_attempt_timeout
-    delay = 0.2
+    backoff = Backoff(initial=0.2, cap=max_backoff)
     while True:
         nc = NATS()
         try:
@@ -90,13 +91,13 @@ async def connect(
             )
             return nc
         except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
+            delay = backoff.next()
             if give_up is not None and loop.time() + delay > give_up:
                 raise ConnectionError(f"cannot connect to NATS at {url}: {exc}") from exc
             log.warning(
                 "NATS (%s): cannot connect to %s (%s); retrying in %.1fs", name, url, exc, delay
             )
             await asyncio.sleep(delay)
-            delay = min(max_backoff, delay * 2) * random.uniform(0.8, 1.2)
 
 
 async def close(nc: NATS | None, timeout: float = 5.0) -> None:

@@ -47,6 +47,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
+from services.common.backoff import Backoff
 from services.common.config import EventsSettings
 from services.common.events import EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, Event
 from services.common.grpcerrors import InvalidArgument
@@ -222,7 +223,7 @@ class HookRunner:
             headers={"User-Agent": USER_AGENT},
         )
         sub: Any = None
-        delay = 0.5
+        backoff = Backoff()
         try:
             while True:
                 if sub is None:
@@ -231,15 +232,14 @@ class HookRunner:
                         sub = await self.js.pull_subscribe_bind(
                             consumer=self.consumer, stream=EVENTS_STREAM
                         )
-                        delay = 0.5
+                        backoff.reset()
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:
                         log.warning(
                             "hook %s: cannot bind its consumer (%s); retrying", self.row.name, exc
                         )
-                        await asyncio.sleep(delay)
-                        delay = min(10.0, delay * 2) * random.uniform(0.8, 1.2)
+                        await backoff.sleep()
                         continue
                 room = s.hook_max_in_flight - len(self.inflight)
                 if room <= 0:
@@ -260,7 +260,7 @@ class HookRunner:
                     with contextlib.suppress(Exception):
                         await sub.unsubscribe()
                     sub = None
-                    await asyncio.sleep(delay)
+                    await backoff.sleep()
                     continue
                 try:
                     for m in msgs:
@@ -273,7 +273,7 @@ class HookRunner:
                     with contextlib.suppress(Exception):
                         await sub.unsubscribe()
                     sub = None
-                    await asyncio.sleep(delay)
+                    await backoff.sleep()
         finally:
             tasks = list(self.inflight.values())
             for t in tasks:
@@ -412,7 +412,7 @@ class HookRunner:
             last_error=error,
             payload=bytes(m.data),
         )
-        delay = 0.5
+        backoff = Backoff()
         while True:
             try:
                 await self.store.park(failure, KEEP_FAILURES)
@@ -423,8 +423,7 @@ class HookRunner:
                 log.error(
                     "hook %s: cannot park a failed delivery (%s); retrying", self.row.name, exc
                 )
-                await self._sleep(m, delay)
-                delay = min(10.0, delay * 2)
+                await self._sleep(m, backoff.next())
         metrics.HOOK_PARKED.inc()
         self.row.failed += 1
         await self._ack(m)

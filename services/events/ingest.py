@@ -26,7 +26,6 @@ import contextlib
 import functools
 import json
 import logging
-import random
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,6 +37,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from services.common.backoff import Backoff
 from services.common.events import (
     EVENTS_STREAM,
     INGEST_STREAM,
@@ -89,7 +89,7 @@ class Ingestor:
 
     async def run(self) -> None:
         """Consume for ever; back off while NATS or the store is unavailable."""
-        delay = 0.5
+        backoff = Backoff()
         while True:
             try:
                 sub = await self.js.pull_subscribe(
@@ -107,9 +107,9 @@ class Ingestor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                delay = backoff.next()
                 log.warning("cannot bind the ingest consumer (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(10.0, delay * 2) * random.uniform(0.8, 1.2)
         try:
             await self._consume(sub)
         finally:
@@ -117,7 +117,7 @@ class Ingestor:
                 await sub.unsubscribe()
 
     async def _consume(self, sub: Any) -> None:
-        delay = 0.5
+        backoff = Backoff()
         while True:
             try:
                 msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
@@ -127,22 +127,21 @@ class Ingestor:
                 raise
             except Exception as exc:
                 log.warning("fetching raw events failed: %s", exc)
-                await asyncio.sleep(delay)
-                delay = min(10.0, delay * 2) * random.uniform(0.8, 1.2)
+                await backoff.sleep()
                 continue
             try:
                 await self.process(msgs)
-                delay = 0.5
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 # Unacked messages come back (nak now, or after ack_wait); nothing is lost.
                 log.error("processing %d raw event(s) failed: %s; retrying", len(msgs), exc)
+                delay = backoff.next()
                 for m in msgs:
                     with contextlib.suppress(Exception):
                         await m.nak(delay=delay)
                 await asyncio.sleep(delay)
-                delay = min(10.0, delay * 2) * random.uniform(0.8, 1.2)
 
     async def process(self, msgs: Sequence[Msg]) -> None:
         """Handle one batch of raw messages (normalize, publish, store, ack)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +33,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 from vigil.v1 import events_pb2
 
+from services.common.backoff import Backoff
 from services.common.events import EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, Event
 from services.common.timeutil import now, set_timestamp
 from services.events import metrics
@@ -178,20 +178,19 @@ class Subscription:
         loop = asyncio.get_running_loop()
         await self._keepalive()
         sub = None
-        delay = 0.2
+        backoff = Backoff(initial=0.2, cap=5.0)
         try:
             while True:
                 if sub is None:
                     try:
                         await self._catch_up_expired()
                         sub = await self._bind()
-                        delay = 0.2
+                        backoff.reset()
                     except (asyncio.CancelledError, TooSlow):
                         raise
                     except Exception as exc:
                         log.warning("subscriber cannot read %s (%s); retrying", EVENTS_STREAM, exc)
-                        await asyncio.sleep(delay)
-                        delay = min(5.0, delay * 2) * random.uniform(0.8, 1.2)
+                        await backoff.sleep()
                         if loop.time() - self._last_write >= self.keepalive:
                             await self._keepalive()  # still here, position unchanged
                         continue

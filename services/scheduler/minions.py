@@ -43,12 +43,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import deque
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from services.common.backoff import Backoff
 from services.common.events import Event, make_event
 from services.common.timeutil import now
 from services.scheduler import metrics
@@ -396,7 +396,7 @@ class MinionRegistry:
         loop = asyncio.get_running_loop()
         period = max(0.05, min(1.0, self.heartbeat_interval / 2))
         next_scan = 0.0
-        delay = 0.5
+        backoff = Backoff()
         while True:
             self.sweep()
             loop_now = loop.time()
@@ -423,10 +423,9 @@ class MinionRegistry:
                     log.warning(
                         "writing %d minion/location event(s) failed (%s); retrying", len(batch), exc
                     )
-                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                    delay = min(10.0, delay * 2)
+                    await backoff.sleep()
                     continue
-                delay = 0.5
+                backoff.reset()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), period)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 
 from nats.js import JetStreamContext
 
+from services.common.backoff import Backoff
 from services.common.events import INGEST_SUBJECT_PREFIX
 from services.scheduler import metrics
 from services.scheduler.store import SchedulerStore
@@ -41,17 +41,17 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Relay for ever; backs off while NATS or the store is unavailable."""
-        delay = 0.5
+        backoff = Backoff()
         while True:
             try:
                 sent = await self.relay_once()
-                delay = 0.5
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                delay = backoff.next()
                 log.warning("event relay: %s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(10.0, delay * 2) * random.uniform(0.8, 1.2)
                 continue
             if sent < BATCH:
                 self._wake.clear()

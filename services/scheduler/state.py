@@ -32,13 +32,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from minion.monitors.base import Status
+from services.common.backoff import Backoff
 from services.common.events import Event, make_event
 from services.scheduler import metrics
 from services.scheduler.model import (
@@ -582,7 +582,7 @@ class StateKeeper:
     # -- persisting ------------------------------------------------------------------
 
     async def _persist(self, writes: list[_Write]) -> None:
-        delay = 0.5
+        backoff = Backoff()
         emitted: list[Event] = []
         while True:
             try:
@@ -593,9 +593,9 @@ class StateKeeper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                delay = backoff.next()
                 log.error("store write failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(10.0, delay * 2) * random.uniform(0.8, 1.2)
         for e in emitted:
             metrics.EVENTS_EMITTED.labels(e.type, e.action).inc()
         if emitted:
