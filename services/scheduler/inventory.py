@@ -30,7 +30,7 @@ from services.scheduler.model import (
     ServiceRuntime,
     ServiceSpec,
 )
-from services.scheduler.packages import DEFAULT_POLICY, ResolveError, Resolver
+from services.scheduler.packages import DEFAULT_POLICY, ResolveError, resolver_for
 from services.scheduler.store import SchedulerStore
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Inventory:
     ) -> None:
         self.cfg = cfg
         self.store = store
-        self.resolver = Resolver(cfg)
+        self.resolver = resolver_for(cfg)
         self.services = services
         self.interfaces = interfaces
         self.nodes = nodes

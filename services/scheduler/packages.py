@@ -101,6 +101,7 @@ class Resolver:
         # Every service of an interface asks the same question: answer it once.
         self._matching: dict[tuple[str, str], list[Package]] = {}
         self._defs: dict[str, dict[str, PackageService]] = {}
+        self._remembered: dict[int, tuple[NodeConfig, dict[ServiceKey, ServiceSpec]]] = {}
 
     def matching(self, ip: str, location: str) -> list[Package]:
         """Packages whose filter covers ``ip`` at ``location``, in file order."""
@@ -216,8 +217,18 @@ class Resolver:
             return self.cfg.defaults.ttl
         return interval
 
-    def node(self, node: NodeConfig, where: str = "node") -> dict[ServiceKey, ServiceSpec]:
-        """Every service of a node; errors name ``where.interfaces[i].services[j].field``."""
+    def node(
+        self, node: NodeConfig, where: str = "node", *, remember: bool = False
+    ) -> dict[ServiceKey, ServiceSpec]:
+        """Every service of a node; errors name ``where.interfaces[i].services[j].field``.
+
+        ``remember`` keeps the result for the next call with this very node
+        object (once): the configuration is resolved when it is loaded, and
+        the inventory then takes those specs instead of resolving it again.
+        """
+        kept = self._remembered.pop(id(node), None)
+        if kept is not None and kept[0] is node:
+            return kept[1]
         specs: dict[ServiceKey, ServiceSpec] = {}
         problems: list[str] = []
         for i, itf in enumerate(node.interfaces):
@@ -231,7 +242,21 @@ class Resolver:
                 specs[spec.key] = spec
         if problems:
             raise ResolveError("; ".join(problems))
+        if remember:
+            self._remembered[id(node)] = (node, specs)
         return specs
+
+
+_LAST: list[tuple[VigilConfig, Resolver]] = []
+
+
+def resolver_for(cfg: VigilConfig) -> Resolver:
+    """The resolver of this configuration object, shared by its validation and the inventory."""
+    if _LAST and _LAST[0][0] is cfg:
+        return _LAST[0][1]
+    resolver = Resolver(cfg)
+    _LAST[:] = [(cfg, resolver)]  # only the latest: no configuration is kept alive for long
+    return resolver
 
 
 def config_problems(cfg: VigilConfig) -> list[str]:
@@ -242,10 +267,10 @@ def config_problems(cfg: VigilConfig) -> list[str]:
             problem = check_params(svc.monitor, svc.params)
             if problem is not None:
                 problems.append(f"packages[{p}].services[{s}].{problem}")
-    resolver = Resolver(cfg)
+    resolver = resolver_for(cfg)
     for n, node in enumerate(cfg.nodes):
         try:
-            resolver.node(node, f"nodes[{n}]")
+            resolver.node(node, f"nodes[{n}]", remember=True)
         except ResolveError as exc:
             problems.append(str(exc))
     return problems
