@@ -454,15 +454,12 @@ class StateKeeper:
             i.down for i in self.interfaces.values() if i.node_id == itf.node_id
         )
         kind = "node" if node_down else "interface"
-        event = make_event(
+        event = self._element_event(
             kind,
             "down",
-            source=SOURCE,
-            type_id=itf.node_id if node_down else f"{itf.node_id}/{itf.ip}",
-            node_id=itf.node_id,
-            location=critical.spec.location,
-            created_at=at,
-            ip=None if node_down else itf.ip,
+            itf,
+            critical.spec.location,
+            at,
             criticalService=critical.key.service,
             reason=reason,
             nodeLabel=critical.spec.node_label or None,
@@ -506,15 +503,12 @@ class StateKeeper:
         node = self.nodes.get(itf.node_id)
         node_was_down = node is not None and node.down
         kind = "node" if node_was_down else "interface"
-        event = make_event(
+        event = self._element_event(
             kind,
             "up",
-            source=SOURCE,
-            type_id=itf.node_id if node_was_down else f"{itf.node_id}/{itf.ip}",
-            node_id=itf.node_id,
-            location=critical.spec.location,
-            created_at=at,
-            ip=None if node_was_down else itf.ip,
+            itf,
+            critical.spec.location,
+            at,
             criticalService=critical.key.service,
             nodeLabel=critical.spec.node_label or None,
             suppressed=self._suppression(critical, at),
@@ -531,15 +525,12 @@ class StateKeeper:
             for other in self.interfaces.values():
                 if other.node_id == itf.node_id and other.down and other is not itf:
                     events.append(
-                        make_event(
+                        self._element_event(
                             "interface",
                             "down",
-                            source=SOURCE,
-                            type_id=f"{other.node_id}/{other.ip}",
-                            node_id=other.node_id,
-                            location=critical.spec.location,
-                            created_at=at,
-                            ip=other.ip,
+                            other,
+                            critical.spec.location,
+                            at,
                             reason="still down after node up",
                         )
                     )
@@ -561,6 +552,24 @@ class StateKeeper:
                 self._follow.append((rt.key, False))
         event.data["outagesClosed"] = closed
         self._events(*events)
+
+    @staticmethod
+    def _element_event(
+        kind: str, action: str, itf: InterfaceState, location: str, at: float, **data: Any
+    ) -> Event:
+        """An ``interface`` event (typeId ``node/ip``) or a ``node`` event (typeId ``node``)."""
+        node = kind == "node"
+        return make_event(
+            kind,
+            action,
+            source=SOURCE,
+            type_id=itf.node_id if node else f"{itf.node_id}/{itf.ip}",
+            node_id=itf.node_id,
+            location=location,
+            created_at=at,
+            ip=None if node else itf.ip,
+            **data,
+        )
 
     @staticmethod
     def _event(kind: str, action: str, rt: ServiceRuntime, at: float, **data: Any) -> Event:
