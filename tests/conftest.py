@@ -9,6 +9,7 @@ import pytest
 
 from services.common.natsserver import NatsServer
 from tests.helpers import EventCollector
+from tests.minions.util import MinionProcess
 
 
 @pytest.fixture
@@ -29,3 +30,14 @@ async def events_seen(nats_server: NatsServer) -> AsyncIterator[EventCollector]:
         yield collector
     finally:
         await collector.stop()
+
+
+@pytest.fixture
+def minion_processes() -> Iterator[list[MinionProcess]]:
+    """Child minions started by the test; killed (if still running) at the end."""
+    procs: list[MinionProcess] = []
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()

@@ -87,18 +87,31 @@ def make_config(
 
 
 class TcpTarget:
-    """A TCP listener on a fixed port that can go down and come back."""
+    """A TCP listener on a fixed port that can go down and come back.
 
-    def __init__(self, port: int | None = None, banner: bytes = b"") -> None:
+    It sends ``banner`` (after ``delay`` seconds: a slow but UP service) and
+    closes; ``connections`` counts who came.
+    """
+
+    def __init__(self, port: int | None = None, banner: bytes = b"", delay: float = 0.0) -> None:
         self.port = port or free_port()
         self.banner = banner
+        self.delay = delay
+        self.connections = 0
         self._server: asyncio.Server | None = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.banner:
-            writer.write(self.banner)
-            await writer.drain()
-        writer.close()
+        self.connections += 1
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.banner:
+                writer.write(self.banner)
+                await writer.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
 
     async def start(self) -> TcpTarget:
         """Listen (again) on the port."""

@@ -6,11 +6,11 @@ and ``events_seen`` (every event published during the test).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.minions.util import BannerTarget, MinionProcess
+from tests.minions.util import BannerTarget
 
 
 @pytest.fixture
@@ -21,14 +21,3 @@ async def banner_target() -> AsyncIterator[BannerTarget]:
         yield target
     finally:
         await target.stop()
-
-
-@pytest.fixture
-def minion_processes() -> Iterator[list[MinionProcess]]:
-    """Child minions started by the test; killed (if still running) at the end."""
-    procs: list[MinionProcess] = []
-    try:
-        yield procs
-    finally:
-        for p in procs:
-            p.kill()

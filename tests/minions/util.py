@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import grpc
 import yaml
 from vigil.v1 import poller_pb2, poller_pb2_grpc
 
-from tests.helpers import Stack, free_port
+from tests.helpers import Stack, TcpTarget
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,36 +81,11 @@ async def list_outages(stack: Stack) -> list[poller_pb2.Outage]:
     return list(resp.outages)
 
 
-class BannerTarget:
+class BannerTarget(TcpTarget):
     """A TCP service that answers ``OK`` only after ``delay`` seconds: a slow but UP target."""
 
     def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.port = free_port()
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-
-    async def _handle(self, _r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            await asyncio.sleep(self.delay)
-            w.write(b"OK\r\n")
-            await w.drain()
-        except (OSError, asyncio.CancelledError):
-            pass
-        finally:
-            w.close()
-
-    async def start(self) -> BannerTarget:
-        self._server = await asyncio.start_server(
-            self._handle, "127.0.0.1", self.port, reuse_address=True
-        )
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        super().__init__(banner=b"OK\r\n", delay=delay)
 
 
 class MinionProcess:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.minions.util import DIE_WITH_PARENT, ROOT, MinionProcess, python_env
+from tests.minions.util import DIE_WITH_PARENT, ROOT, python_env
 
 PREFIX = "vgt"
 TEST_RANGE = "10.250.0.0/16"
@@ -275,14 +275,3 @@ def sites() -> Iterator[Sites]:
         _remove(pid)
         if not _other_runs_alive():  # theirs too, after a crash: nothing needs it any more
             ip("route", "del", *UNREACHABLE, check=False)
-
-
-@pytest.fixture
-def minion_processes() -> Iterator[list[MinionProcess]]:
-    """Child minions started by the test; killed (if still running) at the end."""
-    procs: list[MinionProcess] = []
-    try:
-        yield procs
-    finally:
-        for p in procs:
-            p.kill()
