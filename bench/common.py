@@ -8,9 +8,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 from prometheus_client import Histogram
+
+from services.common.config import VigilConfig, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,3 +107,76 @@ def table(rows: list[dict[str, object]]) -> str:
     lines = ["  ".join(c.ljust(widths[c]) for c in cols), "  ".join("-" * widths[c] for c in cols)]
     lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
     return "\n".join(lines)
+
+
+def poll_nodes(
+    services: int,
+    monitor: str,
+    params: dict[str, Any],
+    location: str = "Default",
+    prefix: str = "bench",
+) -> list[dict[str, Any]]:
+    """``services`` identical services on 127.0.0.1, 100 per node, as config nodes."""
+    per_node = 100
+    return [
+        {
+            "id": f"{prefix}-{n // per_node:05d}",
+            "location": location,
+            "interfaces": [
+                {
+                    "ip": "127.0.0.1",
+                    "services": [
+                        {"name": f"S{i:03d}", "monitor": monitor, "params": params}
+                        for i in range(min(per_node, services - n))
+                    ],
+                }
+            ],
+        }
+        for n in range(0, services, per_node)
+    ]
+
+
+def scheduler_config(
+    nats_url: str, db: Path, interval: float, nodes: list[dict[str, Any]]
+) -> VigilConfig:
+    """A scheduler polling ``nodes`` every ``interval`` s, first polls spread over one interval."""
+    return parse_config(
+        {
+            "nats": {"url": nats_url},
+            "scheduler": {
+                "listen": "127.0.0.1:0",
+                "metrics_listen": None,
+                "store_url": f"sqlite:///{db}",
+                "start_splay": f"{interval}s",
+                "status_flush_interval": "2s",
+            },
+            "defaults": {"interval": f"{interval}s", "timeout": "2s", "retries": 0},
+            "nodes": nodes,
+        },
+        "<bench>",
+        env={},
+    )
+
+
+def spawn_minion(
+    nats_url: str, scheduler: str, location: str, system_id: str, log: Path
+) -> subprocess.Popen[bytes]:
+    """``vigil minion`` as a child process (quiet)."""
+    return spawn(
+        [
+            "-m",
+            "services.cli",
+            "minion",
+            "--nats",
+            nats_url,
+            "--scheduler",
+            scheduler,
+            "--location",
+            location,
+            "--system-id",
+            system_id,
+            "--log-level",
+            "WARNING",
+        ],
+        log,
+    )

@@ -27,34 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import rss_mb, spawn, stop, table
+from bench.common import poll_nodes, rss_mb, scheduler_config, spawn_minion, stop, table
 from bench.pipeline import LISTENER
-from services.common.config import parse_config
 from services.common.natsserver import NatsServer
 from services.scheduler import metrics
 from services.scheduler.app import Scheduler
 
 LOCATION = "bench"
-
-
-def _nodes(services: int, monitor: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    per_node = 100
-    return [
-        {
-            "id": f"m-{n // per_node:05d}",
-            "location": LOCATION,
-            "interfaces": [
-                {
-                    "ip": "127.0.0.1",
-                    "services": [
-                        {"name": f"S{i:03d}", "monitor": monitor, "params": params}
-                        for i in range(min(per_node, services - n))
-                    ],
-                }
-            ],
-        }
-        for n in range(0, services, per_node)
-    ]
 
 
 def _total(counter: Any, **labels: str) -> float:
@@ -85,31 +64,20 @@ async def run_scenario(
     """One measured run with ``minions`` minions at the location; returns a table row."""
     tag = f"{name}-{services}-{minions}"
     nats = NatsServer(work / f"nats-{tag}").start()
-    cfg = parse_config(
-        {
-            "nats": {"url": nats.url},
-            "scheduler": {
-                "listen": "127.0.0.1:0",
-                "metrics_listen": None,
-                "store_url": f"sqlite:///{work}/{tag}.db",
-                "start_splay": f"{interval}s",
-                "status_flush_interval": "2s",
-            },
-            "defaults": {"interval": f"{interval}s", "timeout": "2s", "retries": 0},
-            "nodes": _nodes(services, monitor, params),
-        },
-        "<bench>",
-        env={},
-    )
+    nodes = poll_nodes(services, monitor, params, location=LOCATION, prefix="m")
+    cfg = scheduler_config(nats.url, work / f"{tag}.db", interval, nodes)
     sched = Scheduler(cfg, nats_url=nats.url)
     await sched.start()
-    procs = []
-    for i in range(minions):
-        args = [
-            "-m", "services.cli", "minion", "--nats", nats.url, "--scheduler", sched.grpc_address,
-            "--location", LOCATION, "--system-id", f"bench-{tag}-{i}", "--log-level", "WARNING",
-        ]  # fmt: skip
-        procs.append(spawn(args, work / f"minion-{tag}-{i}.log"))
+    procs = [
+        spawn_minion(
+            nats.url,
+            sched.grpc_address,
+            LOCATION,
+            f"bench-{tag}-{i}",
+            work / f"minion-{tag}-{i}.log",
+        )
+        for i in range(minions)
+    ]
     try:
         # Warm up: every minion connected, then one interval so that every service has its phase.
         for _ in range(300):

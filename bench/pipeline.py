@@ -15,8 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, histogram_snapshot, quantile, rss_mb, spawn, stop
-from services.common.config import parse_config
+from bench.common import (
+    free_port,
+    histogram_snapshot,
+    poll_nodes,
+    quantile,
+    rss_mb,
+    scheduler_config,
+    spawn_minion,
+    stop,
+)
 from services.common.natsserver import NatsServer
 from services.scheduler import metrics
 from services.scheduler.app import Scheduler
@@ -31,28 +39,6 @@ asyncio.run(main())
 """
 
 
-def _nodes(services: int, monitor: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    per_node = 100
-    nodes = []
-    for n in range(0, services, per_node):
-        count = min(per_node, services - n)
-        nodes.append(
-            {
-                "id": f"bench-{n // per_node:05d}",
-                "interfaces": [
-                    {
-                        "ip": "127.0.0.1",
-                        "services": [
-                            {"name": f"S{i:03d}", "monitor": monitor, "params": params}
-                            for i in range(count)
-                        ],
-                    }
-                ],
-            }
-        )
-    return nodes
-
-
 async def run_scenario(
     name: str,
     services: int,
@@ -64,41 +50,13 @@ async def run_scenario(
 ) -> dict[str, object]:
     """One measured run; returns a table row."""
     nats = NatsServer(work / f"nats-{name}").start()
-    cfg = parse_config(
-        {
-            "nats": {"url": nats.url},
-            "scheduler": {
-                "listen": "127.0.0.1:0",
-                "metrics_listen": None,
-                "store_url": f"sqlite:///{work}/{name}.db",
-                "start_splay": f"{interval}s",
-                "status_flush_interval": "2s",
-            },
-            "defaults": {"interval": f"{interval}s", "timeout": "2s", "retries": 0},
-            "nodes": _nodes(services, monitor, params),
-        },
-        "<bench>",
-        env={},
+    cfg = scheduler_config(
+        nats.url, work / f"{name}.db", interval, poll_nodes(services, monitor, params)
     )
     sched = Scheduler(cfg, nats_url=nats.url)
     await sched.start()
-    minion = spawn(
-        [
-            "-m",
-            "services.cli",
-            "minion",
-            "--nats",
-            nats.url,
-            "--scheduler",
-            sched.grpc_address,
-            "--location",
-            "Default",
-            "--system-id",
-            f"bench-{name}",
-            "--log-level",
-            "WARNING",
-        ],
-        work / f"minion-{name}.log",
+    minion = spawn_minion(
+        nats.url, sched.grpc_address, "Default", f"bench-{name}", work / f"minion-{name}.log"
     )
     try:
         keeper = sched.keeper

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import rss_mb, spawn, stop
+from bench.common import rss_mb, spawn_minion, stop
 from services.common.config import parse_config
 from services.common.natsserver import NatsServer
 from services.scheduler.app import Scheduler
@@ -67,21 +67,8 @@ async def run(services: int = 100_000, splay: float = 10.0) -> dict[str, object]
         sched = Scheduler(cfg, nats_url=nats.url)
         await sched.start()
         t_ready = time.perf_counter() - t0
-        minion = spawn(
-            [
-                "-m",
-                "services.cli",
-                "minion",
-                "--nats",
-                nats.url,
-                "--scheduler",
-                sched.grpc_address,
-                "--system-id",
-                "bench-startup",
-                "--log-level",
-                "WARNING",
-            ],
-            work / "minion.log",
+        minion = spawn_minion(
+            nats.url, sched.grpc_address, "Default", "bench-startup", work / "minion.log"
         )
         try:
             assert sched.dispatcher is not None
