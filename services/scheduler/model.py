@@ -105,7 +105,8 @@ class ServiceRuntime:
     against: int = 0
     against_since: float | None = None
     #: The last UP/DOWN results (flapping detection).
-    history: deque[Status] = field(default_factory=lambda: deque(maxlen=100))
+    #: Only kept when the service's package detects flapping (most do not: no cost then).
+    history: deque[Status] | None = None
     flapping: bool = False
     stale: bool = False
     paused: bool = False

@@ -350,11 +350,13 @@ class StateKeeper:
         return [rt for k in sorted(itf.services) if (rt := self.services.get(k)) is not None]
 
     def _flapping(self, rt: ServiceRuntime, obs: Observation) -> None:
-        rt.history.append(obs.status)
         cfg = self._policy(rt).flapping
         if cfg is None:
             return
-        recent = list(rt.history)[-cfg.window :]
+        if rt.history is None or rt.history.maxlen != cfg.window:
+            rt.history = deque(rt.history or (), maxlen=cfg.window)
+        rt.history.append(obs.status)
+        recent = list(rt.history)
         changes = sum(1 for a, b in itertools.pairwise(recent) if a is not b)
         if not rt.flapping and changes >= cfg.threshold:
             rt.flapping = True
