@@ -42,11 +42,16 @@ class ParamsError(ValueError):
     """A monitor's parameters do not match its schema; the message names the field."""
 
 
-def _load(spec: str) -> type[Monitor[Any]]:
+def _load(name: str, spec: str) -> type[Monitor[Any]]:
+    # A plugin (or a built-in's library) that cannot be imported is reported
+    # like an unknown monitor, naming the cause, not as a traceback.
     module, _, attr = spec.partition(":")
-    cls = getattr(importlib.import_module(module), attr)
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UnknownMonitorError(f"monitor {name!r} cannot be loaded from {spec}: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, Monitor)):
-        raise TypeError(f"{spec} is not a vigil Monitor subclass")
+        raise UnknownMonitorError(f"monitor {name!r}: {spec} is not a vigil Monitor subclass")
     return cls
 
 
@@ -74,7 +79,7 @@ def monitor_class(name: str) -> type[Monitor[Any]]:
     spec = BUILTIN.get(name) or _plugins().get(name)
     if spec is None:
         raise UnknownMonitorError(f"unknown monitor {name!r} (known: {', '.join(available())})")
-    return _load(spec)
+    return _load(name, spec)
 
 
 def validate_params(name: str, params: dict[str, Any], where: str = "params") -> MonitorParams:

@@ -113,3 +113,23 @@ async def test_poll_through_the_registry(example_plugin, poll, tmp_path):
     missing = await poll("file_age", "127.0.0.1", {"path": str(tmp_path / "nope")})
     assert missing.status is Status.DOWN
     assert missing.reason.endswith("does not exist")
+
+
+def test_a_plugin_that_cannot_be_imported_is_reported_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.common.config import ConfigError, parse_config
+
+    registry.monitor_class.cache_clear()
+    monkeypatch.setitem(registry.BUILTIN, "broken", "no_such_module_for_vigil:Monitor")
+    try:
+        node = {
+            "id": "n",
+            "interfaces": [{"ip": "10.0.0.1", "services": [{"name": "X", "monitor": "broken"}]}],
+        }
+        with pytest.raises(
+            ConfigError, match=r"monitor 'broken' cannot be loaded from no_such_module_for_vigil"
+        ):
+            parse_config({"nodes": [node]}, "f.yaml", env={})
+    finally:
+        registry.monitor_class.cache_clear()
