@@ -108,17 +108,6 @@ async def upsert(
     await conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=update), rows)
 
 
-async def insert_ignore(
-    conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str]
-) -> None:
-    """INSERT … ON CONFLICT (keys) DO NOTHING."""
-    if not rows:
-        return
-    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
-    stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys))
-    await conn.execute(stmt, rows)
-
-
 def utc(epoch: float | None) -> datetime | None:
     """Epoch seconds → aware UTC datetime for a DateTime(timezone=True) column."""
     return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)

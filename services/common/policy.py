@@ -248,8 +248,3 @@ class Package(_Strict):
 
 #: Governs services that no package matches.
 BUILTIN_PACKAGE = Package(name="builtin")
-
-
-def now_utc() -> datetime:
-    """The current time, aware."""
-    return datetime.now(UTC)

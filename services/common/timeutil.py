@@ -14,12 +14,6 @@ def now() -> float:
     return time.time()
 
 
-def to_timestamp(epoch: float) -> Timestamp:
-    """Epoch seconds → protobuf Timestamp."""
-    seconds = int(epoch // 1)
-    return Timestamp(seconds=seconds, nanos=int((epoch - seconds) * 1e9))
-
-
 def set_timestamp(ts: Timestamp, epoch: float | None) -> None:
     """Fill ``ts`` in place (no-op for ``None``)."""
     if epoch is None:

@@ -40,10 +40,6 @@ class Schedule(Generic[K]):
         """Unschedule ``key`` (no-op when absent)."""
         self._due.pop(key, None)
 
-    def due_time(self, key: K) -> float | None:
-        """When ``key`` is due, or ``None``."""
-        return self._due.get(key)
-
     def next_due(self) -> float | None:
         """The earliest due time, or ``None`` when empty."""
         while self._heap:
