@@ -133,6 +133,8 @@ class Minion:
         self._nc: NATS | None = None
         self._shared: Any = None
         self._own: Any = None
+        #: The server has our subscriptions (flushed): requests published now reach us.
+        self._subscribed = False
         self._stopping = False
         #: Times the minion left / rejoined its location's queue group.
         self.intake_pauses = 0
@@ -156,7 +158,7 @@ class Minion:
         hb = sink_pb2.Heartbeat(
             in_flight=self.runner.in_flight,
             polls_done=self.runner.stats.done,
-            nats_connected=bool(self._nc and self._nc.is_connected and self._own is not None),
+            nats_connected=bool(self._nc and self._nc.is_connected and self._subscribed),
             dropped_expired=self.runner.stats.dropped_expired,
             intake_paused=self._shared is None,
             autonomous=self.site.autonomous,
@@ -196,6 +198,10 @@ class Minion:
         )
         await self._reconcile_intake()
         await nc.flush(timeout=5)
+        # Only now may the scheduler count on us: a request published before the
+        # server had our subscriptions would be lost and wait out its TTL.
+        self._subscribed = True
+        self.sink.beat_now()
         self.tasks.spawn("intake", self._intake_loop())
         log.info(
             "minion %s at location %s: NATS %s, scheduler %s, monitors %s",
@@ -261,6 +267,7 @@ class Minion:
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop taking requests, finish in-flight polls (bounded), flush, say goodbye, close."""
         self._stopping = True
+        self._subscribed = False
         self.site.stop()
         shared, own, self._shared, self._own = self._shared, self._own, None, None
         for sub in (shared, own):

@@ -67,6 +67,16 @@ class RunnerStats:
         self.peak_in_flight = 0
 
 
+def attempt_cutoff(deadline: float, timeout: float, expires: float) -> float:
+    """When the runner gives up on an attempt that ends at ``deadline`` (loop time).
+
+    Monitors that explain a timeout themselves ("no SNMP response from ...")
+    report right at their deadline; a short grace lets them, under load too,
+    before the runner's generic "timed out". Never past the TTL (``expires``).
+    """
+    return min(deadline + min(1.0, max(0.2, 0.2 * timeout)), expires)
+
+
 class PollRunner:
     """Accepts requests and emits results through ``emit``."""
 
@@ -222,10 +232,7 @@ class PollRunner:
         for attempt in range(1, req.retries + 2):
             deadline = min(loop.time() + timeout, expires)
             ctx = PollContext(deadline=deadline, timeout=timeout, attempt=attempt)
-            # Monitors that explain a timeout themselves ("no SNMP response from
-            # ...") report right at their deadline; a short grace lets them, under
-            # load too, before the runner's generic "timed out". Never past the TTL.
-            cutoff = min(deadline + min(1.0, max(0.2, 0.2 * timeout)), expires)
+            cutoff = attempt_cutoff(deadline, timeout, expires)
             outcome = await self._attempt(monitor, target, params, ctx, cutoff)
             if outcome.status is not Status.DOWN or loop.time() >= expires:
                 break

@@ -83,6 +83,7 @@ class SinkClient:
         self._schedule_digest = schedule_digest
         self._queue: deque[Entry] = deque()
         self._have = asyncio.Event()
+        self._beat_due = False
         self._unacked: OrderedDict[int, list[Entry]] = OrderedDict()
         self._replay: tuple[int, Position, int] | None = None
         self._seq = 0
@@ -121,6 +122,11 @@ class SinkClient:
 
     def wake(self) -> None:
         """Something was spooled: have the session look at it."""
+        self._have.set()
+
+    def beat_now(self) -> None:
+        """Send a heartbeat at once (the minion's NATS intake changed)."""
+        self._beat_due = True
         self._have.set()
 
     def _unacked_count(self) -> int:
@@ -251,7 +257,8 @@ class SinkClient:
         replay_sent = 0.0
         while not reader.done():
             now = loop.time()
-            if now >= next_heartbeat:
+            if now >= next_heartbeat or self._beat_due:
+                self._beat_due = False
                 await self._send(call, sink_pb2.MinionMessage(heartbeat=self._heartbeat()))
                 self.heartbeats_sent += 1
                 self.last_contact = time.time()

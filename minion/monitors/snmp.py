@@ -329,13 +329,19 @@ class SnmpMonitor(Monitor[SnmpParams]):
         )
         start = time.perf_counter()
         try:
-            if params.walk:
-                rows = await session.walk(params.oid, params.max_rows)
-                return self._judge_walk(params, rows, elapsed_ms(start))
-            value = await session.get(params.oid)
-            return self._judge_get(params, value, elapsed_ms(start))
+            # pysnmp's own timeout counts timer ticks, which run late on a busy
+            # loop: the attempt's deadline is kept here too, so an agent that does
+            # not answer is still reported as such, not as a bare "timed out".
+            async with asyncio.timeout_at(when.deadline):
+                if params.walk:
+                    rows = await session.walk(params.oid, params.max_rows)
+                    return self._judge_walk(params, rows, elapsed_ms(start))
+                value = await session.get(params.oid)
+                return self._judge_get(params, value, elapsed_ms(start))
         except SnmpError as exc:
             return PollOutcome.down(str(exc), elapsed_ms(start))
+        except TimeoutError:
+            return PollOutcome.down(str(session.no_response()), elapsed_ms(start))
 
     @staticmethod
     def _judge_get(params: SnmpParams, value: Any, rt: float) -> PollOutcome:
@@ -422,15 +428,19 @@ class _Session:
         self.engine, self.auth, self.transport, self.context = engine, auth, transport, context
         self.creds, self.where = creds, where
 
+    def no_response(self) -> SnmpError:
+        """The agent did not answer in time."""
+        hint = (
+            "wrong community, or the agent is down"
+            if self.creds.version != "v3"
+            else "wrong credentials or context, or the agent is down"
+        )
+        return SnmpError(f"no SNMP response from {self.where} ({self.creds.version}; {hint})")
+
     def _fail(self, indication: Any) -> SnmpError:
         text = str(indication)
         if "timed out" in text.lower() or "timeout" in text.lower():
-            hint = (
-                "wrong community, or the agent is down"
-                if self.creds.version != "v3"
-                else "wrong credentials or context, or the agent is down"
-            )
-            return SnmpError(f"no SNMP response from {self.where} ({self.creds.version}; {hint})")
+            return self.no_response()
         return SnmpError(f"SNMP {self.creds.version} request to {self.where} failed: {text}")
 
     def _status(self, status: Any, index: Any, oid: str) -> SnmpError:

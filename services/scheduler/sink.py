@@ -194,6 +194,9 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
             version=hello.version[:64],
             monitors=list(hello.monitors)[:256],
             capacity=hello.max_in_flight,
+            # Not until a heartbeat says so: requests published before the minion's
+            # subscriptions reach the server are lost (it beats as soon as they do).
+            nats_connected=False,
             last_connected_at=from_timestamp(hello.last_connected_at)
             if hello.HasField("last_connected_at")
             else 0.0,
