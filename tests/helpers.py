@@ -198,7 +198,14 @@ class Stack:
         )
         await m.start()
         self.minions.append(m)
-        await wait_for(lambda: m.sink.connected.is_set(), 10, what=f"minion {sid} session")
+        registry = self.scheduler.registry
+
+        def usable() -> bool:
+            session = registry.get(sid)
+            return session is not None and session.open and session.nats_connected
+
+        # Like a user, a test expects a started minion to be sent requests.
+        await wait_for(usable, 10, what=f"minion {sid} in use by the scheduler")
         return m
 
     async def stop_minion(self, m: Minion) -> None:

@@ -84,7 +84,7 @@ class Central:
         def arrived() -> bool:
             for sid in system_ids:
                 rec = registry.get(sid)
-                if rec is None or not rec.up:
+                if rec is None or not rec.up or not rec.nats_connected:
                     return False
                 ups = [
                     e
