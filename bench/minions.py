@@ -137,7 +137,8 @@ async def main(quick: bool = False) -> list[dict[str, object]]:
                 )
         finally:
             listener.terminate()
-            await asyncio.wait_for(listener.wait(), 5)
+            async with asyncio.timeout(5):
+                await listener.wait()
     return rows
 
 

@@ -44,7 +44,7 @@ from minion.sink_client import SinkClient
 from minion.site import SitePoller
 from services.common import natsconn
 from services.common.config import NODE_ID_RE, MinionSettings
-from services.common.tasks import Supervisor
+from services.common.tasks import Supervisor, wait_set
 from services.common.timeutil import now as wall_now
 from services.common.timeutil import set_timestamp
 
@@ -217,8 +217,7 @@ class Minion:
         while True:
             self._intake_changed.clear()
             await self._reconcile_intake()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._intake_changed.wait(), 1.0)
+            await wait_set(self._intake_changed, 1.0)
 
     async def _reconcile_intake(self) -> None:
         want = not (self._stopping or self.runner.saturated or self.site.autonomous)
@@ -282,7 +281,8 @@ class Minion:
         await self.tasks.close()
         if self._nc is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._nc.close(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await self._nc.close()
         self.spool.close()
         await self.monitors.close()
         log.info(
@@ -302,7 +302,8 @@ async def _leave(nc: NATS | None, sub: Any) -> None:
     """
     if nc is not None and nc.is_connected:
         try:
-            await asyncio.wait_for(sub.drain(), UNSUBSCRIBE_TIMEOUT)
+            async with asyncio.timeout(UNSUBSCRIBE_TIMEOUT):
+                await sub.drain()
             return
         except Exception as exc:
             log.debug("draining %s failed (%r); dropping it locally", sub.subject, exc)

@@ -22,7 +22,6 @@ scheduler marks it down at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
@@ -34,6 +33,7 @@ from vigil.v1 import poll_pb2, sink_pb2, sink_pb2_grpc
 
 from minion.buffer import DiskSpool, Position
 from services.common.backoff import Backoff
+from services.common.tasks import wait_set
 from services.common.timeutil import from_duration, set_timestamp
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,8 @@ class SinkClient:
             stub = sink_pb2_grpc.ResultSinkStub(channel)
             call = stub.Connect()
             await call.write(sink_pb2.MinionMessage(hello=self._hello()))
-            first = await asyncio.wait_for(call.read(), timeout=15.0)
+            async with asyncio.timeout(15.0):
+                first = await call.read()
             if not isinstance(first, sink_pb2.SinkMessage) or first.WhichOneof("kind") != "welcome":
                 raise ConnectionError("scheduler did not welcome this minion")
             interval = from_duration(first.welcome.heartbeat_interval) or 5.0
@@ -315,11 +316,7 @@ class SinkClient:
                 return
             if not self._queue or self._replay_pending():
                 self._have.clear()
-                try:
-                    await asyncio.wait_for(
-                        self._have.wait(), timeout=max(0.0, min(1.0, next_heartbeat - loop.time()))
-                    )
-                except TimeoutError:
+                if not await wait_set(self._have, max(0.0, min(1.0, next_heartbeat - loop.time()))):
                     continue
                 await asyncio.sleep(LINGER)  # let a batch fill up
                 continue
@@ -343,7 +340,8 @@ class SinkClient:
     async def _send(self, call: Call, msg: sink_pb2.MinionMessage) -> None:
         """Write one message; a write stuck that long means the link is gone (the session ends)."""
         try:
-            await asyncio.wait_for(call.write(msg), timeout=self._silence_limit)
+            async with asyncio.timeout(self._silence_limit):
+                await call.write(msg)
         except TimeoutError:
             raise ConnectionError(
                 f"a write to the scheduler did not complete in {self._silence_limit:.1f}s"
@@ -371,8 +369,7 @@ class SinkClient:
                 return False
             self._progress.clear()
             # Woken by each acknowledgement; the bound re-checks now and then anyway.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), min(remaining, 0.5))
+            await wait_set(self._progress, min(remaining, 0.5))
         return True
 
     async def goodbye(self, reason: str, timeout: float) -> bool:
@@ -385,8 +382,7 @@ class SinkClient:
         self._have.set()
         if not self.connected.is_set():
             return False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ended.wait(), timeout)
+        await wait_set(self._ended, timeout)
         return not self.connected.is_set()
 
 

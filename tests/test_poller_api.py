@@ -199,7 +199,8 @@ async def grpcurl(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         GRPCURL, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
     return proc.returncode or 0, out.decode(), err.decode()
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -19,7 +22,7 @@ from tests.helpers import free_port
 pytestmark = pytest.mark.slow
 
 
-def _config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+def _config(tmp_path: Path, closing_port: int) -> tuple[Path, dict[str, int]]:
     ports = {name: free_port() for name in ("sched", "sched_m", "events", "events_m")}
     cfg = {
         "scheduler": {
@@ -47,7 +50,11 @@ def _config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
                                 "monitor": "tcp",
                                 "params": {"port": ports["sched"]},
                             },
-                            {"name": "Closed", "monitor": "tcp", "params": {"port": 9}},
+                            {
+                                "name": "Closing",
+                                "monitor": "tcp",
+                                "params": {"port": closing_port},
+                            },
                         ],
                     }
                 ],
@@ -59,8 +66,10 @@ def _config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
     return path, ports
 
 
-def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, object], dict[str, int]]:
-    path, ports = _config(tmp_path)
+def _start(
+    tmp_path: Path, closing_port: int = 9
+) -> tuple[subprocess.Popen[str], dict[str, object], dict[str, int]]:
+    path, ports = _config(tmp_path, closing_port)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
     proc = subprocess.Popen(
         [
@@ -110,8 +119,25 @@ def _wait_gone(pids: list[int], timeout: float = 20) -> list[int]:
     return alive
 
 
+def _wait_for_line(stream: Any, text: str, timeout: float) -> str:
+    """Read ``stream`` (a child's pipe) until a line holds ``text``; what was read."""
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([stream], [], [], left)[0]:
+            raise AssertionError(f"no {text!r} within {timeout}s; got {seen!r}")
+        line = stream.readline()
+        if not line:
+            raise AssertionError(f"stream ended before {text!r}; got {seen!r}")
+        seen += line
+    return seen
+
+
 def test_vigil_up_runs_the_pipeline_and_sigterm_stops_every_child(tmp_path: Path) -> None:
-    proc, endpoints, _ports = _start(tmp_path)
+    # A port the test closes once the sniffer listens: the event cannot come too early.
+    listener = socket.create_server(("127.0.0.1", 0))
+    proc, endpoints, _ports = _start(tmp_path, listener.getsockname()[1])
     pids = _children(endpoints)
     try:
         assert len(pids) == 4  # nats-server, events, scheduler, one minion
@@ -119,7 +145,7 @@ def test_vigil_up_runs_the_pipeline_and_sigterm_stops_every_child(tmp_path: Path
         assert url == endpoints["nats"]
         assert url.startswith("nats://127.0.0.1:")
         # The closed port is reported lost through the whole pipeline.
-        sniff = subprocess.run(
+        sniff = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -135,15 +161,22 @@ def test_vigil_up_runs_the_pipeline_and_sigterm_stops_every_child(tmp_path: Path
                 "VIGIL_NATS_URL": url,
                 "PYTHONPATH": os.pathsep.join([str(Path.cwd()), str(Path.cwd() / "protos")]),
             },
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=60,
         )
-        assert sniff.returncode == 0, sniff.stderr
-        event = json.loads(sniff.stdout.strip().splitlines()[0])
-        assert event["typeId"] == "self/127.0.0.1/Closed"
+        try:
+            _wait_for_line(sniff.stderr, "vigil sniff: watching", 60)
+            listener.close()
+            out, err = sniff.communicate(timeout=60)
+        finally:
+            sniff.kill()
+        assert sniff.returncode == 0, err
+        event = json.loads(out.strip().splitlines()[0])
+        assert event["typeId"] == "self/127.0.0.1/Closing"
         assert "connection refused" in event["data"]["reason"]
     finally:
+        listener.close()
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out

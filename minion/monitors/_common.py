@@ -303,7 +303,8 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
     """Close a stream without waiting long for a peer that does not cooperate."""
     writer.close()
     with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
-        await asyncio.wait_for(writer.wait_closed(), timeout=1.0)
+        async with asyncio.timeout(1.0):
+            await writer.wait_closed()
 
 
 def first_line(text: str, limit: int = 200) -> str:

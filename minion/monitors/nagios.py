@@ -281,7 +281,8 @@ class NagiosMonitor(Monitor[NagiosParams]):
     @staticmethod
     async def _reap(proc: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(TimeoutError, ProcessLookupError):
-            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=2.0)
+            async with asyncio.timeout(2.0):
+                await asyncio.shield(proc.wait())
 
     @staticmethod
     def _judge(path: str, code: int, out: bytes, err: bytes, rt: float) -> PollOutcome:

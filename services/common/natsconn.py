@@ -105,7 +105,8 @@ async def close(nc: NATS | None, timeout: float = 5.0) -> None:
     if nc is None:
         return
     try:
-        await asyncio.wait_for(nc.drain(), timeout)
+        async with asyncio.timeout(timeout):
+            await nc.drain()
     except Exception:
         try:
             await nc.close()

@@ -57,3 +57,19 @@ class Supervisor:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             for t in pending:
                 log.warning("task %s did not stop within %.1fs", t.get_name(), timeout)
+
+
+async def wait_set(event: asyncio.Event, timeout: float) -> bool:
+    """Wait at most ``timeout`` seconds for ``event``; ``True`` when it is set.
+
+    Here, and with ``asyncio.timeout`` elsewhere, never ``asyncio.wait_for``:
+    in Python 3.11 ``wait_for`` swallows a cancellation that arrives as the
+    awaited thing completes, and a loop around it then outlives its owner
+    (seen: a scheduler task still writing events after its scheduler stopped).
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return event.is_set()
+    return True

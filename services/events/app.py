@@ -137,8 +137,10 @@ class EventService:
         if self._hooks is not None:
             try:
                 # The cursors' positions too: they restore a hook's place if NATS loses its data.
-                await asyncio.wait_for(self._hooks.refresh_all(), 5.0)
-                await asyncio.wait_for(self._hooks.flush(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await self._hooks.refresh_all()
+                async with asyncio.timeout(5.0):
+                    await self._hooks.flush()
             except Exception as exc:
                 log.warning("cannot save hook statuses: %s", exc)
         if self._nc is not None:
@@ -147,7 +149,8 @@ class EventService:
             # does not always mark, so it would sit out its timeout.
             if self._nc.is_connected:
                 try:
-                    await asyncio.wait_for(self._nc.flush(), 2.0)
+                    async with asyncio.timeout(2.0):
+                        await self._nc.flush()
                 except Exception as exc:
                     log.warning("NATS flush at shutdown failed: %s", exc)
             await self._nc.close()

@@ -82,7 +82,8 @@ class Subscription:
 
     async def _write(self, msg: events_pb2.SubscribeResponse) -> None:
         try:
-            await asyncio.wait_for(self.context.write(msg), self.stall_timeout)
+            async with asyncio.timeout(self.stall_timeout):
+                await self.context.write(msg)
         except TimeoutError:
             raise TooSlow from None
         self._last_write = asyncio.get_running_loop().time()
@@ -126,7 +127,8 @@ class Subscription:
         if self._consumer is not None:
             name, self._consumer = self._consumer, None
             try:
-                await asyncio.wait_for(self.js.delete_consumer(EVENTS_STREAM, name), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self.js.delete_consumer(EVENTS_STREAM, name)
             except Exception as exc:  # it expires on its own (inactive_threshold)
                 log.debug("cannot delete consumer %s: %s", name, exc)
 

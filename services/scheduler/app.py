@@ -176,12 +176,14 @@ class Scheduler:
             await self.dispatcher.close()
         if self.keeper is not None:
             try:
-                await asyncio.wait_for(self.keeper.flush(), 10.0)
+                async with asyncio.timeout(10.0):
+                    await self.keeper.flush()
             except Exception as exc:
                 log.warning("final state flush failed: %s", exc)
         if self.relay is not None:
             try:
-                await asyncio.wait_for(self.relay.relay_once(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await self.relay.relay_once()
             except Exception as exc:
                 log.warning("final event relay failed (events stay in the outbox): %s", exc)
         await natsconn.close(self._nc)

@@ -17,7 +17,6 @@ instead of queueing without limit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import secrets
@@ -30,6 +29,7 @@ from vigil.v1 import common_pb2, poll_pb2
 
 from minion.monitors.base import Status
 from services.common.durations import format_duration
+from services.common.tasks import wait_set
 from services.common.timeutil import now as wall_now
 from services.common.timeutil import set_timestamp
 from services.scheduler import metrics
@@ -194,8 +194,7 @@ class Dispatcher:
             ]
             timeout = min(1.0, max(0.0, min(wake) - now)) if wake else 1.0
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_set(self._wake, timeout)
 
     async def _dispatch_due(self, due: list[tuple[ServiceKey, float]], now: float) -> None:
         ready: list[ServiceRuntime] = []

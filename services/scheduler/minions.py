@@ -41,7 +41,6 @@ location") but is not a site outage worth an event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Coroutine, Iterable
@@ -50,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.common.backoff import Backoff
 from services.common.events import Event, make_event
+from services.common.tasks import wait_set
 from services.common.timeutil import now
 from services.scheduler import metrics
 
@@ -427,8 +427,7 @@ class MinionRegistry:
                     continue
                 backoff.reset()
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), period)
+            await wait_set(self._wake, period)
 
     def _update_gauge(self) -> None:
         counts: dict[str, int] = {}

@@ -8,13 +8,13 @@ window (``Nats-Msg-Id`` = event id) and by the event service's id check.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from nats.js import JetStreamContext
 
 from services.common.backoff import Backoff
 from services.common.events import INGEST_SUBJECT_PREFIX
+from services.common.tasks import wait_set
 from services.scheduler import metrics
 from services.scheduler.store import SchedulerStore
 
@@ -55,8 +55,7 @@ class OutboxRelay:
                 continue
             if sent < BATCH:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=5.0)
+                await wait_set(self._wake, 5.0)
 
     async def relay_once(self) -> int:
         """Publish one batch; returns how many events left the outbox."""

@@ -153,7 +153,8 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         waiter = self.keeper.wait_result(rid)
         try:
             # The poll's own TTL bounds the wait; the margin covers the trip back.
-            done = await asyncio.wait_for(waiter, rt.spec.ttl + 10.0)
+            async with asyncio.timeout(rt.spec.ttl + 10.0):
+                done = await waiter
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no result for request {rid}")
         return poller_pb2.PollNowResponse(service=self._status(done), request_id=rid)

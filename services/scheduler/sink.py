@@ -117,7 +117,8 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
     ) -> AsyncIterator[sink_pb2.SinkMessage]:
         messages = request_iterator.__aiter__()
         try:
-            first = await asyncio.wait_for(messages.__anext__(), HELLO_TIMEOUT)
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                first = await messages.__anext__()
         except (TimeoutError, StopAsyncIteration):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,

@@ -114,8 +114,9 @@ async def test_sniff_prints_json_lines_or_pretty_lines(
     async with jetstream(nats_server.url) as js:
         for e in events:
             await publish_raw(js, e)
-    assert await asyncio.wait_for(sniff, 10) == 0
-    assert await asyncio.wait_for(pretty, 10) == 0
+    async with asyncio.timeout(10):
+        assert await sniff == 0
+        assert await pretty == 0
     lines = capsys.readouterr().out.splitlines()
     as_json = [json.loads(line) for line in lines if line.startswith("{")]
     assert [e["id"] for e in as_json] == [e["id"] for e in events]

@@ -382,7 +382,8 @@ async def tcp_peer(
             t.cancel()
         if tasks:
             await asyncio.wait(list(tasks), timeout=5)
-        await asyncio.wait_for(server.wait_closed(), 5)
+        async with asyncio.timeout(5):
+            await server.wait_closed()
 
 
 @pytest.fixture

@@ -94,10 +94,12 @@ async def test_cancelled_poll_closes_its_connection(monitors, tcp_server, name, 
                 PollContext(loop.time() + 30, 30),
             )
         )
-        await asyncio.wait_for(connected.wait(), 5)
+        async with asyncio.timeout(5):
+            await connected.wait()
         await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         # the peer sees the connection go away: nothing is left open
-        await asyncio.wait_for(closed.wait(), 5)
+        async with asyncio.timeout(5):
+            await closed.wait()
