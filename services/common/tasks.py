@@ -12,7 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: At shutdown, how long a store write already under way may take to finish.
+WRITE_GRACE = 3.0
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +78,24 @@ async def wait_set(event: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return event.is_set()
     return True
+
+
+async def finish_writing(write: Coroutine[Any, Any, T], what: str) -> T:
+    """Run a store write to its end even when the caller is cancelled.
+
+    A transaction cancelled half-way can leave the store locked (SQLite) for
+    whoever writes next, e.g. a service's final flush at shutdown. On
+    cancellation the write gets :data:`WRITE_GRACE` seconds more, then the
+    cancellation goes on (``what`` names the write in the log).
+    """
+    task = asyncio.ensure_future(write)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        done, _ = await asyncio.wait({task}, timeout=WRITE_GRACE)
+        if not done:
+            task.cancel()
+            log.warning("%s: the write did not finish within %.1fs of shutdown", what, WRITE_GRACE)
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("%s: the write failed at shutdown: %r", what, task.exception())
+        raise

@@ -142,7 +142,7 @@ class EventService:
                 async with asyncio.timeout(5.0):
                     await self._hooks.flush()
             except Exception as exc:
-                log.warning("cannot save hook statuses: %s", exc)
+                log.warning("cannot save hook statuses: %r", exc)
         if self._nc is not None:
             # Flush (the last acks) and close. Not drain(): it waits for pull
             # subscriptions' internal queues to be "done", which nats-py's fetch

@@ -51,7 +51,7 @@ from services.common.backoff import Backoff
 from services.common.config import EventsSettings
 from services.common.events import EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, Event
 from services.common.grpcerrors import InvalidArgument
-from services.common.tasks import Supervisor
+from services.common.tasks import Supervisor, finish_writing
 from services.common.timeutil import now
 from services.events import metrics
 from services.events.filters import Interest, matches_any
@@ -415,7 +415,9 @@ class HookRunner:
         backoff = Backoff()
         while True:
             try:
-                await self.store.park(failure, KEEP_FAILURES)
+                await finish_writing(
+                    self.store.park(failure, KEEP_FAILURES), f"hook {self.row.name}: parking"
+                )
                 break
             except asyncio.CancelledError:
                 raise
@@ -543,8 +545,10 @@ class HookManager:
             if runner.dirty:
                 runner.dirty = False
                 try:
-                    await self.store.save_hook_status(runner.row)
-                except Exception:
+                    await finish_writing(
+                        self.store.save_hook_status(runner.row), f"hook {runner.row.name}: status"
+                    )
+                except BaseException:  # cancelled too: the final flush must write it
                     runner.dirty = True
                     raise
 

@@ -46,6 +46,7 @@ from services.common.events import (
     Event,
     subject_token,
 )
+from services.common.tasks import finish_writing
 from services.events import metrics
 from services.events.normalize import ID_RE, InvalidEvent, normalize
 from services.events.store import EventStore, ServiceState, StoredEvent
@@ -178,7 +179,7 @@ class Ingestor:
                 *(self._publish(e, m.metadata.num_delivered > 1) for m, e in fresh)
             )
             stored = [StoredEvent(seq, e) for seq, (_, e) in zip(seqs, fresh, strict=True)]
-            changes = await self.store.add(stored)
+            changes = await finish_writing(self.store.add(stored), "storing events")
             if changes and self.on_states is not None:
                 self.on_states(changes)
             for e in (e for _, e in fresh):

@@ -43,13 +43,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Coroutine, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from services.common.backoff import Backoff
 from services.common.events import Event, make_event
-from services.common.tasks import wait_set
+from services.common.tasks import finish_writing, wait_set
 from services.common.timeutil import now
 from services.scheduler import metrics
 
@@ -414,7 +414,7 @@ class MinionRegistry:
                 batch = list(self._events)
                 self._events.clear()
                 try:
-                    await _uncancelled(keeper.emit(batch))
+                    await finish_writing(keeper.emit(batch), "minion/location events")
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -437,28 +437,6 @@ class MinionRegistry:
         metrics.MINIONS.clear()
         for loc, n in counts.items():
             metrics.MINIONS.labels(loc).set(n)
-
-
-#: At shutdown, how long a store write already under way may take to finish.
-WRITE_GRACE = 3.0
-
-
-async def _uncancelled(write: Coroutine[Any, Any, None]) -> None:
-    """Run a store write to its end even when cancelled (bounded by :data:`WRITE_GRACE`).
-
-    A transaction cancelled half-way can leave the store locked (SQLite) for
-    whoever writes next, e.g. the scheduler's final state flush.
-    """
-    task = asyncio.ensure_future(write)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        done, _ = await asyncio.wait({task}, timeout=WRITE_GRACE)
-        if not done:
-            task.cancel()
-        elif not task.cancelled() and task.exception() is not None:
-            log.warning("a minion/location event write failed at shutdown: %s", task.exception())
-        raise
 
 
 def _loop_time() -> float:
