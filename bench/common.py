@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,31 @@ from prometheus_client import Histogram
 from services.common.config import VigilConfig, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
+
+_LISTENER = """
+import asyncio
+async def main():
+    async def h(r, w): w.close()
+    s = await asyncio.start_server(h, "127.0.0.1", {port}, backlog=4096)
+    await s.serve_forever()
+asyncio.run(main())
+"""
+
+
+@contextlib.asynccontextmanager
+async def tcp_peer() -> AsyncIterator[int]:
+    """A TCP listener in its own process (its sockets cost the bench nothing); yields its port."""
+    port = free_port()
+    listener = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _LISTENER.format(port=port)
+    )
+    try:
+        await asyncio.sleep(0.5)
+        yield port
+    finally:
+        listener.terminate()
+        async with asyncio.timeout(5):
+            await listener.wait()
 
 
 def python_env() -> dict[str, str]:
@@ -88,14 +114,14 @@ def quantile(
     return prev_le
 
 
-async def tcp_listener() -> tuple[asyncio.Server, int]:
-    """A local TCP peer that accepts and closes."""
-
-    async def handle(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        w.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=4096)
-    return server, int(server.sockets[0].getsockname()[1])
+def counter_total(counter: Any, **labels: str) -> float:
+    """Sum of a counter's ``_total`` samples whose labels include ``labels``."""
+    return sum(
+        float(s.value)
+        for m in counter.collect()
+        for s in m.samples
+        if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def table(rows: list[dict[str, object]]) -> str:

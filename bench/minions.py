@@ -20,15 +20,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import poll_nodes, rss_mb, scheduler_config, spawn_minion, stop, table
-from bench.pipeline import LISTENER
+from bench.common import (
+    counter_total,
+    poll_nodes,
+    rss_mb,
+    scheduler_config,
+    spawn_minion,
+    stop,
+    table,
+    tcp_peer,
+)
 from services.common.natsserver import NatsServer
 from services.scheduler import metrics
 from services.scheduler.app import Scheduler
@@ -36,19 +42,11 @@ from services.scheduler.app import Scheduler
 LOCATION = "bench"
 
 
-def _total(counter: Any, **labels: str) -> float:
-    """Sum of a counter's ``_total`` samples whose labels include ``labels``."""
-    return sum(
-        float(s.value)
-        for m in counter.collect()
-        for s in m.samples
-        if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items())
-    )
-
-
 def _real_results() -> float:
     """Results that said UP or DOWN (what minions measured, not UNKNOWN)."""
-    return _total(metrics.RESULTS, status="UP") + _total(metrics.RESULTS, status="DOWN")
+    return counter_total(metrics.RESULTS, status="UP") + counter_total(
+        metrics.RESULTS, status="DOWN"
+    )
 
 
 async def run_scenario(
@@ -86,9 +84,9 @@ async def run_scenario(
             await asyncio.sleep(0.2)
         await asyncio.sleep(interval + 2)
         done0 = {s.system_id: s.polls_done for s in sched.registry.sessions()}
-        unknown0, real0, t0 = _total(metrics.UNKNOWN), _real_results(), time.perf_counter()
+        unknown0, real0, t0 = counter_total(metrics.UNKNOWN), _real_results(), time.perf_counter()
         await asyncio.sleep(duration)
-        real1, t1, unknown1 = _real_results(), time.perf_counter(), _total(metrics.UNKNOWN)
+        real1, t1, unknown1 = _real_results(), time.perf_counter(), counter_total(metrics.UNKNOWN)
         # Per-minion counts come with heartbeats: a late heartbeat skews them a little.
         shares = [s.polls_done - done0.get(s.system_id, 0) for s in sched.registry.sessions()]
         total = sum(shares) or 1
@@ -123,22 +121,11 @@ async def main(quick: bool = False) -> list[dict[str, object]]:
                 rows.append(
                     await run_scenario("noop", n, services, 5.0, duration, "noop", {}, work)
                 )
-        with socket.socket() as holder:
-            holder.bind(("127.0.0.1", 0))
-            port = holder.getsockname()[1]
-        listener = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", LISTENER.format(port=port)
-        )
-        try:
-            await asyncio.sleep(0.5)
+        async with tcp_peer() as port:
             for n in (1, 2, 4):
                 rows.append(
                     await run_scenario("tcp", n, 4_000, 2.0, duration, "tcp", {"port": port}, work)
                 )
-        finally:
-            listener.terminate()
-            async with asyncio.timeout(5):
-                await listener.wait()
     return rows
 
 

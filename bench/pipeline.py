@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    free_port,
+    counter_total,
     histogram_snapshot,
     poll_nodes,
     quantile,
@@ -24,19 +23,11 @@ from bench.common import (
     scheduler_config,
     spawn_minion,
     stop,
+    tcp_peer,
 )
 from services.common.natsserver import NatsServer
 from services.scheduler import metrics
 from services.scheduler.app import Scheduler
-
-LISTENER = """
-import asyncio
-async def main():
-    async def h(r, w): w.close()
-    s = await asyncio.start_server(h, "127.0.0.1", {port}, backlog=4096)
-    await s.serve_forever()
-asyncio.run(main())
-"""
 
 
 async def run_scenario(
@@ -64,22 +55,12 @@ async def run_scenario(
         # Warm up: one full interval so that every service has its phase.
         await asyncio.sleep(interval + 2)
         lag0 = histogram_snapshot(metrics.DISPATCH_LAG)
-        unknown0 = sum(
-            s.value
-            for m in metrics.UNKNOWN.collect()
-            for s in m.samples
-            if s.name.endswith("_total")
-        )
+        unknown0 = counter_total(metrics.UNKNOWN)
         applied0, t0 = keeper.applied, time.perf_counter()
         await asyncio.sleep(duration)
         applied1, t1 = keeper.applied, time.perf_counter()
         lag1 = histogram_snapshot(metrics.DISPATCH_LAG)
-        unknown1 = sum(
-            s.value
-            for m in metrics.UNKNOWN.collect()
-            for s in m.samples
-            if s.name.endswith("_total")
-        )
+        unknown1 = counter_total(metrics.UNKNOWN)
         rate = (applied1 - applied0) / (t1 - t0)
         return {
             "scenario": name,
@@ -106,18 +87,8 @@ async def main(quick: bool = False) -> list[dict[str, object]]:
         work = Path(tmp)
         rows.append(await run_scenario("noop-2k", 10_000, 5.0, duration, "noop", {}, work))
         rows.append(await run_scenario("noop-10k", 50_000, 5.0, duration, "noop", {}, work))
-        port = free_port()
-        # The peer runs in its own process so that its sockets cost the bench nothing.
-        listener = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", LISTENER.format(port=port)
-        )
-        try:
-            await asyncio.sleep(0.5)
+        async with tcp_peer() as port:
             rows.append(
                 await run_scenario("tcp-1k", 2_000, 2.0, duration, "tcp", {"port": port}, work)
             )
-        finally:
-            listener.terminate()
-            async with asyncio.timeout(5):
-                await listener.wait()
     return rows

@@ -279,10 +279,7 @@ class Minion:
                 log.warning("stopping with %d result(s) not acknowledged", self.sink.backlog)
             await self.sink.goodbye("shutdown", timeout=5.0)
         await self.tasks.close()
-        if self._nc is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5.0):
-                    await self._nc.close()
+        await natsconn.close(self._nc)
         self.spool.close()
         await self.monitors.close()
         log.info(

@@ -331,9 +331,18 @@ class DiskSpool:
             self._unread = 0  # at the end: nothing can be left (whatever the counts said)
         self._save_cursor()
 
-    def forget(self) -> None:
-        """Count nothing as pending any more (what is left cannot be read)."""
-        self._unread = 0
+    def commit_expired(self, pos: Position) -> None:
+        """:meth:`read` returned no result up to ``pos`` (only expired records): move on.
+
+        When that moves nothing although results are counted, they cannot be
+        read: they are counted dropped, so that a reader never spins on them.
+        """
+        before = self.pending
+        self.commit(pos)
+        if before and self.pending >= before:
+            log.error("spool %s: %d result(s) counted but unreadable", self.directory, before)
+            self.dropped += before
+            self._unread = 0
 
     def close(self) -> None:
         """Persist the replay position."""

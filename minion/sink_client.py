@@ -288,17 +288,7 @@ class SinkClient:
                         ),
                     )
                     continue
-                before = self.spool.pending
-                self.spool.commit(pos)  # only expired records were left
-                if self.spool.pending >= before:
-                    # Nothing readable and nothing moved: never spin on it.
-                    log.error(
-                        "spool %s: %d result(s) counted but unreadable",
-                        self.spool.directory,
-                        before,
-                    )
-                    self.spool.dropped += before
-                    self.spool.forget()
+                self.spool.commit_expired(pos)
             if (
                 self._goodbye is not None
                 and not self._queue

@@ -90,18 +90,16 @@ class TcpTarget:
     """A TCP listener on a fixed port that can go down and come back.
 
     It sends ``banner`` (after ``delay`` seconds: a slow but UP service) and
-    closes; ``connections`` counts who came.
+    closes.
     """
 
     def __init__(self, port: int | None = None, banner: bytes = b"", delay: float = 0.0) -> None:
         self.port = port or free_port()
         self.banner = banner
         self.delay = delay
-        self.connections = 0
         self._server: asyncio.Server | None = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
         try:
             if self.delay:
                 await asyncio.sleep(self.delay)

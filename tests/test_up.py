@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import select
 import signal
 import socket
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from tests.helpers import free_port
+from tests.minions.util import python_env
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,6 @@ def _start(
     tmp_path: Path, closing_port: int = 9
 ) -> tuple[subprocess.Popen[str], dict[str, object], dict[str, int]]:
     path, ports = _config(tmp_path, closing_port)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -83,7 +82,7 @@ def _start(
             str(tmp_path / "state"),
         ],
         cwd=tmp_path,
-        env=env | {"PYTHONPATH": os.pathsep.join([str(Path.cwd()), str(Path.cwd() / "protos")])},
+        env=python_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -156,11 +155,7 @@ def test_vigil_up_runs_the_pipeline_and_sigterm_stops_every_child(tmp_path: Path
                 "1",
             ],
             cwd=tmp_path,
-            env={k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
-            | {
-                "VIGIL_NATS_URL": url,
-                "PYTHONPATH": os.pathsep.join([str(Path.cwd()), str(Path.cwd() / "protos")]),
-            },
+            env=python_env() | {"VIGIL_NATS_URL": url},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -238,13 +238,6 @@ class Package(_Strict):
             seen.add(svc.name)
         return self
 
-    def service(self, name: str) -> PackageService | None:
-        """This package's definition of ``name``."""
-        for svc in self.services:
-            if svc.name == name:
-                return svc
-        return None
-
 
 #: Governs services that no package matches.
 BUILTIN_PACKAGE = Package(name="builtin")

@@ -89,6 +89,8 @@ service_states = sa.Table(
 )
 
 #: (type, action) → (kind of object, the state it is in afterwards).
+#: ``service_states`` change of a service no longer monitored.
+FORGET = "forget"
 STATE_OF: dict[tuple[str, str], tuple[str, str]] = {
     ("service", "lost"): ("service", "down"),
     ("outage", "opened"): ("service", "down"),
@@ -98,10 +100,10 @@ STATE_OF: dict[tuple[str, str], tuple[str, str]] = {
     ("interface", "up"): ("interface", "up"),
     ("node", "down"): ("node", "down"),
     ("node", "up"): ("node", "up"),
+    ("service", "deleted"): ("service", FORGET),
 }
 #: ``outage closed`` reasons meaning "this service is no longer monitored".
 GONE_REASONS = frozenset({"unmanaged", "deleted"})
-FORGET = "forget"
 
 
 def state_key(kind: str, type_id: str) -> str:
@@ -114,8 +116,6 @@ def state_change(event: Event) -> tuple[str, str] | None:
     if not event.type_id:
         return None
     kind_action = (event.type, event.action)
-    if kind_action == ("service", "deleted"):
-        return ("service", FORGET)
     change = STATE_OF.get(kind_action)
     if change is None:
         return None
@@ -328,20 +328,12 @@ class EventStore:
     ) -> None:
         t = service_states
         upserts = []
+        gone_nodes: set[str] = set()
         for key, (kind, change, s) in changes.items():
             if change == FORGET:
                 await conn.execute(sa.delete(t).where(t.c.type_id == key, t.c.seq < s.seq))
                 if s.event.node_id:
-                    # The node's last service gone: its node/interface states go too (a node
-                    # deleted while down must not make a future namesake look down).
-                    rest = sa.select(t.c.type_id).where(
-                        t.c.kind == "service", t.c.node_id == s.event.node_id
-                    )
-                    await conn.execute(
-                        sa.delete(t).where(
-                            t.c.kind != "service", t.c.node_id == s.event.node_id, ~sa.exists(rest)
-                        )
-                    )
+                    gone_nodes.add(s.event.node_id)
                 continue
             upserts.append(
                 {
@@ -353,6 +345,13 @@ class EventStore:
                     "since": db.utc(parse_iso(s.event.created_at)),
                     "seq": s.seq,
                 }
+            )
+        for node_id in gone_nodes:
+            # The node's last service gone: its node/interface states go too (a node
+            # deleted while down must not make a future namesake look down).
+            rest = sa.select(t.c.type_id).where(t.c.kind == "service", t.c.node_id == node_id)
+            await conn.execute(
+                sa.delete(t).where(t.c.kind != "service", t.c.node_id == node_id, ~sa.exists(rest))
             )
         if not upserts:
             return

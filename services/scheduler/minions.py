@@ -43,13 +43,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from services.common.backoff import Backoff
 from services.common.events import Event, make_event
-from services.common.tasks import finish_writing, wait_set
+from services.common.tasks import wait_set
 from services.common.timeutil import now
 from services.scheduler import metrics
 
@@ -215,33 +215,30 @@ class MinionRegistry:
         """The registry's verdict: UP (``True``) or DOWN."""
         return session.up
 
-    def available(self, location: str) -> bool:
-        """True when a minion at ``location`` can receive requests and deliver results now."""
+    def _usable(self, location: str) -> Iterator[MinionSession]:
+        """Minions at ``location`` that can receive requests and deliver results now."""
         loop_now = _loop_time()
-        return any(
-            s.location == location
+        return (
+            s
+            for s in self._minions.values()
+            if s.location == location
             and s.up
             and s.open
             and s.nats_connected
             and loop_now - s.last_seen <= self.timeout
-            for s in self._minions.values()
         )
+
+    def available(self, location: str) -> bool:
+        """True when a minion at ``location`` can receive requests and deliver results now."""
+        return any(True for _ in self._usable(location))
 
     def capacity(self, location: str) -> int | None:
         """Polls the live minions of ``location`` run at once (``None``: unbounded/unknown)."""
-        loop_now = _loop_time()
         total = 0
-        for s in self._minions.values():
-            if (
-                s.location == location
-                and s.up
-                and s.open
-                and s.nats_connected
-                and loop_now - s.last_seen <= self.timeout
-            ):
-                if s.capacity <= 0:
-                    return None
-                total += s.capacity
+        for s in self._usable(location):
+            if s.capacity <= 0:
+                return None
+            total += s.capacity
         return total or None
 
     def reachable(self, location: str) -> bool | None:
@@ -414,7 +411,7 @@ class MinionRegistry:
                 batch = list(self._events)
                 self._events.clear()
                 try:
-                    await finish_writing(keeper.emit(batch), "minion/location events")
+                    await keeper.emit(batch)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:

@@ -48,7 +48,7 @@ class ServiceSpec:
     ttl: float
     node_label: str = ""
     policy: Policy | None = None
-    #: Identifies equal parameters cheaply (set when they come from one package definition).
+    #: ``params`` as JSON, when already known (shared by a package definition's services).
     params_key: str = field(default="", compare=False)
 
     def params_struct(self) -> Struct:

@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 
 from services.common.backoff import Backoff
 from services.common.events import INGEST_SUBJECT_PREFIX
-from services.common.tasks import wait_set
+from services.common.tasks import finish_writing, wait_set
 from services.scheduler import metrics
 from services.scheduler.store import SchedulerStore
 
@@ -77,7 +77,7 @@ class OutboxRelay:
             for (seq, _, _), ack in zip(rows, acks, strict=True)
             if not isinstance(ack, BaseException)
         ]
-        await asyncio.shield(self.store.outbox_done(done))
+        await finish_writing(self.store.outbox_done(done), "outbox")
         self.published += len(done)
         failed = [a for a in acks if isinstance(a, BaseException)]
         if failed:

@@ -101,6 +101,8 @@ class Resolver:
         # Every service of an interface asks the same question: answer it once.
         self._matching: dict[tuple[str, str], list[Package]] = {}
         self._defs: dict[str, dict[str, PackageService]] = {}
+        #: A package's own definition: its parameters' key and problem, found once.
+        self._checked: dict[tuple[str, str, str], tuple[str, str | None]] = {}
         self._remembered: dict[int, tuple[NodeConfig, dict[ServiceKey, ServiceSpec]]] = {}
 
     def matching(self, ip: str, location: str) -> list[Package]:
@@ -148,9 +150,9 @@ class Resolver:
         params = dict(definition.params) if definition and definition.monitor == monitor else {}
         params.update(entry.params)
         if entry.params or definition is None:
-            problem = check_params(monitor, params)
+            params_key, problem = "", check_params(monitor, params)
         else:
-            problem = self._definition_problem(pkg, definition, monitor, params)
+            params_key, problem = self._definition_check(pkg, definition, monitor, params)
         if problem is not None:
             raise ResolveError(problem)
         d = self.cfg.defaults
@@ -182,20 +184,25 @@ class Resolver:
             ttl=self.ttl(node.location, explicit_ttl, explicit_interval, interval),
             node_label=node.label,
             policy=self.policy(pkg, node.maintenance),
-            params_key=""
-            if entry.params or definition is None
-            else f"{pkg.name}/{definition.name}/{monitor}",
+            params_key=params_key,
         )
 
-    def _definition_problem(
+    def _definition_check(
         self, pkg: Package, definition: PackageService, monitor: str, params: dict[str, Any]
-    ) -> str | None:
-        # A package's own definition is checked once, not once per interface using it.
+    ) -> tuple[str, str | None]:
+        """``(params_key, problem)`` of a package's own definition: once, not per interface.
+
+        The key is the parameters' value (the Struct cache it selects is
+        process-wide and outlives this configuration), computed once here.
+        """
         key = (pkg.name, definition.name, monitor)
-        cache = self.__dict__.setdefault("_checked", {})
-        if key not in cache:
-            cache[key] = check_params(monitor, params)
-        return cache[key]  # type: ignore[no-any-return]
+        found = self._checked.get(key)
+        if found is None:
+            found = self._checked[key] = (
+                json.dumps(params, sort_keys=True, default=str),
+                check_params(monitor, params),
+            )
+        return found
 
     def ttl(
         self, location: str, ttl: float | None, explicit_interval: float | None, interval: float

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from minion.monitors.base import Status
 from services.common.backoff import Backoff
 from services.common.events import Event, make_event
+from services.common.tasks import finish_writing
 from services.scheduler import metrics
 from services.scheduler.model import (
     InterfaceState,
@@ -597,9 +598,7 @@ class StateKeeper:
         emitted: list[Event] = []
         while True:
             try:
-                # Shielded: a shutdown must not cancel a transaction half-way
-                # (SQLite would stay locked until the connection is collected).
-                emitted = await asyncio.shield(self._write_all(writes))
+                emitted = await finish_writing(self._write_all(writes), "state transitions")
                 break
             except asyncio.CancelledError:
                 raise
@@ -652,7 +651,7 @@ class StateKeeper:
             async with self.store.transaction() as tx:
                 await tx.enqueue(events)
 
-        await asyncio.shield(write())
+        await finish_writing(write(), "events")
         for e in events:
             metrics.EVENTS_EMITTED.labels(e.type, e.action).inc()
         self._on_events()
@@ -875,14 +874,14 @@ class StateKeeper:
         """
         rows = self.take_dirty()
         try:
-            await asyncio.shield(self.store.save_states(rows))
-        except Exception:
+            await finish_writing(self.store.save_states(rows), "service states")
+        except BaseException:  # cancelled too: the final flush writes them (an upsert)
             self._dirty.update(r.key for r in rows)
             raise
         history = list(self._history)
         self._history.clear()
         try:
-            await asyncio.shield(self.store.add_results(history))
+            await finish_writing(self.store.add_results(history), "poll history")
         except Exception:
             self._history.extendleft(reversed(history))
             while len(self._history) > MAX_HISTORY_BUFFER:

@@ -37,6 +37,28 @@ def noop_request(rid: str, location: str, expires_in: float = 5.0) -> poll_pb2.P
     return req
 
 
+async def minion_process_polling(
+    stack: Stack, tmp: Path, processes: list[MinionProcess], system_id: str
+) -> MinionProcess:
+    """A minion process at "edge", once the scheduler sees it with polls in flight."""
+    assert stack.scheduler is not None
+    proc = MinionProcess(
+        tmp,
+        nats_url=stack.nats_url,
+        scheduler=stack.scheduler.grpc_address,
+        location="edge",
+        system_id=system_id,
+    ).start()
+    processes.append(proc)
+    registry = stack.scheduler.registry
+    await wait_for(
+        lambda: (r := registry.get(system_id)) is not None and r.in_flight > 0,
+        timeout=30,
+        what=f"{system_id} polling",
+    )
+    return proc
+
+
 async def test_minions_of_a_location_share_the_work(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
@@ -127,20 +149,7 @@ async def test_killed_minion_leaves_polls_unknown_never_down_and_its_peer_takes_
         stays = await stack.start_minion(
             "edge", system_id="stays", spool_dir=str(tmp_path / "spool")
         )
-        doomed = MinionProcess(
-            tmp_path,
-            nats_url=nats_server.url,
-            scheduler=stack.scheduler.grpc_address,
-            location="edge",
-            system_id="doomed",
-        ).start()
-        minion_processes.append(doomed)
-        registry = stack.scheduler.registry
-        await wait_for(
-            lambda: (r := registry.get("doomed")) is not None and r.in_flight > 0,
-            timeout=30,
-            what="doomed polling",
-        )
+        doomed = await minion_process_polling(stack, tmp_path, minion_processes, "doomed")
         doomed.kill()  # mid-batch: its polls in flight never answer
         killed_at = time.time()
         services = list(stack.scheduler.services.values())
@@ -179,20 +188,7 @@ async def test_sigterm_drains_in_flight_polls_flushes_and_says_goodbye(
     stack = await Stack(cfg, nats_server.url).start(minion_locations=())
     assert stack.scheduler is not None
     try:
-        proc = MinionProcess(
-            tmp_path,
-            nats_url=nats_server.url,
-            scheduler=stack.scheduler.grpc_address,
-            location="edge",
-            system_id="term",
-        ).start()
-        minion_processes.append(proc)
-        registry = stack.scheduler.registry
-        await wait_for(
-            lambda: (r := registry.get("term")) is not None and r.in_flight > 0,
-            timeout=30,
-            what="polls in flight",
-        )
+        proc = await minion_process_polling(stack, tmp_path, minion_processes, "term")
         code = await asyncio.to_thread(proc.terminate, 60.0)
         assert code == 0, proc.output()
         out = proc.output()

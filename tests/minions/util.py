@@ -105,7 +105,6 @@ class MinionProcess:
         prefix: tuple[str, ...] = (),
         **minion: Any,
     ) -> None:
-        self.system_id = system_id
         self.log = tmp / f"minion-{system_id}.log"
         cfg = tmp / f"minion-{system_id}.yaml"
         settings = {
@@ -146,10 +145,6 @@ class MinionProcess:
         assert self.proc is not None
         self.proc.terminate()
         return self.proc.wait(timeout)
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def output(self) -> str:
         """What it logged so far."""

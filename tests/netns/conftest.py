@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.minions.util import DIE_WITH_PARENT, ROOT, python_env
+from tests.minions.util import DIE_WITH_PARENT
 
 PREFIX = "vgt"
 TEST_RANGE = "10.250.0.0/16"
@@ -190,12 +190,6 @@ class Site:
             proc.kill()
             proc.wait(10)
             raise RuntimeError(f"target in {self.netns} did not start within 15s; see {log}")
-        self.processes.append(proc)
-        return proc
-
-    def run(self, *args: str) -> subprocess.Popen[bytes]:
-        """A process inside the site (killed at the end)."""
-        proc = subprocess.Popen([*self.exec_prefix, *args], env=python_env(), cwd=ROOT)
         self.processes.append(proc)
         return proc
 

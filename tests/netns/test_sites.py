@@ -182,10 +182,6 @@ def peek_spool(directory: Path) -> list[poll_pb2.PollResult]:
     return out
 
 
-def _statuses(rts: list[ServiceRuntime]) -> list[Status | None]:
-    return [rt.last_poll_status for rt in rts]
-
-
 async def test_a_sites_target_is_up_only_through_its_own_minion(
     tmp_path: Path, sites: Sites, minion_processes: list[MinionProcess]
 ) -> None:
