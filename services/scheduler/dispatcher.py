@@ -235,17 +235,26 @@ class Dispatcher:
                 self._waiting.setdefault(location, deque()).append(key)
                 self._waiting_keys.add(key)
                 continue
-            if (
-                len(self.pending) + len(ready) >= self.max_in_flight
-                or self.pending.per_node(key.node_id) >= self.max_in_flight_per_node
-            ):
-                metrics.POLLS_DEFERRED.inc()
-                self.schedule.add(key, now + min(1.0, rt.spec.interval))
+            if self._at_bound(rt, len(ready), now):
                 continue
             if budget is not None:
                 room[location] = budget - 1
             ready.append(rt)
         await self.send(ready)
+
+    def _at_bound(self, rt: ServiceRuntime, queued: int, now: float) -> bool:
+        """The global or per-node bound on polls in flight is reached: try again shortly.
+
+        ``queued``: polls about to be sent with this one.
+        """
+        if (
+            len(self.pending) + queued < self.max_in_flight
+            and self.pending.per_node(rt.key.node_id) < self.max_in_flight_per_node
+        ):
+            return False
+        metrics.POLLS_DEFERRED.inc()
+        self.schedule.add(rt.key, now + min(1.0, rt.spec.interval))
+        return True
 
     def _room(self, location: str) -> int | None:
         """Polls ``location`` can take now (``None``: no known bound)."""
@@ -255,6 +264,7 @@ class Dispatcher:
     async def _drain_waiting(self) -> None:
         """Send services that waited for room, oldest first, as room frees up."""
         ready: list[ServiceRuntime] = []
+        now = self._loop_now()
         for location, queue in list(self._waiting.items()):
             budget = self._room(location)
             while queue and (budget is None or budget > 0):
@@ -266,6 +276,7 @@ class Dispatcher:
                     or rt.paused
                     or rt.in_flight is not None
                     or not self.keeper.polled(rt)
+                    or self._at_bound(rt, len(ready), now)
                 ):
                     continue
                 ready.append(rt)

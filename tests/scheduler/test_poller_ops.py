@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -196,10 +197,10 @@ async def test_a_hung_poll_delays_no_other_service(tmp_path: Path, nats_server: 
         assert hung_rt.in_flight is not None and hung_rt.last_poll_at is None
         assert fast_rt.status is Status.UP
     finally:
+        for w in held:  # the hung poll ends (DOWN) and the minion stops at once
+            w.close()
         await stack.stop()
         await fast.stop()
-        for w in held:
-            w.close()
         hung.close()
 
 
@@ -261,3 +262,67 @@ async def test_a_saturated_location_gets_no_more_than_its_minions_can_run(
         for w in held:
             w.close()
         server.close()
+
+
+async def test_polls_that_waited_for_room_still_respect_the_per_node_bound(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """A saturated location frees room: what waited is sent, but never past a node's bound."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hang(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)  # node "n": accepted, never answered
+
+    async def answer(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"X-banner\r\n")
+        await w.drain()
+        w.close()
+
+    hung = await asyncio.start_server(hang, "127.0.0.1", 0)
+    quick = await asyncio.start_server(answer, "127.0.0.1", 0)
+
+    def node(node_id: str, server: asyncio.Server) -> dict[str, Any]:
+        port = server.sockets[0].getsockname()[1]
+        services = [
+            {
+                "name": f"S{i}",
+                "monitor": "tcp",
+                "timeout": "30s",
+                "ttl": "60s",
+                "params": {"port": port, "banner": "^X"},
+            }
+            for i in range(4)
+        ]
+        return {"id": node_id, "interfaces": [{"ip": "127.0.0.1", "services": services}]}
+
+    cfg = make_config(
+        tmp_path,
+        nats_server.url,
+        [node("n", hung), node("m", quick)],
+        scheduler={"max_in_flight_per_node": 1},
+    )
+    stack = await Stack(cfg, nats_server.url).start(events=False, minion_locations=())
+    try:
+        assert stack.scheduler is not None and stack.scheduler.dispatcher is not None
+        await stack.start_minion(max_in_flight=2)
+        dispatcher = stack.scheduler.dispatcher
+        m_services = [rt for key, rt in stack.scheduler.services.items() if key.node_id == "m"]
+        highest = 0
+
+        def m_polled() -> bool:
+            nonlocal highest
+            highest = max(highest, dispatcher.pending.per_node("n"))
+            return all(rt.last_poll_status is Status.UP for rt in m_services)
+
+        # Node m's polls come back at once, freeing room for what waited (node n's too).
+        await wait_for(m_polled, timeout=20, what="node m's services polled")
+        await asyncio.sleep(1.0)  # a few more rounds of room freed and taken
+        assert highest <= 1
+        assert dispatcher.pending.per_node("n") == 1
+        assert len(held) == 1  # node n's first poll still hangs; no second one went out
+    finally:
+        for w in held:  # the hung poll ends (DOWN) and the minion stops at once
+            w.close()
+        await stack.stop()
+        hung.close()
+        quick.close()
