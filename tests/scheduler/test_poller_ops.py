@@ -204,6 +204,22 @@ async def test_a_hung_poll_delays_no_other_service(tmp_path: Path, nats_server: 
         hung.close()
 
 
+def banner_node(node_id: str, server: asyncio.Server, count: int) -> dict[str, Any]:
+    """A node with ``count`` services S0.. expecting an "X" banner from ``server`` (30 s each)."""
+    port = server.sockets[0].getsockname()[1]
+    services = [
+        {
+            "name": f"S{i}",
+            "monitor": "tcp",
+            "timeout": "30s",
+            "ttl": "60s",
+            "params": {"port": port, "banner": "^X"},
+        }
+        for i in range(count)
+    ]
+    return {"id": node_id, "interfaces": [{"ip": "127.0.0.1", "services": services}]}
+
+
 async def test_a_saturated_location_gets_no_more_than_its_minions_can_run(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
@@ -217,22 +233,7 @@ async def test_a_saturated_location_gets_no_more_than_its_minions_can_run(
             w.write(b"X-banner\r\n")
 
     server = await asyncio.start_server(hang, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    services = [
-        {
-            "name": f"S{i}",
-            "monitor": "tcp",
-            "timeout": "30s",
-            "ttl": "60s",
-            "params": {"port": port, "banner": "^X"},
-        }
-        for i in range(6)
-    ]
-    cfg = make_config(
-        tmp_path,
-        nats_server.url,
-        [{"id": "n", "interfaces": [{"ip": "127.0.0.1", "services": services}]}],
-    )
+    cfg = make_config(tmp_path, nats_server.url, [banner_node("n", server, 6)])
     stack = await Stack(cfg, nats_server.url).start(events=False, minion_locations=())
     try:
         assert stack.scheduler is not None and stack.scheduler.dispatcher is not None
@@ -281,24 +282,10 @@ async def test_polls_that_waited_for_room_still_respect_the_per_node_bound(
     hung = await asyncio.start_server(hang, "127.0.0.1", 0)
     quick = await asyncio.start_server(answer, "127.0.0.1", 0)
 
-    def node(node_id: str, server: asyncio.Server) -> dict[str, Any]:
-        port = server.sockets[0].getsockname()[1]
-        services = [
-            {
-                "name": f"S{i}",
-                "monitor": "tcp",
-                "timeout": "30s",
-                "ttl": "60s",
-                "params": {"port": port, "banner": "^X"},
-            }
-            for i in range(4)
-        ]
-        return {"id": node_id, "interfaces": [{"ip": "127.0.0.1", "services": services}]}
-
     cfg = make_config(
         tmp_path,
         nats_server.url,
-        [node("n", hung), node("m", quick)],
+        [banner_node("n", hung, 4), banner_node("m", quick, 4)],
         scheduler={"max_in_flight_per_node": 1},
     )
     stack = await Stack(cfg, nats_server.url).start(events=False, minion_locations=())
