@@ -25,10 +25,10 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 proto: $(STAMP)
-	$(PY) -m services.common.protogen protos
+	$(PY) -m services.core.protogen protos
 
 proto-check: $(STAMP)
-	$(PY) -m services.common.protogen protos --check
+	$(PY) -m services.core.protogen protos --check
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check services minion tests bench

@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 from prometheus_client import Histogram
 
-from services.common.config import VigilConfig, parse_config
+from services.core.config import VigilConfig, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,8 +27,8 @@ import nats
 from aiohttp import web
 from nats.js import JetStreamContext
 
-from services.common.config import parse_config
-from services.common.natsserver import NatsServer
+from services.core.config import parse_config
+from services.core.natsserver import NatsServer
 from services.events.app import EventService
 
 SOURCE_SUBJECT = "vigil.ingest.bench"

@@ -35,7 +35,7 @@ from bench.common import (
     table,
     tcp_peer,
 )
-from services.common.natsserver import NatsServer
+from services.core.natsserver import NatsServer
 from services.scheduler import metrics
 from services.scheduler.app import Scheduler
 

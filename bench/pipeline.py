@@ -25,7 +25,7 @@ from bench.common import (
     stop,
     tcp_peer,
 )
-from services.common.natsserver import NatsServer
+from services.core.natsserver import NatsServer
 from services.scheduler import metrics
 from services.scheduler.app import Scheduler
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import rss_mb, spawn_minion, stop
-from services.common.config import parse_config
-from services.common.natsserver import NatsServer
+from services.core.config import parse_config
+from services.core.natsserver import NatsServer
 from services.scheduler.app import Scheduler
 
 

@@ -42,11 +42,11 @@ from minion.monitors.snmp_config import set_snmp_profiles
 from minion.runner import PollRunner
 from minion.sink_client import SinkClient
 from minion.site import SitePoller
-from services.common import natsconn
-from services.common.config import NODE_ID_RE, MinionSettings
-from services.common.tasks import Supervisor, wait_set
-from services.common.timeutil import now as wall_now
-from services.common.timeutil import set_timestamp
+from services.core import natsconn
+from services.core.config import NODE_ID_RE, MinionSettings
+from services.core.tasks import Supervisor, wait_set
+from services.core.timeutil import now as wall_now
+from services.core.timeutil import set_timestamp
 
 log = logging.getLogger(__name__)
 

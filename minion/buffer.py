@@ -37,7 +37,7 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 from vigil.v1 import poll_pb2
 
-from services.common.timeutil import from_timestamp
+from services.core.timeutil import from_timestamp
 
 log = logging.getLogger(__name__)
 

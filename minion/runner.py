@@ -32,9 +32,9 @@ from vigil.v1 import common_pb2, poll_pb2
 
 from minion.monitors.base import MonitorParams, PollContext, PollOutcome, Status, Target
 from minion.monitors.registry import MonitorSet, UnknownMonitorError
-from services.common.durations import format_duration
-from services.common.timeutil import from_duration, from_timestamp, set_timestamp
-from services.common.validation import describe
+from services.core.durations import format_duration
+from services.core.timeutil import from_duration, from_timestamp, set_timestamp
+from services.core.validation import describe
 
 log = logging.getLogger(__name__)
 

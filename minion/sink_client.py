@@ -32,9 +32,9 @@ import grpc
 from vigil.v1 import poll_pb2, sink_pb2, sink_pb2_grpc
 
 from minion.buffer import DiskSpool, Position
-from services.common.backoff import Backoff
-from services.common.tasks import wait_set
-from services.common.timeutil import from_duration, set_timestamp
+from services.core.backoff import Backoff
+from services.core.tasks import wait_set
+from services.core.timeutil import from_duration, set_timestamp
 
 log = logging.getLogger(__name__)
 

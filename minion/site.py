@@ -38,7 +38,7 @@ from vigil.v1 import common_pb2, poll_pb2, sink_pb2
 
 from minion.buffer import DiskSpool
 from minion.runner import PollRunner
-from services.common.timeutil import from_duration, set_timestamp
+from services.core.timeutil import from_duration, set_timestamp
 
 log = logging.getLogger(__name__)
 

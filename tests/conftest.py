@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.natsserver import NatsServer
+from services.core.natsserver import NatsServer
 from tests.helpers import EventCollector
 from tests.minions.util import MinionProcess
 

@@ -13,7 +13,7 @@ import nats
 from nats.aio.client import Client as NATS
 
 from minion.app import Minion
-from services.common.config import MinionSettings, VigilConfig, parse_config
+from services.core.config import MinionSettings, VigilConfig, parse_config
 from services.events.app import EventService
 from services.scheduler.app import Scheduler
 

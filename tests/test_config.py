@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common.config import ConfigError, load_config, parse_config
-from services.common.durations import parse_duration
+from services.core.config import ConfigError, load_config, parse_config
+from services.core.durations import parse_duration
 
 
 def write(tmp_path: Path, text: str) -> Path:

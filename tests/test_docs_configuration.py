@@ -1,4 +1,4 @@
-"""docs/configuration.md stays in step with services/common/config.py.
+"""docs/configuration.md stays in step with services/core/config.py.
 
 Every key of every section is documented (and nothing else), the
 environment-variable table is exactly ENV_OVERRIDES, and the "complete file"
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from services.common.config import (
+from services.core.config import (
     ENV_OVERRIDES,
     Defaults,
     EventsSettings,
@@ -26,7 +26,7 @@ from services.common.config import (
     VigilConfig,
     parse_config,
 )
-from services.common.policy import (
+from services.core.policy import (
     DowntimeStep,
     Flapping,
     MaintenanceWindow,

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from services.common.protogen import check
+from services.core.protogen import check
 
 
 def test_generated_code_is_current() -> None:

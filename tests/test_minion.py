@@ -10,8 +10,8 @@ import nats
 from vigil.v1 import common_pb2, poll_pb2
 
 from minion.monitors.base import Status
-from services.common.natsserver import NatsServer
-from services.common.timeutil import set_timestamp
+from services.core.natsserver import NatsServer
+from services.core.timeutil import set_timestamp
 from services.scheduler.model import ServiceKey
 from tests.helpers import Stack, make_config, wait_for
 

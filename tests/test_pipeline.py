@@ -10,7 +10,7 @@ import grpc
 from vigil.v1 import poller_pb2, poller_pb2_grpc
 
 from minion.monitors.base import Status
-from services.common.natsserver import NatsServer
+from services.core.natsserver import NatsServer
 from services.scheduler.model import ServiceKey
 from tests.helpers import EventCollector, Stack, TcpTarget, make_config, wait_for
 

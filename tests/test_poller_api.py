@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vigil.v1 import common_pb2, poller_pb2, poller_pb2_grpc
 
-from services.common.natsserver import NatsServer
+from services.core.natsserver import NatsServer
 from tests.helpers import Stack, make_config, wait_for
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")

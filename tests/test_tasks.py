@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from services.common.tasks import Supervisor, wait_set
+from services.core.tasks import Supervisor, wait_set
 
 
 async def _loop_on(event: asyncio.Event, rounds: list[int]) -> None:

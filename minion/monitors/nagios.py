@@ -46,7 +46,7 @@ from minion.monitors.base import (
 )
 
 DEFAULT_PLUGIN_DIRS: tuple[str, ...] = ("/usr/lib/nagios/plugins", "/usr/lib/monitoring-plugins")
-# (services.common.config.DEFAULT_PLUGIN_DIRS mirrors this list for the minion's settings.)
+# (services.core.config.DEFAULT_PLUGIN_DIRS mirrors this list for the minion's settings.)
 _plugin_dirs: tuple[str, ...] = DEFAULT_PLUGIN_DIRS
 _resolved: dict[str, tuple[float, str | None]] = {}
 _RESOLVE_TTL = 60.0

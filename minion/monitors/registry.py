@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from minion.monitors.base import Monitor, MonitorParams
-from services.common.validation import describe
+from services.core.validation import describe
 
 log = logging.getLogger(__name__)
 

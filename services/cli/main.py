@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from services.common.config import ConfigError, VigilConfig, load_config
-from services.common.logs import setup_logging
+from services.core.config import ConfigError, VigilConfig, load_config
+from services.core.logs import setup_logging
 
 app = typer.Typer(
     name="vigil",
@@ -44,7 +44,7 @@ def _config(path: Path | None) -> VigilConfig:
 
 def _nats(explicit: str | None, cfg: VigilConfig) -> str:
     """``--nats``, else the config's (or ``$VIGIL_NATS_URL``), else ``.vigil/nats-url``, else the default."""
-    from services.common.natsconn import discover_nats_url
+    from services.core.natsconn import discover_nats_url
 
     if explicit:
         return explicit
@@ -114,8 +114,8 @@ def minion(
 
     from minion.app import Minion
     from services.cli.runtime import serve
-    from services.common.config import MinionSettings
-    from services.common.validation import describe
+    from services.core.config import MinionSettings
+    from services.core.validation import describe
 
     cfg = _config(config)
     overrides = {
@@ -148,7 +148,7 @@ def sniff(
 ) -> None:
     """Print events as they are published, one JSON line each (like RackHD's sniff.js)."""
     from services.cli.sniff import run_sniff
-    from services.common.natsconn import discover_nats_url
+    from services.core.natsconn import discover_nats_url
 
     raise typer.Exit(
         asyncio.run(run_sniff(discover_nats_url(nats), subject, pretty=pretty, count=count))

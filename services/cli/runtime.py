@@ -9,7 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from services.common.tasks import Supervisor
+from services.core.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 

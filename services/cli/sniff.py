@@ -16,7 +16,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from services.common import natsconn
+from services.core import natsconn
 
 
 def _summary(data: dict[str, Any]) -> str:

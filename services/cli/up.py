@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from services.common.config import DEFAULT_LOCATION, VigilConfig
-from services.common.natsserver import NatsServer, die_with_parent
+from services.core.config import DEFAULT_LOCATION, VigilConfig
+from services.core.natsserver import NatsServer, die_with_parent
 
 
 def _popen_options() -> dict[str, object]:

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from vigil.v1 import events_pb2, events_pb2_grpc
 
-from services.common import paging
-from services.common.events import INGEST_SUBJECT_PREFIX, SEVERITIES
-from services.common.grpcerrors import InvalidArgument, NotFound, handle_errors
-from services.common.timeutil import from_timestamp
+from services.core import paging
+from services.core.events import INGEST_SUBJECT_PREFIX, SEVERITIES
+from services.core.grpcerrors import InvalidArgument, NotFound, handle_errors
+from services.core.timeutil import from_timestamp
 from services.events import filters, metrics
 from services.events.convert import event_pb, failure_pb, hook_pb, raw_from_pb
 from services.events.hooks import NameTaken, TooManyHooks

@@ -23,13 +23,13 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from vigil.v1 import events_pb2_grpc
 
-from services.common import natsconn
-from services.common.config import VigilConfig
-from services.common.events import EVENTS_STREAM
-from services.common.grpcserver import GrpcServer
-from services.common.httpstatus import StatusServer
-from services.common.streams import ensure_stream, events_stream_config, ingest_stream_config
-from services.common.tasks import Supervisor
+from services.core import natsconn
+from services.core.config import VigilConfig
+from services.core.events import EVENTS_STREAM
+from services.core.grpcserver import GrpcServer
+from services.core.httpstatus import StatusServer
+from services.core.streams import ensure_stream, events_stream_config, ingest_stream_config
+from services.core.tasks import Supervisor
 from services.events.api import EventsServicer
 from services.events.hooks import HookManager
 from services.events.ingest import Ingestor

@@ -8,8 +8,8 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 from vigil.v1 import events_pb2
 
-from services.common.events import Event
-from services.common.timeutil import from_timestamp, iso, parse_iso, set_timestamp
+from services.core.events import Event
+from services.core.timeutil import from_timestamp, iso, parse_iso, set_timestamp
 from services.events.filters import Interest
 from services.events.store import HookFailureRow, HookRow
 

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.events import CATALOGUE, SEVERITIES, Event
-from services.common.grpcerrors import InvalidArgument
+from services.core.events import CATALOGUE, SEVERITIES, Event
+from services.core.grpcerrors import InvalidArgument
 
 FIELDS = ("type", "action", "severity", "node_id", "location")
 #: Wire (JSON/proto JSON) names of the fields, for messages and storage.

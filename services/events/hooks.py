@@ -47,12 +47,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from services.common.backoff import Backoff
-from services.common.config import EventsSettings
-from services.common.events import EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, Event
-from services.common.grpcerrors import InvalidArgument
-from services.common.tasks import Supervisor, finish_writing
-from services.common.timeutil import now
+from services.core.backoff import Backoff
+from services.core.config import EventsSettings
+from services.core.events import EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, Event
+from services.core.grpcerrors import InvalidArgument
+from services.core.tasks import Supervisor, finish_writing
+from services.core.timeutil import now
 from services.events import metrics
 from services.events.filters import Interest, matches_any
 from services.events.store import EventStore, HookFailureRow, HookRow

@@ -37,8 +37,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from services.common.backoff import Backoff
-from services.common.events import (
+from services.core.backoff import Backoff
+from services.core.events import (
     EVENTS_STREAM,
     INGEST_STREAM,
     INGEST_SUBJECT_PREFIX,
@@ -46,7 +46,7 @@ from services.common.events import (
     Event,
     subject_token,
 )
-from services.common.tasks import finish_writing
+from services.core.tasks import finish_writing
 from services.events import metrics
 from services.events.normalize import ID_RE, InvalidEvent, normalize
 from services.events.store import EventStore, ServiceState, StoredEvent

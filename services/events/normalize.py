@@ -15,14 +15,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from services.common.events import (
+from services.core.events import (
     CATALOGUE,
     FORMAT_VERSION,
     SEVERITIES,
     Event,
     reduction_key,
 )
-from services.common.timeutil import iso, now, parse_iso
+from services.core.timeutil import iso, now, parse_iso
 
 #: The largest raw event accepted (the JSON document, all fields included).
 MAX_RAW_BYTES = 64 << 10

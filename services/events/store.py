@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.common import db
-from services.common.events import Event
-from services.common.timeutil import parse_iso
+from services.core import db
+from services.core.events import Event
+from services.core.timeutil import parse_iso
 
 MIGRATIONS = "services.events:migrations"
 VERSION_TABLE = "events_schema_version"

@@ -33,9 +33,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 from vigil.v1 import events_pb2
 
-from services.common.backoff import Backoff
-from services.common.events import EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, Event
-from services.common.timeutil import now, set_timestamp
+from services.core.backoff import Backoff
+from services.core.events import EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, Event
+from services.core.timeutil import now, set_timestamp
 from services.events import metrics
 from services.events.convert import event_pb
 from services.events.filters import Interest, matches_any

@@ -18,13 +18,13 @@ import secrets
 from nats.aio.client import Client as NATS
 from vigil.v1 import inventory_pb2_grpc, poller_pb2_grpc, sink_pb2_grpc
 
-from services.common import natsconn
-from services.common.config import VigilConfig
-from services.common.grpcserver import GrpcServer
-from services.common.httpstatus import StatusServer
-from services.common.streams import ensure_stream, ingest_stream_config
-from services.common.tasks import Supervisor
-from services.common.timeutil import now
+from services.core import natsconn
+from services.core.config import VigilConfig
+from services.core.grpcserver import GrpcServer
+from services.core.httpstatus import StatusServer
+from services.core.streams import ensure_stream, ingest_stream_config
+from services.core.tasks import Supervisor
+from services.core.timeutil import now
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.inventory import Inventory
 from services.scheduler.inventory_api import InventoryServicer

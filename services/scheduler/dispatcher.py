@@ -28,10 +28,10 @@ from nats.aio.client import Client as NATS
 from vigil.v1 import common_pb2, poll_pb2
 
 from minion.monitors.base import Status
-from services.common.durations import format_duration
-from services.common.tasks import wait_set
-from services.common.timeutil import now as wall_now
-from services.common.timeutil import set_timestamp
+from services.core.durations import format_duration
+from services.core.tasks import wait_set
+from services.core.timeutil import now as wall_now
+from services.core.timeutil import set_timestamp
 from services.scheduler import metrics
 from services.scheduler.minions import MinionRegistry
 from services.scheduler.model import Observation, ServiceKey, ServiceRuntime

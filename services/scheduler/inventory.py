@@ -20,9 +20,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from services.common.config import NodeConfig, VigilConfig
-from services.common.timeutil import now
-from services.common.validation import describe
+from services.core.config import NodeConfig, VigilConfig
+from services.core.timeutil import now
+from services.core.validation import describe
 from services.scheduler.model import (
     InterfaceState,
     NodeState,

@@ -8,9 +8,9 @@ import grpc
 from google.protobuf import json_format
 from vigil.v1 import inventory_pb2, inventory_pb2_grpc
 
-from services.common import paging
-from services.common.grpcerrors import InvalidArgument, NotFound, handle_errors
-from services.common.timeutil import from_duration, from_timestamp, set_timestamp, to_duration
+from services.core import paging
+from services.core.grpcerrors import InvalidArgument, NotFound, handle_errors
+from services.core.timeutil import from_duration, from_timestamp, set_timestamp, to_duration
 from services.scheduler.inventory import API, Inventory, InventoryError, NodeEntry, ReadOnlyNode
 from services.scheduler.packages import DEFAULT_POLICY
 

@@ -47,10 +47,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from services.common.backoff import Backoff
-from services.common.events import Event, make_event
-from services.common.tasks import wait_set
-from services.common.timeutil import now
+from services.core.backoff import Backoff
+from services.core.events import Event, make_event
+from services.core.tasks import wait_set
+from services.core.timeutil import now
 from services.scheduler import metrics
 
 if TYPE_CHECKING:

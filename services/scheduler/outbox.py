@@ -12,9 +12,9 @@ import logging
 
 from nats.js import JetStreamContext
 
-from services.common.backoff import Backoff
-from services.common.events import INGEST_SUBJECT_PREFIX
-from services.common.tasks import finish_writing, wait_set
+from services.core.backoff import Backoff
+from services.core.events import INGEST_SUBJECT_PREFIX
+from services.core.tasks import finish_writing, wait_set
 from services.scheduler import metrics
 from services.scheduler.store import SchedulerStore
 

@@ -1,6 +1,6 @@
 """Resolving a node's service entries into fully specified services.
 
-See :mod:`services.common.policy` for the rules (last matching package wins,
+See :mod:`services.core.policy` for the rules (last matching package wins,
 inline fields override). Used at configuration load (so ``vigil check`` and
 start-up refuse what the scheduler could not run) and for every ``PutNode``.
 """
@@ -13,8 +13,8 @@ from functools import lru_cache
 from typing import Any
 
 from minion.monitors.registry import ParamsError, UnknownMonitorError, validate_params
-from services.common.config import NodeConfig, ServiceConfig, VigilConfig
-from services.common.policy import (
+from services.core.config import NodeConfig, ServiceConfig, VigilConfig
+from services.core.policy import (
     BUILTIN_PACKAGE,
     DowntimeStep,
     Flapping,

@@ -10,9 +10,9 @@ import grpc
 from vigil.v1 import common_pb2, poller_pb2, poller_pb2_grpc
 
 from minion.monitors.base import Status
-from services.common import paging
-from services.common.grpcerrors import InvalidArgument, NotFound, handle_errors
-from services.common.timeutil import from_timestamp, set_timestamp, to_duration
+from services.core import paging
+from services.core.grpcerrors import InvalidArgument, NotFound, handle_errors
+from services.core.timeutil import from_timestamp, set_timestamp, to_duration
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.minions import MinionRegistry
 from services.scheduler.model import ServiceKey, ServiceRuntime

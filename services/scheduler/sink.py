@@ -30,8 +30,8 @@ from prometheus_client import Counter
 from vigil.v1 import common_pb2, poll_pb2, sink_pb2, sink_pb2_grpc
 
 from minion.monitors.base import Status
-from services.common.config import LOCATION_RE, NODE_ID_RE
-from services.common.timeutil import from_timestamp, now, set_timestamp, to_duration
+from services.core.config import LOCATION_RE, NODE_ID_RE
+from services.core.timeutil import from_timestamp, now, set_timestamp, to_duration
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.minions import MinionRegistry, MinionSession
 from services.scheduler.model import Observation, ServiceKey, ServiceRuntime

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from vigil.v1 import common_pb2, sink_pb2
 
-from services.common.config import LocationSettings
-from services.common.timeutil import to_duration
+from services.core.config import LocationSettings
+from services.core.timeutil import to_duration
 from services.scheduler.model import ServiceKey, ServiceRuntime
 
 #: Services per LocationSchedule message: keeps each message far below gRPC's limits.

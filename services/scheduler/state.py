@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from minion.monitors.base import Status
-from services.common.backoff import Backoff
-from services.common.events import Event, make_event
-from services.common.tasks import finish_writing
+from services.core.backoff import Backoff
+from services.core.events import Event, make_event
+from services.core.tasks import finish_writing
 from services.scheduler import metrics
 from services.scheduler.model import (
     InterfaceState,

@@ -18,9 +18,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.common import db
-from services.common.events import Event
-from services.common.timeutil import now
+from services.core import db
+from services.core.events import Event
+from services.core.timeutil import now
 from services.scheduler.model import ServiceKey
 
 log = logging.getLogger(__name__)

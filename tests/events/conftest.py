@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.natsserver import NatsServer
+from services.core.natsserver import NatsServer
 from services.events.app import EventService
 from tests.events.util import events_config
 from tests.pg import create_database, drop_database

@@ -7,8 +7,8 @@ import pytest
 from google.protobuf.struct_pb2 import Struct
 from vigil.v1 import events_pb2
 
-from services.common.natsserver import NatsServer
-from services.common.paging import encode_token
+from services.core.natsserver import NatsServer
+from services.core.paging import encode_token
 from services.events.app import EventService
 from tests.events.test_ingest import stream_events
 from tests.events.util import events_stub, jetstream, publish_raw, raw_event

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from services.cli.main import app
 from services.cli.sniff import pretty_line, run_sniff
-from services.common.natsserver import NatsServer
+from services.core.natsserver import NatsServer
 from services.events.app import EventService
 from tests.events.util import Receiver, jetstream, publish_raw, raw_event
 from tests.helpers import wait_for

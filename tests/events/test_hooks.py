@@ -14,8 +14,8 @@ import grpc
 import pytest
 from vigil.v1 import events_pb2, events_pb2_grpc
 
-from services.common.events import EVENTS_STREAM
-from services.common.natsserver import NatsServer
+from services.core.events import EVENTS_STREAM
+from services.core.natsserver import NatsServer
 from services.events.app import EventService
 from services.events.hooks import verify
 from tests.events.util import (

@@ -12,9 +12,9 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from minion.monitors.base import Status
-from services.common.events import EVENTS_STREAM, INGEST_STREAM
-from services.common.natsserver import NatsServer
-from services.common.streams import ensure_stream, events_stream_config, ingest_stream_config
+from services.core.events import EVENTS_STREAM, INGEST_STREAM
+from services.core.natsserver import NatsServer
+from services.core.streams import ensure_stream, events_stream_config, ingest_stream_config
 from services.events.app import EventService
 from services.events.ingest import Ingestor
 from services.events.normalize import normalize

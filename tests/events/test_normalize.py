@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from services.common.events import CATALOGUE, KINDS, Event, event_subject, make_event, subject_token
-from services.common.grpcerrors import InvalidArgument
+from services.core.events import CATALOGUE, KINDS, Event, event_subject, make_event, subject_token
+from services.core.grpcerrors import InvalidArgument
 from services.events import filters
 from services.events.hooks import sign, validate_url, verify
 from services.events.normalize import MAX_RAW_BYTES, InvalidEvent, normalize

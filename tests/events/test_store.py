@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 import sqlalchemy as sa
 
-from services.common.events import make_event
+from services.core.events import make_event
 from services.events.store import (
     EventFilter,
     EventStore,
@@ -193,7 +193,7 @@ async def test_migrations_seed_states_from_an_existing_history(store_url: str) -
     from alembic.config import Config
     from sqlalchemy import Connection
 
-    from services.common import db
+    from services.core import db
     from services.events.store import MIGRATIONS, VERSION_TABLE, events
 
     def upgrade_to(conn: Connection, revision: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from services.common.natsserver import NatsServer
+from services.core.natsserver import NatsServer
 from services.events.app import EventService
 from tests.events.util import events_config, jetstream, publish_raw, raw_event
 from tests.helpers import EventCollector, wait_for

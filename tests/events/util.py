@@ -16,8 +16,8 @@ from aiohttp import web
 from nats.js import JetStreamContext
 from vigil.v1 import events_pb2_grpc
 
-from services.common.config import VigilConfig
-from services.common.events import INGEST_SUBJECT_PREFIX
+from services.core.config import VigilConfig
+from services.core.events import INGEST_SUBJECT_PREFIX
 from tests.helpers import make_config
 
 #: Events settings that keep tests fast; each test overrides what it exercises.

@@ -12,8 +12,8 @@ from vigil.v1 import common_pb2, poll_pb2, sink_pb2
 
 from minion.monitors.base import Status
 from minion.sink_client import SinkClient
-from services.common.natsserver import NatsServer
-from services.common.timeutil import set_timestamp
+from services.core.natsserver import NatsServer
+from services.core.timeutil import set_timestamp
 from services.scheduler.model import ServiceKey
 from tests.helpers import EventCollector, Stack, free_port, make_config, wait_for
 from tests.minions.util import BannerTarget, MinionProcess, list_outages, noop_nodes, tcp_node

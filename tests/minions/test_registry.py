@@ -10,7 +10,7 @@ from vigil.v1 import poller_pb2, sink_pb2
 
 from minion.monitors.base import Status
 from minion.sink_client import SinkClient
-from services.common.natsserver import NatsServer
+from services.core.natsserver import NatsServer
 from services.scheduler.minions import MinionRegistry, MinionSession
 from services.scheduler.model import ServiceKey
 from tests.helpers import EventCollector, Stack, TcpTarget, free_port, make_config, wait_for

@@ -8,7 +8,7 @@ from pathlib import Path
 from vigil.v1 import common_pb2, poll_pb2
 
 from minion.buffer import DiskSpool
-from services.common.timeutil import set_timestamp
+from services.core.timeutil import set_timestamp
 
 
 def result(i: int, at: float | None = None) -> poll_pb2.PollResult:

@@ -13,8 +13,8 @@ from vigil.v1 import common_pb2, poll_pb2, sink_pb2
 from minion.buffer import DiskSpool
 from minion.monitors.base import Status
 from minion.sink_client import SinkClient
-from services.common.natsserver import NatsServer
-from services.common.timeutil import from_timestamp, parse_iso, set_timestamp
+from services.core.natsserver import NatsServer
+from services.core.timeutil import from_timestamp, parse_iso, set_timestamp
 from services.scheduler.model import ServiceKey
 from tests.helpers import EventCollector, Stack, TcpTarget, free_port, make_config, wait_for
 from tests.minions.util import list_outages, noop_nodes, tcp_node

@@ -7,7 +7,7 @@ from typing import Any
 
 from minion.monitors.base import Status
 from minion.monitors.snmp_config import set_snmp_profiles
-from services.common.natsserver import NatsServer
+from services.core.natsserver import NatsServer
 from services.scheduler.model import ServiceKey
 from tests.helpers import Stack, make_config, wait_for
 

@@ -19,8 +19,8 @@ from vigil.v1 import common_pb2, poll_pb2
 
 from minion.buffer import HEADER
 from minion.monitors.base import Status
-from services.common.natsserver import NatsServer
-from services.common.timeutil import from_timestamp, parse_iso
+from services.core.natsserver import NatsServer
+from services.core.timeutil import from_timestamp, parse_iso
 from services.scheduler.model import ServiceKey, ServiceRuntime
 from tests.helpers import EventCollector, Stack, free_port, make_config, wait_for
 from tests.minions.util import MinionProcess, list_outages

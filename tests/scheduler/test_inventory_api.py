@@ -11,7 +11,7 @@ from google.protobuf.duration_pb2 import Duration
 from vigil.v1 import inventory_pb2, inventory_pb2_grpc, poller_pb2, poller_pb2_grpc
 
 from minion.monitors.base import Status
-from services.common.natsserver import NatsServer
+from services.core.natsserver import NatsServer
 from services.scheduler.model import ServiceKey
 from tests.helpers import EventCollector, Stack, TcpTarget, make_config, wait_for
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from minion.monitors.base import Status
-from services.common.config import ConfigError, parse_config
-from services.common.policy import (
+from services.core.config import ConfigError, parse_config
+from services.core.policy import (
     DEFAULT_DOWNTIME,
     DowntimeStep,
     Flapping,

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from minion.monitors.base import Status
-from services.common.natsserver import NatsServer
+from services.core.natsserver import NatsServer
 from services.scheduler.model import ServiceKey
 from tests.helpers import EventCollector, Stack, TcpTarget, make_config, wait_for
 

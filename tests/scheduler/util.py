@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from minion.monitors.base import Status
-from services.common.policy import DEFAULT_DOWNTIME, Flapping, MaintenanceWindow
+from services.core.policy import DEFAULT_DOWNTIME, Flapping, MaintenanceWindow
 from services.scheduler.model import (
     InterfaceState,
     NodeState,

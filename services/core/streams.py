@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
-from services.common.events import (
+from services.core.events import (
     EVENTS_STREAM,
     EVENTS_SUBJECT_PREFIX,
     INGEST_STREAM,

@@ -29,9 +29,9 @@ from pydantic import (
 )
 
 from minion.monitors.snmp_config import SnmpProfile
-from services.common.durations import Duration
-from services.common.policy import MaintenanceWindow, Package
-from services.common.validation import describe
+from services.core.durations import Duration
+from services.core.policy import MaintenanceWindow, Package
+from services.core.validation import describe
 
 #: Debian's monitoring-plugins locations (mirrors minion.monitors.nagios, which is heavier to import).
 DEFAULT_PLUGIN_DIRS = ("/usr/lib/nagios/plugins", "/usr/lib/monitoring-plugins")

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.common.durations import Duration
+from services.core.durations import Duration
 
 PositiveDuration = Annotated[Duration, Field(gt=0)]
 WEEK = 7 * 86400.0

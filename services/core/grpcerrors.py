@@ -1,6 +1,6 @@
 """Request problems → gRPC status codes, in one place.
 
-Handlers raise :class:`InvalidArgument` (or :class:`~services.common.paging.PageError`)
+Handlers raise :class:`InvalidArgument` (or :class:`~services.core.paging.PageError`)
 and :class:`NotFound`; the :func:`handle_errors` decorator turns them into
 ``INVALID_ARGUMENT`` / ``NOT_FOUND`` with the message naming the field.
 """
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from services.common.paging import PageError
+from services.core.paging import PageError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client as NATS
 
-from services.common.backoff import Backoff
+from services.core.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

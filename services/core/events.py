@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.common.timeutil import iso, now
+from services.core.timeutil import iso, now
 
 FORMAT_VERSION = "1"
 INGEST_SUBJECT_PREFIX = "vigil.ingest"
