@@ -43,14 +43,15 @@ from minion.runner import PollRunner
 from minion.sink_client import SinkClient
 from minion.site import SitePoller
 from services.core import natsconn
-from services.core.config import NODE_ID_RE, MinionSettings
+from services.core.config import MinionSettings
+from services.core.ids import NODE_ID_RE
 from services.core.tasks import Supervisor, wait_set
 from services.core.timeutil import now as wall_now
 from services.core.timeutil import set_timestamp
+from services.core.wire import poll_queue_group, poll_subject
 
 log = logging.getLogger(__name__)
 
-POLL_PREFIX = "vigil.poll"
 #: NATS buffers for our subscriptions (messages are batches of requests): a slow
 #: minion drops (and NATS reports) beyond these instead of growing without bound.
 PENDING_MSGS_LIMIT = 1000
@@ -174,7 +175,7 @@ class Minion:
     @property
     def subjects(self) -> tuple[str, str]:
         """The location subject and this minion's own subject."""
-        return f"{POLL_PREFIX}.{self.location}", f"{POLL_PREFIX}.{self.location}.{self.system_id}"
+        return poll_subject(self.location), poll_subject(self.location, self.system_id)
 
     @property
     def taking_shared(self) -> bool:
@@ -226,7 +227,7 @@ class Minion:
             try:
                 self._shared = await self._nc.subscribe(
                     shared,
-                    queue=f"vigil-minions-{self.location}",
+                    queue=poll_queue_group(self.location),
                     cb=self.runner.on_message,
                     pending_msgs_limit=PENDING_MSGS_LIMIT,
                     pending_bytes_limit=PENDING_BYTES_LIMIT,

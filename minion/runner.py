@@ -28,21 +28,18 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from pydantic import ValidationError
-from vigil.v1 import common_pb2, poll_pb2
+from vigil.v1 import poll_pb2
 
 from minion.monitors.base import MonitorParams, PollContext, PollOutcome, Status, Target
 from minion.monitors.registry import MonitorSet, UnknownMonitorError
 from services.core.durations import format_duration
+from services.core.status import status_to_pb
 from services.core.timeutil import from_duration, from_timestamp, set_timestamp
 from services.core.validation import describe
+from services.core.wire import clip_reason
 
 log = logging.getLogger(__name__)
 
-STATUS_PB = {
-    Status.UP: common_pb2.POLL_STATUS_UP,
-    Status.DOWN: common_pb2.POLL_STATUS_DOWN,
-    Status.UNKNOWN: common_pb2.POLL_STATUS_UNKNOWN,
-}
 DEFAULT_TIMEOUT = 3.0
 PARAMS_CACHE_SIZE = 10_000
 
@@ -265,8 +262,8 @@ class PollRunner:
         result = poll_pb2.PollResult(
             request_id=req.id,
             service=req.service,
-            status=STATUS_PB[outcome.status],
-            reason=outcome.reason[:2000],
+            status=status_to_pb(outcome.status),
+            reason=clip_reason(outcome.reason),
             response_time_ms=outcome.response_time_ms,
             values=outcome.values,
             system_id=self.system_id,

@@ -13,7 +13,6 @@ parameters when it is configured, so a typo fails at configuration time.
 
 from __future__ import annotations
 
-import enum
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -21,14 +20,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-
-class Status(enum.Enum):
-    """What a poll says about a service."""
-
-    UP = "UP"
-    DOWN = "DOWN"
-    #: The monitor could not tell (e.g. a plugin's UNKNOWN exit code, bad parameters).
-    UNKNOWN = "UNKNOWN"
+from services.core.status import Status
 
 
 class MonitorParams(BaseModel):

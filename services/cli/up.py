@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from services.core.config import DEFAULT_LOCATION, VigilConfig
+from services.core.config import VigilConfig
+from services.core.ids import DEFAULT_LOCATION
 from services.core.natsserver import NatsServer, die_with_parent
 
 

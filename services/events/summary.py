@@ -32,8 +32,8 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from services.core.config import DEFAULT_LOCATION
 from services.core.events import INGEST_SUBJECT_PREFIX, make_event
+from services.core.ids import DEFAULT_LOCATION
 from services.events import metrics
 from services.events.store import EventStore, ServiceState
 

@@ -27,11 +27,12 @@ from collections.abc import Iterable
 from nats.aio.client import Client as NATS
 from vigil.v1 import common_pb2, poll_pb2
 
-from minion.monitors.base import Status
 from services.core.durations import format_duration
+from services.core.status import Status
 from services.core.tasks import wait_set
 from services.core.timeutil import now as wall_now
 from services.core.timeutil import set_timestamp
+from services.core.wire import poll_subject
 from services.scheduler import metrics
 from services.scheduler.minions import MinionRegistry
 from services.scheduler.model import Observation, ServiceKey, ServiceRuntime
@@ -42,15 +43,8 @@ from services.scheduler.timing import effective_interval, on_grid
 
 log = logging.getLogger(__name__)
 
-POLL_SUBJECT_PREFIX = "vigil.poll"
 #: At most this many due services are handled before yielding to other tasks.
 ROUND_LIMIT = 5000
-
-
-def poll_subject(location: str, system_id: str | None = None) -> str:
-    """``vigil.poll.<location>`` or ``vigil.poll.<location>.<system_id>``."""
-    base = f"{POLL_SUBJECT_PREFIX}.{location}"
-    return f"{base}.{system_id}" if system_id else base
 
 
 def first_due(key: ServiceKey, interval: float, splay: float, now: float) -> float:

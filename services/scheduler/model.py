@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.struct_pb2 import Struct
 
-from minion.monitors.base import Status
+from services.core.status import Status
 
 if TYPE_CHECKING:
     from services.scheduler.packages import Policy

@@ -9,9 +9,9 @@ from typing import Any
 import grpc
 from vigil.v1 import common_pb2, poller_pb2, poller_pb2_grpc
 
-from minion.monitors.base import Status
 from services.core import paging
 from services.core.grpcerrors import InvalidArgument, NotFound, handle_errors
+from services.core.status import Status, status_from_pb, status_to_pb
 from services.core.timeutil import from_timestamp, set_timestamp, to_duration
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.minions import MinionRegistry
@@ -21,13 +21,6 @@ from services.scheduler.state import StateKeeper
 from services.scheduler.store import OutageRow, SchedulerStore
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
-
-STATUS_PB = {
-    Status.UP: common_pb2.POLL_STATUS_UP,
-    Status.DOWN: common_pb2.POLL_STATUS_DOWN,
-    Status.UNKNOWN: common_pb2.POLL_STATUS_UNKNOWN,
-}
-PB_STATUS = {v: k for k, v in STATUS_PB.items()}
 
 
 def service_ref(key: ServiceKey) -> common_pb2.ServiceRef:
@@ -41,12 +34,8 @@ def service_status(rt: ServiceRuntime, held: bool = False) -> poller_pb2.Service
         service=service_ref(rt.key),
         location=rt.spec.location,
         monitor=rt.spec.monitor,
-        status=STATUS_PB[rt.status],
-        last_poll_status=(
-            STATUS_PB[rt.last_poll_status]
-            if rt.last_poll_status
-            else common_pb2.POLL_STATUS_UNSPECIFIED
-        ),
+        status=status_to_pb(rt.status),
+        last_poll_status=status_to_pb(rt.last_poll_status),
         last_reason=rt.last_reason,
         response_time_ms=rt.response_time_ms,
         values=rt.values,
@@ -195,11 +184,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
             m = poller_pb2.Result(
                 id=r.id,
                 service=service_ref(r.key),
-                status=(
-                    STATUS_PB[Status(r.status)]
-                    if r.status in Status.__members__
-                    else common_pb2.POLL_STATUS_UNSPECIFIED
-                ),
+                status=status_to_pb(Status.__members__.get(r.status)),
                 reason=r.reason,
                 response_time_ms=r.response_time_ms,
                 values=r.values,
@@ -217,12 +202,12 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
     async def ListServices(
         self, request: poller_pb2.ListServicesRequest, context: Ctx
     ) -> poller_pb2.ListServicesResponse:
-        if request.status and request.status not in PB_STATUS:
+        if request.status and status_from_pb(request.status) is None:
             raise InvalidArgument("status", f"unknown value {request.status}")
         filters = [request.node_id, request.location, request.status]
         size = paging.page_size(request.page_size)
         after = paging.decode_strs(request.page_token, filters, 3)
-        want = PB_STATUS.get(request.status)
+        want = status_from_pb(request.status)
         matching = [
             key
             for key in self._sorted_keys()

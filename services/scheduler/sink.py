@@ -27,11 +27,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 from prometheus_client import Counter
-from vigil.v1 import common_pb2, poll_pb2, sink_pb2, sink_pb2_grpc
+from vigil.v1 import poll_pb2, sink_pb2, sink_pb2_grpc
 
-from minion.monitors.base import Status
-from services.core.config import LOCATION_RE, NODE_ID_RE
+from services.core.ids import LOCATION_RE, NODE_ID_RE
+from services.core.status import Status, status_from_pb
 from services.core.timeutil import from_timestamp, now, set_timestamp, to_duration
+from services.core.wire import clip_reason
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.minions import MinionRegistry, MinionSession
 from services.scheduler.model import Observation, ServiceKey, ServiceRuntime
@@ -52,12 +53,6 @@ REPLAYED = Counter(
     ["outcome"],
 )
 
-_STATUS = {
-    common_pb2.POLL_STATUS_UP: Status.UP,
-    common_pb2.POLL_STATUS_DOWN: Status.DOWN,
-    common_pb2.POLL_STATUS_UNKNOWN: Status.UNKNOWN,
-}
-
 
 def to_observation(
     result: poll_pb2.PollResult, key: ServiceKey, at: float | None = None
@@ -66,7 +61,7 @@ def to_observation(
 
     ``at`` defaults to the result's ``finished_at``, never later than our clock.
     """
-    status = _STATUS.get(result.status)
+    status = status_from_pb(result.status)
     if status is None:
         return Observation(key, Status.UNKNOWN, "minion sent a result without a status", now())
     if at is None:
@@ -79,7 +74,7 @@ def to_observation(
     return Observation(
         key=key,
         status=status,
-        reason=result.reason[:2000],
+        reason=clip_reason(result.reason),
         at=at,
         response_time_ms=max(0.0, result.response_time_ms),
         values=dict(result.values),
@@ -306,7 +301,7 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
     ) -> str | None:
         if rt is None or rt.spec.location != session.location:
             return "unknown_service"
-        if result.status not in _STATUS or not result.HasField("finished_at"):
+        if status_from_pb(result.status) is None or not result.HasField("finished_at"):
             return "malformed"
         if from_timestamp(result.finished_at) > wall + MAX_CLOCK_SKEW:
             return "future"

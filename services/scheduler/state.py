@@ -37,10 +37,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from minion.monitors.base import Status
 from services.core.backoff import Backoff
 from services.core.events import Event, make_event
+from services.core.status import Status
 from services.core.tasks import finish_writing
+from services.core.wire import clip_reason
 from services.scheduler import metrics
 from services.scheduler.model import (
     InterfaceState,
@@ -267,7 +268,7 @@ class StateKeeper:
                     "ip": obs.key.ip,
                     "service": obs.key.service,
                     "status": obs.status.value,
-                    "reason": obs.reason[:2000],
+                    "reason": clip_reason(obs.reason),
                     "response_time_ms": obs.response_time_ms,
                     "values": obs.values,
                     "at": obs.at,

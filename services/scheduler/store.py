@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.core import db
 from services.core.events import Event
 from services.core.timeutil import now
+from services.core.wire import clip_reason
 from services.scheduler.model import ServiceKey
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ class Transaction:
                 service=key.service,
                 opened_at=db.utc(at),
                 lost_event_id=lost_event_id,
-                reason=reason[:2000],
+                reason=clip_reason(reason),
                 cause=cause,
                 cause_event_id=cause_event_id,
             )
@@ -220,7 +221,7 @@ class Transaction:
             .values(
                 closed_at=db.utc(at),
                 regained_event_id=regained_event_id,
-                close_reason=reason[:2000],
+                close_reason=clip_reason(reason),
             )
         )
         return bool(result.rowcount)
@@ -347,7 +348,7 @@ class SchedulerStore:
                 "status": r.status,
                 "status_since": db.utc(r.status_since),
                 "last_poll_status": r.last_poll_status,
-                "last_reason": r.last_reason[:2000],
+                "last_reason": clip_reason(r.last_reason),
                 "last_poll_at": db.utc(r.last_poll_at),
                 "response_time_ms": r.response_time_ms,
                 "updated_at": stamp,

@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-from minion.monitors.base import Status
 from services.core.policy import downtime_interval
+from services.core.status import Status
 from services.scheduler.model import ServiceRuntime
 from services.scheduler.packages import DEFAULT_POLICY
 
