@@ -34,7 +34,6 @@ from nats.aio.client import Client as NATS
 from vigil.v1 import sink_pb2
 
 import minion
-from minion.buffer import DiskSpool
 from minion.monitors import registry
 from minion.monitors.nagios import set_plugin_dirs
 from minion.monitors.registry import MonitorSet
@@ -42,6 +41,7 @@ from minion.monitors.snmp_config import set_snmp_profiles
 from minion.runner import PollRunner
 from minion.sink_client import SinkClient
 from minion.site import SitePoller
+from minion.spool import DiskSpool
 from services.core import natsconn
 from services.core.config import MinionSettings
 from services.core.ids import NODE_ID_RE

@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 from vigil.v1 import poll_pb2, sink_pb2, sink_pb2_grpc
 
-from minion.buffer import DiskSpool, Position
+from minion.spool import DiskSpool, Position
 from services.core.backoff import Backoff
 from services.core.tasks import wait_set
 from services.core.timeutil import from_duration, set_timestamp

@@ -36,8 +36,8 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 from vigil.v1 import common_pb2, poll_pb2, sink_pb2
 
-from minion.buffer import DiskSpool
 from minion.runner import PollRunner
+from minion.spool import DiskSpool
 from services.core.timeutil import from_duration, set_timestamp
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vigil.v1 import common_pb2, poll_pb2
 
-from minion.buffer import DiskSpool
+from minion.spool import DiskSpool
 from services.core.timeutil import set_timestamp
 
 

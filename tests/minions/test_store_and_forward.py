@@ -10,9 +10,9 @@ from typing import Any
 
 from vigil.v1 import common_pb2, poll_pb2, sink_pb2
 
-from minion.buffer import DiskSpool
 from minion.monitors.base import Status
 from minion.sink_client import SinkClient
+from minion.spool import DiskSpool
 from services.core.natsserver import NatsServer
 from services.core.timeutil import from_timestamp, parse_iso, set_timestamp
 from services.scheduler.model import ServiceKey

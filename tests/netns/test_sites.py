@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from vigil.v1 import common_pb2, poll_pb2
 
-from minion.buffer import HEADER
 from minion.monitors.base import Status
+from minion.spool import HEADER
 from services.core.natsserver import NatsServer
 from services.core.timeutil import from_timestamp, parse_iso
 from services.scheduler.model import ServiceKey, ServiceRuntime
@@ -429,5 +429,5 @@ async def test_two_minions_share_a_site_and_one_takes_over_when_the_other_dies(
 
 
 def test_spool_header_is_what_peek_reads() -> None:
-    """peek_spool parses the format minion/buffer.py writes."""
+    """peek_spool parses the format minion/spool.py writes."""
     assert HEADER.size == struct.calcsize(">IId")
