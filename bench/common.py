@@ -14,7 +14,8 @@ from typing import Any
 import psutil
 from prometheus_client import Histogram
 
-from services.core.config import VigilConfig, parse_config
+from services.core.config import VigilConfig
+from services.scheduler.config import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,9 +27,9 @@ import nats
 from aiohttp import web
 from nats.js import JetStreamContext
 
-from services.core.config import parse_config
 from services.core.natsserver import NatsServer
 from services.events.app import EventService
+from services.scheduler.config import parse_config
 
 SOURCE_SUBJECT = "vigil.ingest.bench"
 

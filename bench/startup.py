@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import rss_mb, spawn_minion, stop
-from services.core.config import parse_config
 from services.core.natsserver import NatsServer
 from services.scheduler.app import Scheduler
+from services.scheduler.config import parse_config
 
 
 def _nodes(services: int, per_node: int = 100) -> list[dict[str, Any]]:

@@ -13,9 +13,10 @@ import nats
 from nats.aio.client import Client as NATS
 
 from minion.app import Minion
-from services.core.config import MinionSettings, VigilConfig, parse_config
+from services.core.config import MinionSettings, VigilConfig
 from services.events.app import EventService
 from services.scheduler.app import Scheduler
+from services.scheduler.config import parse_config
 
 
 def free_port() -> int:

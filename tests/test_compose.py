@@ -28,7 +28,8 @@ from urllib.parse import urlsplit
 import pytest
 from packaging.requirements import Requirement
 
-from services.core.config import ENV_OVERRIDES, VigilConfig, load_config
+from services.core.config import ENV_OVERRIDES, VigilConfig
+from services.scheduler.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from services.core.config import ConfigError, load_config, parse_config
+from services.core.config import ConfigError, EventsConfig, MinionConfig, load_document
 from services.core.durations import parse_duration
+from services.scheduler.config import load_config, parse_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -168,3 +169,68 @@ def test_every_bad_service_is_reported_in_one_pass(tmp_path: Path) -> None:
     assert "services[0].params.port" in message
     assert "services[1].monitor: unknown monitor 'nope'" in message
     assert "services[2]" not in message
+
+
+# --- each process reads only its own sections --------------------------------
+
+
+def test_a_minion_reads_its_sections_and_never_builds_the_nodes(tmp_path: Path) -> None:
+    # The node below is invalid for the scheduler (a bad address, an unknown
+    # monitor): a minion must not care, because it never builds ``nodes:``.
+    path = write(
+        tmp_path,
+        "minion:\n  location: paris\n"
+        "scheduler:\n  listen: not-an-address\n"
+        + node("          - {name: X, monitor: no-such-monitor}").replace("10.0.0.5", "bad"),
+    )
+    cfg = load_document(MinionConfig, path, env={})
+    assert cfg.minion.location == "paris"
+    assert not hasattr(cfg, "nodes")
+    events = load_document(EventsConfig, path, env={})
+    assert events.events.listen == "127.0.0.1:50052"
+    with pytest.raises(ConfigError, match="nodes"):
+        load_config(path, env={})
+
+
+def test_a_minion_still_refuses_an_unknown_section_and_its_own_bad_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"minoin: unknown section"):
+        load_document(MinionConfig, write(tmp_path, "minoin:\n  location: paris\n"), env={})
+    with pytest.raises(ConfigError, match=r"minion\.max_in_flight"):
+        load_document(MinionConfig, write(tmp_path, "minion:\n  max_in_flight: 0\n"), env={})
+
+
+def test_a_section_aliasing_a_skipped_one_is_still_read(tmp_path: Path) -> None:
+    text = (
+        "nodes:\n  - &n {id: a}\n"
+        "minion: &m\n  location: rome\n"
+        "events:\n  listen: 127.0.0.1:50099\n"
+    )
+    assert load_document(MinionConfig, write(tmp_path, text), env={}).minion.location == "rome"
+    aliased = "defaults: &d\n  retries: 2\nminion:\n  location: rome\n  <<: *d\n"
+    with pytest.raises(ConfigError, match="retries: unknown key"):
+        load_document(MinionConfig, write(tmp_path, aliased), env={})
+
+
+@pytest.mark.parametrize(
+    "content",
+    [bytes(range(256)) * 4, "minion:\n  location: paris\n".encode("utf-16")],
+    ids=["random-bytes", "utf-16"],
+)
+def test_a_file_that_is_not_utf8_is_an_invalid_configuration(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=r"g\.yaml: not UTF-8 text"):
+        load_config(path, env={})
+    with pytest.raises(ConfigError, match=r"g\.yaml: not UTF-8 text"):
+        load_document(MinionConfig, path, env={})
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "invalid configuration" in proc.stderr and "not UTF-8" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -6,11 +6,18 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
-from services.core.config import ConfigError, VigilConfig, load_config
+from services.core.config import (
+    ConfigError,
+    DeploymentConfig,
+    EventsConfig,
+    MinionConfig,
+    VigilConfig,
+    load_document,
+)
 from services.core.logs import setup_logging
 
 app = typer.Typer(
@@ -31,18 +38,35 @@ NatsOpt = Annotated[
         help="NATS URL (default: $VIGIL_NATS_URL, .vigil/nats-url, nats://127.0.0.1:4222).",
     ),
 ]
+Doc = TypeVar("Doc", bound=MinionConfig | EventsConfig)
+
 LogOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
 
 
+def _invalid(exc: ConfigError) -> typer.Exit:
+    typer.echo(f"vigil: invalid configuration: {exc}", err=True)
+    return typer.Exit(2)
+
+
 def _config(path: Path | None) -> VigilConfig:
+    """The whole document, checked as the scheduler checks it."""
+    from services.scheduler.config import load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:
-        typer.echo(f"vigil: invalid configuration: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise _invalid(exc) from None
 
 
-def _nats(explicit: str | None, cfg: VigilConfig) -> str:
+def _sections(model: type[Doc], path: Path | None) -> Doc:
+    """Only the sections a process reads (a minion never builds ``nodes:``)."""
+    try:
+        return load_document(model, path)
+    except ConfigError as exc:
+        raise _invalid(exc) from None
+
+
+def _nats(explicit: str | None, cfg: MinionConfig | EventsConfig) -> str:
     """``--nats``, else the config's (or ``$VIGIL_NATS_URL``), else ``.vigil/nats-url``, else the default."""
     from services.core.natsconn import discover_nats_url
 
@@ -64,10 +88,13 @@ def up(
     log_level: LogOpt = "INFO",
 ) -> None:
     """Run everything on this machine: embedded nats-server, event service, scheduler, minions."""
-    from services.cli.up import run_up
+    from services.cli.up import run_up, validate
 
-    cfg = _config(config)
-    raise typer.Exit(run_up(cfg, config, state_dir, log_level))
+    cfg = _sections(DeploymentConfig, config)
+    summary = validate(config)
+    if summary is None:
+        raise typer.Exit(2)
+    raise typer.Exit(run_up(cfg, summary.locations, config, state_dir, log_level))
 
 
 @app.command()
@@ -88,7 +115,7 @@ def events(config: ConfigOpt = None, nats: NatsOpt = None, log_level: LogOpt = "
     from services.cli.runtime import serve
     from services.events.app import EventService
 
-    cfg = _config(config)
+    cfg = _sections(EventsConfig, config)
     setup_logging(log_level, "events")
     url = _nats(nats, cfg)
     raise typer.Exit(asyncio.run(serve(lambda: EventService(cfg, nats_url=url))))
@@ -117,7 +144,7 @@ def minion(
     from services.core.config import MinionSettings
     from services.core.validation import describe
 
-    cfg = _config(config)
+    cfg = _sections(MinionConfig, config)
     overrides = {
         k: v
         for k, v in {
@@ -157,10 +184,15 @@ def sniff(
 
 @app.command()
 def check(config: Annotated[Path, typer.Argument(help="YAML configuration file.")]) -> None:
-    """Validate a configuration file and summarise it."""
+    """Validate a configuration file and summarise it (one JSON line)."""
+    from services.core.ids import DEFAULT_LOCATION
+
     cfg = _config(config)
     services = sum(len(i.services) for n in cfg.nodes for i in n.interfaces)
-    typer.echo(json.dumps({"ok": True, "nodes": len(cfg.nodes), "services": services}))
+    found = sorted({n.location for n in cfg.nodes} | {DEFAULT_LOCATION})
+    typer.echo(
+        json.dumps({"ok": True, "nodes": len(cfg.nodes), "services": services, "locations": found})
+    )
 
 
 app.add_typer(__import__("services.cli.hooks", fromlist=["app"]).app, name="hooks")

@@ -19,11 +19,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from services.core.config import VigilConfig
-from services.core.ids import DEFAULT_LOCATION
+from services.core.config import DeploymentConfig
 from services.core.natsserver import NatsServer, die_with_parent
+
+#: Longest wait for the configuration check (a million services take about a minute).
+CHECK_TIMEOUT = 600.0
 
 
 def _popen_options() -> dict[str, object]:
@@ -60,13 +63,41 @@ def _wait_listening(address: str, timeout: float, alive: Callable[[], bool]) -> 
     return False
 
 
-def locations(cfg: VigilConfig) -> list[str]:
-    """Every location the config's nodes use (``Default`` at least)."""
-    found = sorted({n.location for n in cfg.nodes} | {DEFAULT_LOCATION})
-    return found
+@dataclass(frozen=True)
+class Summary:
+    """What ``vigil check`` says of a valid configuration."""
+
+    nodes: int
+    services: int
+    locations: list[str]
 
 
-def run_up(cfg: VigilConfig, config_path: Path, state_dir: Path, log_level: str) -> int:
+def validate(config_path: Path) -> Summary | None:
+    """Check the file as the scheduler will, in a child process; ``None`` if invalid.
+
+    A child, so that this long-lived parent never holds the resolved
+    inventory (hundreds of MiB for 100,000 services); its errors go to stderr.
+    """
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "services.cli", "check", str(config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            check=False,
+            timeout=CHECK_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        print(f"vigil up: checking {config_path} took over {CHECK_TIMEOUT:.0f}s", file=sys.stderr)
+        return None
+    if proc.returncode != 0:
+        return None
+    found = json.loads(proc.stdout)
+    return Summary(found["nodes"], found["services"], found["locations"])
+
+
+def run_up(
+    cfg: DeploymentConfig, locations: list[str], config_path: Path, state_dir: Path, log_level: str
+) -> int:
     """Run everything until a signal or a child failure; returns the exit code."""
     state_dir.mkdir(parents=True, exist_ok=True)
     stop_requested = False
@@ -100,7 +131,7 @@ def run_up(cfg: VigilConfig, config_path: Path, state_dir: Path, log_level: str)
     _wait_listening(
         cfg.scheduler.listen, timeout=60.0, alive=lambda: children[-1][1].poll() is None
     )
-    for loc in locations(cfg):
+    for loc in locations:
         spawn(
             f"minion[{loc}]",
             "minion",
@@ -117,7 +148,7 @@ def run_up(cfg: VigilConfig, config_path: Path, state_dir: Path, log_level: str)
         "scheduler_metrics": cfg.scheduler.metrics_listen,
         "events_grpc": cfg.events.listen,
         "events_metrics": cfg.events.metrics_listen,
-        "minion_locations": locations(cfg),
+        "minion_locations": locations,
         "pids": {name: p.pid for name, p in children}
         | ({"nats-server": nats.proc.pid} if nats.proc else {}),
     }
@@ -127,7 +158,7 @@ def run_up(cfg: VigilConfig, config_path: Path, state_dir: Path, log_level: str)
         f"  NATS            {nats.url}   (written to {state_dir / 'nats-url'})\n"
         f"  scheduler gRPC  {cfg.scheduler.listen}   metrics http://{cfg.scheduler.metrics_listen}/metrics\n"
         f"  events gRPC     {cfg.events.listen}   metrics http://{cfg.events.metrics_listen}/metrics\n"
-        f"  minions         {', '.join(locations(cfg))}\n"
+        f"  minions         {', '.join(locations)}\n"
         f"  config          {config_path}\n"
         "  try: vigil sniff --pretty   |   grpcurl -plaintext "
         f"{cfg.scheduler.listen} vigil.v1.Poller/ListServices\n"

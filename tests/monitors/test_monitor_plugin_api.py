@@ -118,7 +118,8 @@ async def test_poll_through_the_registry(example_plugin, poll, tmp_path):
 def test_a_plugin_that_cannot_be_imported_is_reported_by_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from services.core.config import ConfigError, parse_config
+    from services.core.config import ConfigError
+    from services.scheduler.config import parse_config
 
     registry.monitor_class.cache_clear()
     monkeypatch.setitem(registry.BUILTIN, "broken", "no_such_module_for_vigil:Monitor")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from minion.monitors.base import Status
-from services.core.config import ConfigError, parse_config
+from services.core.config import ConfigError
 from services.core.policy import (
     DEFAULT_DOWNTIME,
     DowntimeStep,
@@ -16,6 +16,7 @@ from services.core.policy import (
     MaintenanceWindow,
     downtime_interval,
 )
+from services.scheduler.config import parse_config
 from services.scheduler.model import ServiceKey
 from services.scheduler.timing import effective_interval
 from tests.scheduler.util import T0, all_outages, make_keeper, obs, outbox_events, policy

@@ -1,0 +1,57 @@
+"""Field types shared by the configuration sections: addresses, URLs, durations."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from services.core.durations import Duration
+
+PositiveDuration = Annotated[Duration, Field(gt=0)]
+
+
+def _host_port(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{v!r} is not host:port")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{v!r}: port must be 0-65535")
+    bare = host.strip("[]")
+    if bare not in ("localhost", "*") and not re.fullmatch(r"[A-Za-z0-9.-]+", bare):
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            raise ValueError(f"{v!r}: {host!r} is not a host name or IP address") from None
+    return v
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+
+
+def _nats_url(v: str) -> str:
+    for url in v.split(","):
+        m = re.fullmatch(r"(nats|tls|ws|wss)://([^/\s]+)", url.strip())
+        if not m:
+            raise ValueError(f"{url!r} is not a NATS URL like nats://host:4222")
+    return v
+
+
+NatsUrl = Annotated[str, AfterValidator(_nats_url)]
+
+
+def _db_url(v: str) -> str:
+    if not re.match(r"^(sqlite|postgresql|postgres)(\+\w+)?://", v):
+        raise ValueError(f"{v!r} is not a database URL (sqlite:///path or postgresql://...)")
+    return v
+
+
+DatabaseUrl = Annotated[str, AfterValidator(_db_url)]
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")

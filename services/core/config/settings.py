@@ -1,0 +1,116 @@
+"""The per-process sections: ``nats``, ``scheduler``, ``events``, ``minion``."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from minion.monitors.snmp_config import SnmpProfile
+from services.core.config.fields import (
+    DatabaseUrl,
+    HostPort,
+    NatsUrl,
+    PositiveDuration,
+    Strict,
+)
+from services.core.durations import Duration
+from services.core.ids import DEFAULT_LOCATION, Location, NodeId
+
+#: Debian's monitoring-plugins locations (mirrors minion.monitors.nagios, which is heavier to import).
+DEFAULT_PLUGIN_DIRS = ("/usr/lib/nagios/plugins", "/usr/lib/monitoring-plugins")
+
+
+class NatsSettings(Strict):
+    #: One URL or several, comma-separated.
+    url: NatsUrl = "nats://127.0.0.1:4222"
+
+
+class SchedulerSettings(Strict):
+    listen: HostPort = "127.0.0.1:50051"
+    #: Prometheus metrics and a liveness page; ``null`` turns it off.
+    metrics_listen: HostPort | None = "127.0.0.1:9464"
+    store_url: DatabaseUrl = "sqlite:///.vigil/scheduler.db"
+    #: How often minions send heartbeats, and how many may be missed.
+    heartbeat_interval: PositiveDuration = 5.0
+    heartbeat_misses: int = Field(default=3, ge=1, le=100)
+    #: Requests due together are sent as one NATS message of up to this many.
+    batch_size: int = Field(default=500, ge=1, le=10000)
+    #: After start, first polls are spread over min(interval, splay).
+    start_splay: Duration = 30.0
+    #: How often the latest state of every service is written to the store.
+    status_flush_interval: PositiveDuration = 5.0
+    #: Bounds on polls awaiting a result; beyond them due polls wait (back-pressure).
+    max_in_flight: int = Field(default=100_000, ge=1)
+    max_in_flight_per_node: int = Field(default=100, ge=1)
+    #: Every poll result is kept this long for ``ListResults`` (``0s``: no history).
+    results_retention: Duration = 86400.0
+
+
+class EventsSettings(Strict):
+    listen: HostPort = "127.0.0.1:50052"
+    metrics_listen: HostPort | None = "127.0.0.1:9465"
+    store_url: DatabaseUrl = "sqlite:///.vigil/events.db"
+    #: Retention of the published-events stream (JetStream).
+    stream_max_age: PositiveDuration = 7 * 86400.0
+    stream_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    #: How often a ``summary updated`` event may be emitted (only when the counts changed); ``null``: never.
+    summary_interval: PositiveDuration | None = 5.0
+    #: Subscribe: a keep-alive after this long without a message; a subscriber whose
+    #: stream accepts nothing for ``subscribe_stall_timeout`` is cut off (RESOURCE_EXHAUSTED).
+    subscribe_keepalive: PositiveDuration = 15.0
+    subscribe_stall_timeout: PositiveDuration = 10.0
+    max_subscribers: int = Field(default=100, ge=1, le=10_000)
+    #: Webhooks: each POST's timeout; retries back off exponentially (with jitter) from
+    #: ``hook_backoff_initial`` to ``hook_backoff_max`` until ``hook_max_age`` after the
+    #: event was published, then the delivery is parked as failed.
+    hook_timeout: PositiveDuration = 5.0
+    hook_backoff_initial: PositiveDuration = 0.5
+    hook_backoff_max: PositiveDuration = 60.0
+    hook_max_age: PositiveDuration = 3600.0
+    hook_max_in_flight: int = Field(default=8, ge=1, le=256)
+    #: JetStream redelivers an unacknowledged event after this long (e.g. after a crash).
+    hook_ack_wait: PositiveDuration = 30.0
+    max_hooks: int = Field(default=100, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _hook_timings(self) -> EventsSettings:
+        if self.hook_ack_wait <= self.hook_timeout:
+            raise ValueError("hook_ack_wait must be longer than hook_timeout")
+        if self.hook_backoff_max < self.hook_backoff_initial:
+            raise ValueError("hook_backoff_max must not be shorter than hook_backoff_initial")
+        return self
+
+
+class MinionSettings(Strict):
+    location: Location = DEFAULT_LOCATION
+    #: Stable identity; generated once and kept in ``id_file`` when unset.
+    system_id: NodeId | None = None
+    id_file: str = ".vigil/minion-id"
+    #: The scheduler's gRPC address (results and heartbeats go there).
+    scheduler: HostPort = "127.0.0.1:50051"
+    max_in_flight: int = Field(default=1000, ge=1, le=100_000)
+    #: Results buffered while the scheduler is unreachable (oldest dropped beyond).
+    result_buffer: int = Field(default=100_000, ge=100)
+    # --- issue 6 (minions at remote sites): drain, store-and-forward --------------
+    #: On SIGTERM: longest wait for in-flight polls (each also ends at its TTL).
+    drain_timeout: PositiveDuration = 30.0
+    #: Store-and-forward (when the scheduler turns it on for the location): the
+    #: location's schedule and the results polled while cut off are kept under
+    #: ``<spool_dir>/<system_id>/``, bounded by size and age (oldest dropped, counted).
+    spool_dir: str = ".vigil/spool"
+    spool_max_bytes: int = Field(default=64 << 20, ge=64 << 10)
+    spool_max_age: PositiveDuration = 86400.0
+    #: Cut off from the scheduler (or NATS) this long: poll the schedule on our own.
+    autonomous_after: PositiveDuration = 15.0
+    #: SNMP credentials by address range and/or location (first match wins; a
+    #: service's own parameters override field by field). Never logged.
+    snmp_profiles: list[SnmpProfile] = Field(default_factory=list)
+    #: Where relative Nagios plugin names are looked up, in order.
+    plugin_dirs: list[str] = Field(default_factory=lambda: list(DEFAULT_PLUGIN_DIRS))
+
+    @field_validator("plugin_dirs")
+    @classmethod
+    def _absolute(cls, v: list[str]) -> list[str]:
+        for d in v:
+            if not d.startswith("/"):
+                raise ValueError(f"{d!r} must be an absolute path")
+        return v
