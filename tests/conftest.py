@@ -1,4 +1,10 @@
-"""Shared fixtures: a real nats-server per test, the in-process stack."""
+"""Shared fixtures: a real nats-server per test, the in-process stack.
+
+Also the skip policy (tests/skip_policy.py): under ``CI=true`` a skipped test
+fails, naming the reason, so a peer missing on the CI machine (PostgreSQL,
+snmpsim, monitoring-plugins, root, ...) cannot pass unseen. Elsewhere skips
+stay skips.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,15 @@ import pytest
 from services.core.natsserver import NatsServer
 from tests.helpers import EventCollector
 from tests.minions.util import MinionProcess
+
+# The skip policy's hooks, active for the whole suite by being names of this conftest. They live
+# in a module of their own, importing nothing of ours, so their own test can load them alone.
+from tests.skip_policy import (  # noqa: F401
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 
 
 @pytest.fixture
