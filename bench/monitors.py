@@ -237,7 +237,7 @@ async def run(
 
 
 def _wait_snmp(port: int) -> bool:
-    from minion.monitors.snmp import SnmpParams
+    from services.core.params.snmp import SnmpParams
 
     async def ready() -> bool:
         ms = MonitorSet()

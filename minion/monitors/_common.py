@@ -1,5 +1,6 @@
-"""Helpers shared by the built-in monitors: parameter checks, TLS, certificates,
-bounded socket reads. Nothing here blocks the event loop once warmed up.
+"""Helpers shared by the built-in monitors at run time: TLS, certificates,
+bounded socket reads (their parameter field types are in
+:mod:`services.core.params.fields`). Nothing here blocks the event loop once warmed up.
 """
 
 from __future__ import annotations
@@ -8,78 +9,16 @@ import asyncio
 import contextlib
 import datetime as dt
 import ipaddress
-import os
 import re
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Annotated, Literal
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from pydantic import AfterValidator, Field
 
 from minion.monitors.base import PollContext
-
-# --------------------------------------------------------------------------- params
-
-
-def check_regex(value: str | None) -> str | None:
-    """Validator: ``value`` must compile as a Python regular expression."""
-    if value is not None:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from None
-    return value
-
-
-def check_abs_path(value: str | None) -> str | None:
-    """Validator: ``value`` must be an absolute filesystem path (checked on the minion later)."""
-    if value is not None and not os.path.isabs(value):
-        raise ValueError("must be an absolute path (it is read on the minion)")
-    return value
-
-
-def check_ip(value: str | None) -> str | None:
-    """Validator: ``value`` must be an IPv4 or IPv6 address (monitors never resolve names)."""
-    if value is not None:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP address") from None
-    return value
-
-
-#: A regular expression, checked when the service is configured.
-Regex = Annotated[str, AfterValidator(check_regex)]
-#: An IPv4 or IPv6 address.
-IpAddress = Annotated[str, AfterValidator(check_ip)]
-#: An absolute path on the minion.
-AbsPath = Annotated[str, AfterValidator(check_abs_path)]
-#: A TCP/UDP port number.
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?$"
-)
-
-
-def check_hostname(value: str | None) -> str | None:
-    """Validator: a DNS host name or an IP address (used for SNI, ``Host`` and matching)."""
-    if value is None:
-        return None
-    try:
-        ipaddress.ip_address(value)
-        return value
-    except ValueError:
-        pass
-    if not _HOSTNAME.match(value):
-        raise ValueError(f"{value!r} is not a valid host name")
-    return value
-
-
-HostName = Annotated[str, AfterValidator(check_hostname)]
+from services.core.params.fields import TlsMode
 
 
 def host_literal(address: str) -> str:
@@ -125,8 +64,6 @@ def shorten(data: bytes | str, limit: int = 80) -> str:
 
 #: How long a cached SSL context is kept before its CA file is read again.
 TLS_CONTEXT_TTL_S = 300.0
-
-TlsMode = Literal["none", "full", "chain"]
 
 _tls_cache: dict[tuple[TlsMode, str | None], tuple[float, ssl.SSLContext]] = {}
 

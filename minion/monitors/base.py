@@ -7,8 +7,10 @@ deadline (``asyncio.timeout_at``), retries, concurrency limits, turning
 exceptions into results. A monitor therefore only has to honour
 ``ctx.deadline`` (it is cancelled when it passes) and never block the loop.
 
-The scheduler imports the same parameter models to validate a service's
-parameters when it is configured, so a typo fails at configuration time.
+Parameter models derive from :class:`services.core.params.MonitorParams`;
+the built-ins' models live in :mod:`services.core.params`, where the
+scheduler validates a service's parameters when it is configured (a typo
+fails then) without importing the monitors.
 """
 
 from __future__ import annotations
@@ -18,16 +20,18 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
-
+from services.core.params.base import MonitorParams
 from services.core.status import Status
 
-
-class MonitorParams(BaseModel):
-    """Base of every monitor's parameter model: unknown keys are errors, values frozen."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+__all__ = [
+    "Monitor",
+    "MonitorParams",
+    "PollContext",
+    "PollOutcome",
+    "Status",
+    "Target",
+    "elapsed_ms",
+]
 
 P = TypeVar("P", bound=MonitorParams)
 

@@ -14,29 +14,25 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import dns.asyncquery
 import dns.exception
 import dns.flags
 import dns.message
-import dns.name
 import dns.rcode
 import dns.rdata
 import dns.rdatatype
-from pydantic import Field, field_validator, model_validator
 
-from minion.monitors._common import IpAddress, Port, plan
+from minion.monitors._common import plan
 from minion.monitors.base import (
     Monitor,
-    MonitorParams,
     PollContext,
     PollOutcome,
     Target,
     elapsed_ms,
 )
-
-_DEFAULT_FATAL = ["SERVFAIL", "NXDOMAIN", "REFUSED", "NOTIMP", "FORMERR"]
+from services.core.params.dns import DnsParams
 
 
 def _norm_token(token: str) -> str:
@@ -64,78 +60,6 @@ def answer_forms(rdata: dns.rdata.Rdata) -> set[str]:
         forms.add(joined)
         forms.add(normalize_answer(joined))
     return forms
-
-
-class DnsParams(MonitorParams):
-    """Parameters of the DNS monitor."""
-
-    #: The name to look up, e.g. ``www.example.com``.
-    name: str = Field(min_length=1, max_length=255)
-    #: Record type: A, AAAA, MX, NS, SOA, TXT, CNAME, PTR, SRV, CAA, …
-    record_type: str = "A"
-    #: DNS server to ask; default: the target address.
-    server: IpAddress | None = None
-    port: Port = 53
-    #: ``udp`` (with TCP fallback on truncation) or ``tcp``.
-    transport: Literal["udp", "tcp"] = "udp"
-    #: Answers that must all be present (e.g. ``["192.0.2.10"]``,
-    #: ``["10 mail.example.com"]``); empty: any answer will do.
-    expect: list[str] = Field(default_factory=list, max_length=100)
-    #: Fewest records of ``record_type`` the answer must hold (0: a reply is enough).
-    min_answers: int = Field(default=1, ge=0, le=10000)
-    #: Most records allowed.
-    max_answers: int | None = Field(default=None, ge=0, le=10000)
-    #: Response codes that mean DOWN.
-    fatal_rcodes: list[str] = Field(default_factory=lambda: list(_DEFAULT_FATAL))
-    #: Ask the server to recurse (RD flag).
-    recursion: bool = True
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        try:
-            dns.name.from_text(v)
-        except dns.exception.DNSException as exc:
-            raise ValueError(f"not a valid DNS name: {exc}") from None
-        return v
-
-    @field_validator("record_type")
-    @classmethod
-    def _rtype(cls, v: str) -> str:
-        try:
-            rtype = dns.rdatatype.from_text(v.upper())
-        except dns.exception.DNSException:
-            raise ValueError(f"unknown record type {v!r}") from None
-        if dns.rdatatype.is_metatype(rtype):
-            raise ValueError(f"{v} is a query meta-type, not a record type")
-        return v.upper()
-
-    @field_validator("fatal_rcodes")
-    @classmethod
-    def _rcodes(cls, v: list[str]) -> list[str]:
-        out = []
-        for code in v:
-            try:
-                dns.rcode.from_text(code.upper())
-            except dns.exception.DNSException:
-                raise ValueError(f"unknown response code {code!r}") from None
-            out.append(code.upper())
-        return out
-
-    @field_validator("expect")
-    @classmethod
-    def _expect(cls, v: list[str]) -> list[str]:
-        if any(not e.strip() for e in v):
-            raise ValueError("answers must not be empty")
-        return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> DnsParams:
-        if self.max_answers is not None and self.max_answers < self.min_answers:
-            raise ValueError("max_answers: smaller than min_answers")
-        if self.expect and self.max_answers is not None and len(self.expect) > self.max_answers:
-            raise ValueError("expect: lists more answers than max_answers allows")
-        return self
 
 
 class DnsMonitor(Monitor[DnsParams]):

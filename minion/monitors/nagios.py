@@ -33,24 +33,19 @@ import time
 from collections.abc import Sequence
 from typing import ClassVar
 
-from pydantic import Field, field_validator
-
 from minion.monitors._common import first_line, plan, snake_case
 from minion.monitors.base import (
     Monitor,
-    MonitorParams,
     PollContext,
     PollOutcome,
     Target,
     elapsed_ms,
 )
+from services.core.params.nagios import DEFAULT_PLUGIN_DIRS, NagiosParams
 
-DEFAULT_PLUGIN_DIRS: tuple[str, ...] = ("/usr/lib/nagios/plugins", "/usr/lib/monitoring-plugins")
-# (services.core.config.DEFAULT_PLUGIN_DIRS mirrors this list for the minion's settings.)
 _plugin_dirs: tuple[str, ...] = DEFAULT_PLUGIN_DIRS
 _resolved: dict[str, tuple[float, str | None]] = {}
 _RESOLVE_TTL = 60.0
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 STATE_NAMES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
 
@@ -144,56 +139,6 @@ def parse_output(text: str) -> tuple[str, dict[str, float]]:
     _, bar, more = rest.partition("|")
     perf_text = perf + (" " + more.replace("\n", " ") if bar else "")
     return head.strip(), parse_perfdata(perf_text)
-
-
-class NagiosParams(MonitorParams):
-    """Parameters of the Nagios plugin adapter."""
-
-    #: Plugin name in a plugin directory (``check_tcp``) or absolute path.
-    plugin: str = Field(min_length=1, max_length=4096)
-    #: Arguments, each one argv entry (no shell); ``{address}`` and ``{timeout}`` are replaced.
-    args: list[str] = Field(default_factory=list, max_length=200)
-    #: Seconds the plugin may run; default: the attempt's whole time.
-    timeout: float | None = Field(default=None, gt=0, le=3600)
-    #: Output bytes kept (stdout; stderr is kept up to 4 KiB).
-    max_output_bytes: int = Field(default=64 * 1024, ge=256, le=1 << 20)
-    #: Extra environment variables for the plugin.
-    env: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("plugin")
-    @classmethod
-    def _plugin(cls, v: str) -> str:
-        if "\0" in v:
-            raise ValueError("must not contain NUL")
-        parts = v.split("/")
-        if ".." in parts:
-            raise ValueError("must not contain '..'")
-        if not os.path.isabs(v) and (v.startswith("./") or v.startswith("~")):
-            raise ValueError(
-                "a relative name is looked up in the plugin directories: "
-                "give a plain name like check_tcp or an absolute path"
-            )
-        return v
-
-    @field_validator("args")
-    @classmethod
-    def _args(cls, v: list[str]) -> list[str]:
-        for i, a in enumerate(v):
-            if "\0" in a:
-                raise ValueError(f"args[{i}] contains NUL")
-            if len(a) > 8192:
-                raise ValueError(f"args[{i}] is longer than 8192 characters")
-        return v
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        for k, val in v.items():
-            if not _ENV_NAME.match(k):
-                raise ValueError(f"{k!r} is not a valid environment variable name")
-            if "\0" in val:
-                raise ValueError(f"{k}: value contains NUL")
-        return v
 
 
 async def _read_bounded(stream: asyncio.StreamReader | None, limit: int) -> bytes:

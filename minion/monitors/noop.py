@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from minion.monitors.base import Monitor, MonitorParams, PollContext, PollOutcome, Target
-
-
-class NoopParams(MonitorParams):
-    """No parameters."""
+from minion.monitors.base import Monitor, PollContext, PollOutcome, Target
+from services.core.params.noop import NoopParams
 
 
 class NoopMonitor(Monitor[NoopParams]):

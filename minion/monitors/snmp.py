@@ -31,9 +31,8 @@ import contextlib
 import math
 import re
 import time
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
 from pysnmp.hlapi.v3arch.asyncio import (  # type: ignore[import-untyped]
     CommunityData,
     ContextData,
@@ -67,17 +66,13 @@ from pysnmp.proto.rfc1902 import ObjectName  # type: ignore[import-untyped]
 from minion.monitors._common import Plan, is_ipv6, plan
 from minion.monitors.base import (
     Monitor,
-    MonitorParams,
     PollContext,
     PollOutcome,
     Target,
     elapsed_ms,
 )
-from minion.monitors.snmp_config import EffectiveCredentials, SnmpCredentials, resolve_credentials
-
-Operator = Literal["<", ">", "<=", ">=", "=", "!=", "~"]
-
-_OID = re.compile(r"^\.?[0-2](\.(0|[1-9][0-9]{0,9}))+$")
+from minion.monitors.snmp_config import EffectiveCredentials, resolve_credentials
+from services.core.params.snmp import Operator, SnmpParams
 
 _AUTH = {
     "MD5": usmHMACMD5AuthProtocol,
@@ -99,59 +94,6 @@ _PRIV = {
 }
 #: Repetitions per GETBULK request while walking (v2c/v3).
 _BULK = 25
-
-
-class SnmpParams(SnmpCredentials, MonitorParams):
-    """Parameters of the SNMP monitor (credentials fields: see :class:`SnmpCredentials`)."""
-
-    #: The object to GET, or the subtree to WALK. Default: sysObjectID.0.
-    oid: str = "1.3.6.1.2.1.1.2.0"
-    #: WALK the subtree under ``oid`` instead of a GET.
-    walk: bool = False
-    operator: Operator | None = None
-    operand: str | None = Field(default=None, max_length=4096)
-    #: WALK: ``all`` rows, ``any`` row, or a ``count`` of rows must meet the criterion.
-    match: Literal["all", "any", "count"] = "all"
-    #: ``match: count``: fewest / most matching rows.
-    minimum: int | None = Field(default=None, ge=0)
-    maximum: int | None = Field(default=None, ge=0)
-    #: WALK: stop after this many rows (a DOWN when exceeded: the subtree is larger).
-    max_rows: int = Field(default=1000, ge=1, le=100000)
-
-    @field_validator("oid")
-    @classmethod
-    def _oid(cls, v: str) -> str:
-        if not _OID.match(v):
-            raise ValueError(f"{v!r} is not a numeric OID like 1.3.6.1.2.1.1.3.0")
-        return v.lstrip(".")
-
-    @model_validator(mode="after")
-    def _criteria(self) -> SnmpParams:
-        if (self.operator is None) != (self.operand is None):
-            raise ValueError("operator and operand go together")
-        if self.operator == "~":
-            try:
-                re.compile(self.operand or "")
-            except re.error as exc:
-                raise ValueError(f"operand: not a valid regular expression: {exc}") from None
-        elif self.operator in ("<", ">", "<=", ">="):
-            try:
-                float(self.operand or "")
-            except ValueError:
-                raise ValueError(
-                    f"operand: {self.operator} compares numbers, {self.operand!r} is not one"
-                ) from None
-        if not self.walk and (
-            self.match != "all" or self.minimum is not None or self.maximum is not None
-        ):
-            raise ValueError("match, minimum and maximum: only with walk: true")
-        if self.match != "count" and (self.minimum is not None or self.maximum is not None):
-            raise ValueError("minimum and maximum: only with match: count")
-        if self.match == "count" and self.minimum is None and self.maximum is None:
-            raise ValueError("match count: set minimum and/or maximum")
-        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
-            raise ValueError("minimum is larger than maximum")
-        return self
 
 
 # --------------------------------------------------------------------------- values

@@ -17,36 +17,19 @@ import re
 import time
 from typing import ClassVar
 
-from pydantic import Field
-
-from minion.monitors._common import Port, Regex, close_writer, shorten
+from minion.monitors._common import close_writer, shorten
 from minion.monitors.base import (
     Monitor,
-    MonitorParams,
     PollContext,
     PollOutcome,
     Target,
     elapsed_ms,
 )
+from services.core.params.ssh import SshParams
 
 _MAX_LINE = 255
 _MAX_LINES = 50
 _IDENT = re.compile(r"^SSH-(?P<proto>[!-,.-~]+)-(?P<software>[!-~]+)(?: (?P<comments>.*))?$")
-
-
-class SshParams(MonitorParams):
-    """Parameters of the SSH monitor."""
-
-    port: Port = 22
-    #: Regular expression searched in the whole identification line,
-    #: e.g. ``OpenSSH_9``.
-    banner: Regex | None = None
-    #: Regular expression the protocol version must match in full (``2\\.0|1\\.99``).
-    protocol: Regex | None = r"2\.0|1\.99"
-    #: Regular expression searched in the software version (``OpenSSH_(9|10)\\.``).
-    software: Regex | None = None
-    #: What the monitor sends as its own identification.
-    client_ident: str = Field(default="SSH-2.0-Vigil_Monitor", pattern=r"^SSH-2\.0-[!-~]{1,200}$")
 
 
 class SshMonitor(Monitor[SshParams]):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from minion.monitors.registry import ParamsError, UnknownMonitorError, validate_params
 from services.core.config import NodeConfig, ServiceConfig, VigilConfig
+from services.core.params import ParamsError, UnknownMonitorError, validate_params
 from services.core.policy import (
     BUILTIN_PACKAGE,
     DowntimeStep,

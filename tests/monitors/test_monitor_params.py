@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from minion.monitors import registry
-from minion.monitors.registry import ParamsError, validate_params
+from services.core.params import ParamsError, validate_params
 
 BUILTINS = ["dns", "http", "icmp", "nagios", "noop", "snmp", "ssh", "tcp", "tls_cert"]
 

@@ -15,11 +15,13 @@ import pytest
 
 from minion.monitors import registry
 from minion.monitors.base import Status
+from services.core.params import registry as params_registry
 from tests.monitors.conftest import REPO
 
 
 def _clear_registry_caches() -> None:
-    registry._plugins.cache_clear()
+    params_registry.plugin_specs.cache_clear()
+    params_registry.params_model.cache_clear()
     registry.monitor_class.cache_clear()
 
 
@@ -87,10 +89,12 @@ def test_discovered_in_a_fresh_process(example_plugin):
 
 
 def test_params_validated_at_configuration_time(example_plugin):
-    with pytest.raises(registry.ParamsError, match=r"params\.path: must be an absolute path"):
-        registry.validate_params("file_age", {"path": "relative/file"})
-    with pytest.raises(registry.ParamsError, match=r"params\.max_age: unknown key"):
-        registry.validate_params("file_age", {"path": "/tmp/x", "max_age": 5})
+    with pytest.raises(
+        params_registry.ParamsError, match=r"params\.path: must be an absolute path"
+    ):
+        params_registry.validate_params("file_age", {"path": "relative/file"})
+    with pytest.raises(params_registry.ParamsError, match=r"params\.max_age: unknown key"):
+        params_registry.validate_params("file_age", {"path": "/tmp/x", "max_age": 5})
 
 
 async def test_poll_through_the_registry(example_plugin, poll, tmp_path):
@@ -121,8 +125,8 @@ def test_a_plugin_that_cannot_be_imported_is_reported_by_name(
     from services.core.config import ConfigError
     from services.scheduler.config import parse_config
 
-    registry.monitor_class.cache_clear()
-    monkeypatch.setitem(registry.BUILTIN, "broken", "no_such_module_for_vigil:Monitor")
+    params_registry.params_model.cache_clear()
+    monkeypatch.setitem(params_registry.BUILTIN, "broken", "no_such_module_for_vigil:Monitor")
     try:
         node = {
             "id": "n",
@@ -133,4 +137,4 @@ def test_a_plugin_that_cannot_be_imported_is_reported_by_name(
         ):
             parse_config({"nodes": [node]}, "f.yaml", env={})
     finally:
-        registry.monitor_class.cache_clear()
+        params_registry.params_model.cache_clear()

@@ -5,13 +5,8 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from minion.monitors.snmp import SnmpParams
-from minion.monitors.snmp_config import (
-    SnmpCredentials,
-    resolve_credentials,
-    set_snmp_profiles,
-    snmp_profiles,
-)
+from minion.monitors.snmp_config import resolve_credentials, set_snmp_profiles, snmp_profiles
+from services.core.params.snmp import SnmpCredentials, SnmpParams
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator
 
-from minion.monitors.base import (
+from minion.plugin import (
     Monitor,
     MonitorParams,
     PollContext,

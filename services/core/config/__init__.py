@@ -39,12 +39,12 @@ from services.core.config.loader import (
     read_yaml,
 )
 from services.core.config.settings import (
-    DEFAULT_PLUGIN_DIRS,
     EventsSettings,
     MinionSettings,
     NatsSettings,
     SchedulerSettings,
 )
+from services.core.params.nagios import DEFAULT_PLUGIN_DIRS
 
 __all__ = [
     "DEFAULT_PLUGIN_DIRS",

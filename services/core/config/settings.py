@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from minion.monitors.snmp_config import SnmpProfile
 from services.core.config.fields import (
     DatabaseUrl,
     HostPort,
@@ -14,9 +13,8 @@ from services.core.config.fields import (
 )
 from services.core.durations import Duration
 from services.core.ids import DEFAULT_LOCATION, Location, NodeId
-
-#: Debian's monitoring-plugins locations (mirrors minion.monitors.nagios, which is heavier to import).
-DEFAULT_PLUGIN_DIRS = ("/usr/lib/nagios/plugins", "/usr/lib/monitoring-plugins")
+from services.core.params.nagios import DEFAULT_PLUGIN_DIRS
+from services.core.params.snmp import SnmpProfile
 
 
 class NatsSettings(Strict):
