@@ -8,7 +8,7 @@ import os
 import platform
 import sys
 
-from bench import events, minions, monitors, pipeline, startup
+from bench import events, minions, monitors, pipeline, rss, startup
 from bench.common import table
 
 
@@ -18,7 +18,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated sections: pipeline,minions,startup,events,monitors",
+        help="comma-separated sections: pipeline,minions,startup,rss,events,monitors",
     )
     ns = parser.parse_args()
     only = {s for s in ns.only.split(",") if s}
@@ -38,6 +38,13 @@ def main() -> None:
     if not only or "startup" in only:
         print("\n## start-up of a large inventory (process start → every service dispatched once)")
         print(table(startup.main(quick=ns.quick)))
+        sys.stdout.flush()
+    if not only or "rss" in only:  # issue 9: which processes grow with the inventory
+        print(
+            "\n## rss (MiB per process of `vigil up`: embedded NATS, events, scheduler, minion; "
+            "TCP services)"
+        )
+        print(table(rss.main(quick=ns.quick)))
         sys.stdout.flush()
     if not only or "events" in only:
         print("\n## events (ingest → normalize → NATS + store; webhooks)")
