@@ -92,8 +92,12 @@ class Minion:
         set_plugin_dirs(settings.plugin_dirs)
         self.tasks = Supervisor("minion")
         self.spool_dir = Path(settings.spool_dir) / self.system_id
+        # Opened in start(), off the event loop.
         self.spool = DiskSpool(
-            self.spool_dir, max_bytes=settings.spool_max_bytes, max_age=settings.spool_max_age
+            self.spool_dir,
+            max_bytes=settings.spool_max_bytes,
+            max_age=settings.spool_max_age,
+            open_existing=False,
         )
         self._intake_changed = asyncio.Event()
         hello = sink_pb2.MinionHello(
@@ -118,7 +122,6 @@ class Minion:
             self.spool,
             autonomous_after=settings.autonomous_after,
             cut_off=self._cut_off,
-            on_spooled=self._spooled,
             on_change=self._intake_changed.set,
         )
         self.sink = SinkClient(
@@ -186,6 +189,8 @@ class Minion:
 
     async def start(self) -> None:
         """Connect to NATS and the scheduler; start taking requests."""
+        await self.spool.open_async()  # what a cut before a restart left, replayed first
+        self.tasks.spawn("spool", self.spool.run(on_written=self._spooled))
         self.tasks.spawn("sink", self.sink.run())
         # Before NATS: a store-and-forward minion started during a cut polls on its own.
         self.tasks.spawn("site", self.site.run())
@@ -275,13 +280,14 @@ class Minion:
                 await _leave(self._nc, sub)
         timeout = self.settings.drain_timeout if drain_timeout is None else drain_timeout
         await self.runner.drain(timeout)
+        await self.spool.flush()  # what the last polls of our own produced
         if self.sink.connected.is_set():
             if not await self.sink.flush(timeout=5.0):
                 log.warning("stopping with %d result(s) not acknowledged", self.sink.backlog)
             await self.sink.goodbye("shutdown", timeout=5.0)
         await self.tasks.close()
         await natsconn.close(self._nc)
-        self.spool.close()
+        await self.spool.close_async()
         await self.monitors.close()
         log.info(
             "minion %s stopped (%d polls done, %d result(s) spooled for later)",

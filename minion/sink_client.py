@@ -222,19 +222,20 @@ class SinkClient:
             self._last_read = asyncio.get_running_loop().time()
             kind = msg.WhichOneof("kind")
             if kind == "ack":
-                self._on_ack(msg.ack)
+                await self._on_ack(msg.ack)
             elif kind == "heartbeat_ack":
                 self._heard_heartbeat_ack = True
             elif kind == "schedule" and self._on_schedule is not None:
                 self._on_schedule(msg.schedule)
 
-    def _on_ack(self, ack: sink_pb2.BatchAck) -> None:
+    async def _on_ack(self, ack: sink_pb2.BatchAck) -> None:
         self._progress.set()
         if self._replay is not None and self._replay[0] == ack.seq:
             _, pos, count = self._replay
-            self._replay = None
             if self.spool is not None:
-                self.spool.commit(pos)
+                # Committed before the next replay read is allowed (``_replay`` still set).
+                await self.spool.commit_async(pos)
+            self._replay = None
             self.replayed += count
             self.acked += ack.accepted
             self.late += ack.late
@@ -274,7 +275,7 @@ class SinkClient:
             if self._replay is None and self.spool is not None and self.spool.pending:
                 # Spooled results first, one batch at a time: the scheduler must see
                 # each service's results in time order.
-                results, pos = self.spool.read(BATCH_MAX)
+                results, pos = await self.spool.read_async(BATCH_MAX)
                 if results:
                     self._seq += 1
                     self._replay = (self._seq, pos, len(results))
@@ -288,7 +289,7 @@ class SinkClient:
                         ),
                     )
                     continue
-                self.spool.commit_expired(pos)
+                await self.spool.commit_expired_async(pos)
             if (
                 self._goodbye is not None
                 and not self._queue

@@ -66,7 +66,6 @@ class SitePoller:
         *,
         autonomous_after: float,
         cut_off: Callable[[], bool],
-        on_spooled: Callable[[], None] | None = None,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.system_id = system_id
@@ -76,7 +75,6 @@ class SitePoller:
         self.spool = spool
         self.autonomous_after = autonomous_after
         self._cut_off = cut_off
-        self._on_spooled = on_spooled
         self._on_change = on_change
         self.schedule: sink_pb2.LocationSchedule | None = None
         self._parts: dict[int, sink_pb2.LocationSchedule] = {}
@@ -281,14 +279,7 @@ class SitePoller:
 
         def spool_result(result: poll_pb2.PollResult, _expires_at: float) -> None:
             self._busy.pop(sid, None)
-            try:
-                self.spool.append(result)
-            except OSError as exc:
-                self.spool.dropped += 1
-                log.error("cannot spool a result to %s: %s", self.spool.directory, exc)
-                return
-            if self._on_spooled is not None:
-                self._on_spooled()
+            self.spool.submit(result)  # written off the event loop by the spool's writer
 
         if self.runner.submit(req, emit=spool_result):
             self.polls += 1

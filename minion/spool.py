@@ -3,73 +3,102 @@
 While a minion polls its location on its own (the central site unreachable),
 every result is appended here; once the scheduler is back the spool is
 replayed in order and each replayed batch, once acknowledged, is committed
-(the read position moves on and fully read files are deleted).
+(its rows are deleted).
 
-Layout, under one directory owned by one minion::
+The store is one SQLite database under one directory owned by one minion::
 
-    seg-000000000001.log   records, appended
-    seg-000000000002.log   (a new file every ``segment_bytes``)
-    cursor                 "<segment> <offset> <records read in it>": the replay position
+    spool.db (+ -wal, -shm)   table ``results(seq, at, crc, payload)``
 
-A record is a 16-byte header (payload length, CRC-32 of the payload,
-``finished_at`` as a double) and a serialized ``vigil.v1.PollResult``. A torn
-record at the end of the last file (a crash during a write) is cut off at
-start; a corrupt one elsewhere ends its file (what follows is counted lost).
+``seq`` orders the results (``AUTOINCREMENT``: never reused, so a position
+read before rows were dropped never matches newer ones), ``at`` is the
+result's ``finished_at`` (indexed, for the age bound), ``payload`` a
+serialized ``vigil.v1.PollResult`` and ``crc`` its CRC-32.
 
-Bounded twice: by size (``max_bytes``: the oldest file goes, its unread
-records counted in :attr:`DiskSpool.dropped`) and by age (records older than
-``max_age`` are skipped on replay and whole files of them deleted, counted in
-:attr:`DiskSpool.expired`). Replay is at-least-once: a crash between sending
-and committing sends a batch again, which the scheduler ignores as stale.
+Guarantees:
+
+* **Crash mid-write**: every write is one transaction in WAL mode
+  (``synchronous=NORMAL``); a minion killed during one loses that write only,
+  and SQLite rolls the torn tail of the log back at the next open.
+* **Integrity**: SQLite checks its own structure (``quick_check`` at open; a
+  store that fails it is moved aside as ``spool.db.corrupt`` and a new one
+  started). SQLite does not checksum row contents, so each payload keeps its
+  CRC-32: a record that fails it (or does not decode) is passed over on
+  replay and counted in :attr:`DiskSpool.dropped`.
+* **Bounded** by size (``max_bytes`` of records: the oldest are deleted,
+  ``segment_bytes`` at a time, and counted in :attr:`DiskSpool.dropped`) and
+  by age (records older than ``max_age`` are deleted on replay and counted in
+  :attr:`DiskSpool.expired`).
+* Replay is at-least-once: a crash between sending and committing sends a
+  batch again, which the scheduler ignores as stale.
+
+Why stdlib ``sqlite3`` in a worker thread rather than ``aiosqlite``: the
+same synchronous methods serve callers without an event loop (tests, tools
+reading a spool) and the minion, which reaches them only through the
+``*_async`` methods (:func:`asyncio.to_thread`, one at a time, in call
+order), so no file I/O runs on its event loop. A spool write is one short
+transaction; a thread hop per batch is all it needs, where ``aiosqlite``
+would add a thread per connection and an async-only API. The minion's
+polls hand results over with :meth:`DiskSpool.submit` (bounded, never
+blocks); :meth:`DiskSpool.run` writes them in batches.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
-import struct
+import sqlite3
+import threading
 import time
 import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from google.protobuf.message import DecodeError
 from vigil.v1 import poll_pb2
 
+from services.core.tasks import wait_set
 from services.core.timeutil import from_timestamp
 
 log = logging.getLogger(__name__)
 
-HEADER = struct.Struct(">IId")
-#: No result is this big; a larger length means a corrupt header.
-MAX_RECORD = 1 << 20
-SEGMENT_PREFIX = "seg-"
-SEGMENT_SUFFIX = ".log"
+DB_FILE = "spool.db"
+SCHEMA_VERSION = 1
+#: What SQLite stores per row besides the payload (row header, seq, at, crc, the
+#: entry in the ``at`` index, page slack; measured ~60), counted against
+#: ``max_bytes`` so that the bound tracks the file.
+ROW_OVERHEAD = 64
+PAGE = 4096
+#: Results handed over by :meth:`DiskSpool.submit` and not written yet; beyond
+#: this (the disk far slower than the polls) the newest are dropped and counted.
+STAGE_MAX = 10_000
+#: Most results written in one transaction.
+WRITE_BATCH = 1000
 
-
-@dataclass(slots=True)
-class _Segment:
-    seq: int
-    path: Path
-    size: int = 0
-    records: int = 0
-    last_at: float = 0.0
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """Where a replay stopped: segment, byte offset, records read in that segment."""
+    """Where a replay read stopped: the last ``seq`` it covered."""
 
     seq: int
-    offset: int
-    index: int
-    #: Records passed over because they were too old (counted at commit).
-    expired: int = 0
+    #: Records passed over because they failed their CRC or did not decode
+    #: (counted dropped at commit).
+    unreadable: int = 0
 
 
 class DiskSpool:
-    """An append-only, bounded, replayable file queue of poll results."""
+    """A bounded, replayable SQLite queue of poll results.
+
+    The plain methods block (they do file I/O) and are thread-safe; code on an
+    event loop uses their ``*_async`` forms and :meth:`submit`.
+    """
 
     def __init__(
         self,
@@ -78,273 +107,341 @@ class DiskSpool:
         max_bytes: int,
         max_age: float,
         segment_bytes: int | None = None,
+        open_existing: bool = True,
     ) -> None:
+        """``open_existing``: open a store already on disk now (it blocks); when
+        ``False``, :meth:`open_async` does it."""
         self.directory = Path(directory)
+        self.path = self.directory / DB_FILE
         self.max_bytes = max_bytes
         self.max_age = max_age
+        #: The size bound frees this much at a time, so that a full spool does not
+        #: pay a delete for every append.
         self.segment_bytes = segment_bytes or max(16 << 10, min(4 << 20, max_bytes // 8))
-        self._segments: list[_Segment] = []
-        self._cursor = Position(1, 0, 0)
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._async_lock = asyncio.Lock()
         self._unread = 0
+        self._bytes = 0
         self.appended = 0
-        #: Unread records lost to the size bound (or to corruption).
+        #: Unread records lost to the size bound, to corruption or to a failed write.
         self.dropped = 0
-        #: Unread records older than ``max_age``, skipped or deleted.
+        #: Unread records older than ``max_age``, deleted.
         self.expired = 0
-        self._opened = False
+        #: Results dropped because :meth:`submit` found ``STAGE_MAX`` waiting.
+        self.stage_overflows = 0
+        self._staged: deque[poll_pb2.PollResult] = deque()
+        self._have_staged = asyncio.Event()
         # Nothing is created on disk before the first result: most minions never spool.
-        if self.directory.is_dir():
-            self._open()
+        if open_existing and self.path.exists():
+            self.open()
 
     # -- start-up ------------------------------------------------------------------------
 
-    def _open(self) -> None:
-        self._opened = True
+    def open(self) -> None:
+        """Open the store if it is on disk (a corrupt one is moved aside)."""
+        with self._lock:
+            if self._db is None and self.path.exists():
+                self._connect()
+
+    def _connect(self) -> None:
+        if any(self.directory.glob("seg-*.log")):
+            log.warning(
+                "spool %s: files of the former spool format (seg-*.log) are not replayed",
+                self.directory,
+            )
         self.directory.mkdir(parents=True, exist_ok=True)
-        seqs = sorted(
-            int(p.name[len(SEGMENT_PREFIX) : -len(SEGMENT_SUFFIX)])
-            for p in self.directory.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}")
-            if p.name[len(SEGMENT_PREFIX) : -len(SEGMENT_SUFFIX)].isdigit()
-        )
-        self._cursor = self._load_cursor()
-        for i, seq in enumerate(seqs):
-            seg = _Segment(seq, self._path(seq))
-            self._scan(seg, last=i == len(seqs) - 1)
-            self._segments.append(seg)
-        if not self._segments:
-            seq = max(1, self._cursor.seq)
-            self._segments.append(_Segment(seq, self._path(seq)))
-            self._segments[0].path.touch()
-        first = self._segments[0]
-        if self._cursor.seq < first.seq or self._segment(self._cursor.seq) is None:
-            self._cursor = Position(first.seq, 0, 0)
-        cur = self._segment(self._cursor.seq)
-        assert cur is not None
-        if self._cursor.offset > cur.size or self._cursor.index > cur.records:
-            self._cursor = Position(cur.seq, 0, 0)
-        self._unread = (
-            sum(s.records for s in self._segments if s.seq >= self._cursor.seq) - self._cursor.index
-        )
+        try:
+            self._db = self._init_db()
+        except sqlite3.OperationalError:
+            raise  # cannot open it (permissions, disk): not a reason to throw it away
+        except sqlite3.DatabaseError as exc:
+            self._move_aside(exc)
+            self._db = self._init_db()
         if self._unread:
             log.info("spool %s: %d result(s) waiting to be replayed", self.directory, self._unread)
 
-    def _scan(self, seg: _Segment, *, last: bool) -> None:
-        good = 0
-        with seg.path.open("rb") as f:
-            data = f.read()
-        pos = 0
-        while pos + HEADER.size <= len(data):
-            length, crc, at = HEADER.unpack_from(data, pos)
-            end = pos + HEADER.size + length
-            if (
-                length > MAX_RECORD
-                or end > len(data)
-                or zlib.crc32(data[pos + HEADER.size : end]) != crc
-            ):
-                break
-            seg.records += 1
-            seg.last_at = max(seg.last_at, at)
-            pos = good = end
-        if good < len(data):
-            if last:
-                log.warning("spool %s: cutting a torn record off %s", self.directory, seg.path.name)
-                with seg.path.open("r+b") as f:
-                    f.truncate(good)
-            else:
-                log.warning(
-                    "spool %s: %s is corrupt after byte %d; the rest is lost",
-                    self.directory,
-                    seg.path.name,
-                    good,
-                )
-        seg.size = good
-
-    def _load_cursor(self) -> Position:
+    def _init_db(self) -> sqlite3.Connection:
+        # Autocommit mode: every transaction below is explicit (see _tx).
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            seq, offset, index = (int(x) for x in (self.directory / "cursor").read_text().split())
-            return Position(seq, offset, index)
-        except (OSError, ValueError):
-            return Position(0, 0, 0)
+            (check,) = db.execute("PRAGMA quick_check").fetchone()
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version not in (0, SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(f"unknown spool schema version {version}")
+            # Only takes effect before the first table: lets deleted pages go back to the OS.
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            db.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL: a process crash loses no committed write; a power cut
+            # may lose the last ones but never corrupts the store.
+            db.execute("PRAGMA synchronous = NORMAL")
+            # The log is folded into the database every quarter of the bound (at most
+            # 4 MiB, SQLite's default), and cut back to that size: it stays small beside it.
+            wal_pages = max(4, min(1000, self.max_bytes // PAGE // 4))
+            db.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
+            db.execute(f"PRAGMA journal_size_limit = {wal_pages * PAGE}")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS results ("
+                " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " at REAL NOT NULL, crc INTEGER NOT NULL, payload BLOB NOT NULL)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS results_at ON results(at)")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            count, size = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0) FROM results"
+            ).fetchone()
+        except BaseException:
+            db.close()
+            raise
+        self._unread = count
+        self._bytes = size + count * ROW_OVERHEAD
+        return db
 
-    def _save_cursor(self) -> None:
-        tmp = self.directory / "cursor.tmp"
-        tmp.write_text(f"{self._cursor.seq} {self._cursor.offset} {self._cursor.index}\n")
-        os.replace(tmp, self.directory / "cursor")
+    def _move_aside(self, exc: Exception) -> None:
+        """The store cannot be read: keep it for a look (one copy), start a new one."""
+        log.error(
+            "spool %s is corrupt (%s): moved aside as %s.corrupt; "
+            "the result(s) in it are lost (%d counted)",
+            self.directory,
+            exc,
+            DB_FILE,
+            self._unread,
+        )
+        self.dropped += self._unread
+        self._unread = self._bytes = 0
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+        os.replace(self.path, self.path.with_name(DB_FILE + ".corrupt"))
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                self.path.with_name(DB_FILE + suffix).unlink()
 
-    def _path(self, seq: int) -> Path:
-        return self.directory / f"{SEGMENT_PREFIX}{seq:012d}{SEGMENT_SUFFIX}"
-
-    def _segment(self, seq: int) -> _Segment | None:
-        for s in self._segments:
-            if s.seq == seq:
-                return s
-        return None
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """The connection inside one write transaction (the lock held), opening it if need be."""
+        with self._lock:
+            if self._db is None:
+                self._connect()
+            db = self._db
+            assert db is not None
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     # -- writing ---------------------------------------------------------------------------
 
     @property
     def pending(self) -> int:
-        """Results not replayed (committed) yet."""
+        """Results on disk not replayed (committed) yet."""
         return self._unread
 
     @property
     def size_bytes(self) -> int:
-        """Bytes on disk."""
-        return sum(s.size for s in self._segments)
+        """Bytes of the records kept, as counted against ``max_bytes``."""
+        return self._bytes
 
     def append(self, result: poll_pb2.PollResult) -> None:
         """Keep one result (its ``finished_at`` orders and ages it)."""
-        if not self._opened:
-            self._open()
-        payload = result.SerializeToString()
-        at = from_timestamp(result.finished_at) if result.HasField("finished_at") else time.time()
-        tail = self._segments[-1]
-        if tail.size >= self.segment_bytes:
-            tail = self._roll()
-        record = HEADER.pack(len(payload), zlib.crc32(payload), at) + payload
-        # One write per record, no userspace buffer: a crash of the minion loses at most
-        # the record being written (cut off at the next start).
-        with tail.path.open("ab", buffering=0) as f:
-            f.write(record)
-        tail.size += len(record)
-        tail.records += 1
-        tail.last_at = max(tail.last_at, at)
-        self._unread += 1
-        self.appended += 1
-        self._enforce_size()
+        self.append_many([result])
 
-    def _roll(self) -> _Segment:
-        seg = _Segment(self._segments[-1].seq + 1, self._path(self._segments[-1].seq + 1))
-        seg.path.touch()
-        self._segments.append(seg)
-        return seg
+    def append_many(self, results: Iterable[poll_pb2.PollResult]) -> None:
+        """Keep results, in order, in one transaction."""
+        now = time.time()
+        rows = []
+        for r in results:
+            payload = r.SerializeToString()
+            at = from_timestamp(r.finished_at) if r.HasField("finished_at") else now
+            rows.append((at, zlib.crc32(payload), payload))
+        if not rows:
+            return
+        with self._tx() as db:
+            db.executemany("INSERT INTO results (at, crc, payload) VALUES (?, ?, ?)", rows)
+            self._unread += len(rows)
+            self.appended += len(rows)
+            self._bytes += sum(len(p) + ROW_OVERHEAD for _, _, p in rows)
+            self._enforce_size(db)
 
-    def _enforce_size(self) -> None:
-        while self.size_bytes > self.max_bytes and len(self._segments) > 1:
-            self._drop_first(expired=False)
+    def _enforce_size(self, db: sqlite3.Connection) -> None:
+        if self._bytes <= self.max_bytes:
+            return
+        goal = self._bytes - max(0, self.max_bytes - self.segment_bytes)
+        freed, last = 0, 0
+        for seq, length in db.execute("SELECT seq, length(payload) FROM results ORDER BY seq"):
+            freed += length + ROW_OVERHEAD
+            last = seq
+            if freed >= goal:
+                break
+        gone = self._delete(db, "seq <= ?", last)
+        self.dropped += gone
+        if gone:
+            log.warning("spool %s full: dropped %d oldest result(s)", self.directory, gone)
 
-    def _drop_first(self, *, expired: bool) -> None:
-        seg = self._segments.pop(0)
-        unread = 0
-        if seg.seq > self._cursor.seq:
-            unread = seg.records
-        elif seg.seq == self._cursor.seq:
-            unread = seg.records - self._cursor.index
-        if seg.seq >= self._cursor.seq:
-            self._cursor = Position(self._segments[0].seq, 0, 0)
-            self._save_cursor()
-        self._unread -= unread
-        if expired:
-            self.expired += unread
-        else:
-            self.dropped += unread
-            if unread:
-                log.warning("spool %s full: dropped %d oldest result(s)", self.directory, unread)
-        with contextlib.suppress(OSError):
-            seg.path.unlink()
+    def _delete(self, db: sqlite3.Connection, where: str, arg: float) -> int:
+        """Delete rows (counted off pending and size); how many went."""
+        lengths = db.execute(f"DELETE FROM results WHERE {where} RETURNING length(payload)", (arg,))
+        sizes = [n for (n,) in lengths]
+        self._unread -= len(sizes)
+        self._bytes -= sum(sizes) + len(sizes) * ROW_OVERHEAD
+        return len(sizes)
 
     def expire(self, wall: float | None = None) -> None:
-        """Delete whole files whose newest record is older than ``max_age``."""
-        if not self._opened:
+        """Delete the results older than ``max_age``."""
+        if self._db is None:
             return
         horizon = (wall if wall is not None else time.time()) - self.max_age
-        while len(self._segments) > 1 and self._segments[0].last_at < horizon:
-            self._drop_first(expired=True)
+        with self._tx() as db:
+            self.expired += self._delete(db, "at < ?", horizon)
 
     # -- replay ----------------------------------------------------------------------------
 
     def read(
         self, limit: int, wall: float | None = None
     ) -> tuple[list[poll_pb2.PollResult], Position]:
-        """Up to ``limit`` results from the replay position, oldest first, and where they end.
+        """Up to ``limit`` results, oldest first, and where they end.
 
-        Nothing moves until :meth:`commit`. Results older than ``max_age`` are
-        passed over (counted when committed).
+        Nothing is consumed until :meth:`commit`; results older than
+        ``max_age`` are deleted first (counted expired). A store that cannot
+        be read returns nothing (see :meth:`commit_expired`).
         """
-        if not self._opened:
-            return [], self._cursor
-        self.expire(wall)
-        horizon = (wall if wall is not None else time.time()) - self.max_age
+        if self._db is None:
+            return [], Position(0)
+        try:
+            self.expire(wall)
+            with self._lock:
+                assert self._db is not None
+                rows = self._db.execute(
+                    "SELECT seq, crc, payload FROM results ORDER BY seq LIMIT ?", (limit,)
+                ).fetchall()
+        except sqlite3.OperationalError:
+            raise  # busy, I/O: the caller tries again later
+        except sqlite3.DatabaseError as exc:
+            log.error("spool %s cannot be read: %s", self.directory, exc)
+            return [], Position(0)
         out: list[poll_pb2.PollResult] = []
-        pos = self._cursor
-        expired = 0
-        for seg in self._segments:
-            if seg.seq < pos.seq:
-                continue
-            if seg.seq > pos.seq:
-                pos = Position(seg.seq, 0, 0, expired)
-            if pos.offset >= seg.size:
-                continue
-            with seg.path.open("rb") as f:
-                f.seek(pos.offset)
-                data = f.read(seg.size - pos.offset)
-            off, index = 0, pos.index
-            while off + HEADER.size <= len(data) and len(out) < limit:
-                length, _crc, at = HEADER.unpack_from(data, off)
-                end = off + HEADER.size + length
-                if end > len(data):
-                    break
-                chunk = data[off + HEADER.size : end]
-                off, index = end, index + 1
-                if at < horizon:
-                    expired += 1
-                    continue
-                try:
-                    out.append(poll_pb2.PollResult.FromString(chunk))
-                except DecodeError:
-                    expired += 1  # checked by CRC at start; only a bug gets here
-            pos = Position(seg.seq, pos.offset + off, index, expired)
-            if len(out) >= limit:
-                break
-        return out, pos
+        unreadable = 0
+        for _seq, crc, payload in rows:
+            try:
+                if zlib.crc32(payload) != crc:
+                    raise DecodeError("CRC mismatch")
+                out.append(poll_pb2.PollResult.FromString(payload))
+            except DecodeError as exc:
+                unreadable += 1
+                log.warning("spool %s: an unreadable record is skipped (%s)", self.directory, exc)
+        return out, Position(rows[-1][0] if rows else 0, unreadable)
 
     def commit(self, pos: Position) -> None:
-        """The results up to ``pos`` are delivered: move on, delete files fully read."""
-        cur = self._cursor
-        if not self._opened:
+        """The results up to ``pos`` are delivered: delete them."""
+        if self._db is None or pos.seq <= 0:
             return
-        if pos.seq < cur.seq or (pos.seq == cur.seq and pos.offset <= cur.offset):
-            return  # already past it (a file was dropped meanwhile)
-        if self._segment(pos.seq) is None:
-            return
-        passed = (
-            sum(s.records for s in self._segments if cur.seq <= s.seq < pos.seq)
-            - cur.index
-            + pos.index
-        )
-        self._unread = max(0, self._unread - passed)
-        self.expired += pos.expired
-        self._cursor = Position(pos.seq, pos.offset, pos.index)
-        while self._segments[0].seq < pos.seq:
-            seg = self._segments.pop(0)
-            with contextlib.suppress(OSError):
-                seg.path.unlink()
-        head = self._segments[0]
-        if len(self._segments) > 1 and self._cursor.offset >= head.size:
-            # Fully read and no longer written to: start the next file.
-            self._segments.pop(0)
-            with contextlib.suppress(OSError):
-                head.path.unlink()
-            self._cursor = Position(self._segments[0].seq, 0, 0)
-        tail = self._segments[-1]
-        if self._cursor.seq == tail.seq and self._cursor.offset >= tail.size:
-            self._unread = 0  # at the end: nothing can be left (whatever the counts said)
-        self._save_cursor()
+        with self._tx() as db:
+            gone = self._delete(db, "seq <= ?", pos.seq)
+        # Counted once: a position committed again (or dropped meanwhile) deletes nothing.
+        if gone:
+            self.dropped += pos.unreadable
+        if not self._unread:
+            self._vacuum()
+
+    def _vacuum(self) -> None:
+        """Give the pages of a drained spool back to the file system."""
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            assert self._db is not None
+            self._db.execute("PRAGMA incremental_vacuum")
 
     def commit_expired(self, pos: Position) -> None:
-        """:meth:`read` returned no result up to ``pos`` (only expired records): move on.
+        """:meth:`read` returned no result up to ``pos`` (only unreadable records): move on.
 
-        When that moves nothing although results are counted, they cannot be
-        read: they are counted dropped, so that a reader never spins on them.
+        When that moves nothing although results are counted, the store cannot
+        be read: it is moved aside (its results counted dropped) and a new one
+        started, so that a reader never spins on it.
         """
         before = self.pending
         self.commit(pos)
         if before and self.pending >= before:
-            log.error("spool %s: %d result(s) counted but unreadable", self.directory, before)
-            self.dropped += before
-            self._unread = 0
+            with self._lock:
+                self._move_aside(sqlite3.DatabaseError(f"{before} result(s) cannot be read"))
 
     def close(self) -> None:
-        """Persist the replay position."""
-        if self._opened:
-            self._save_cursor()
+        """Write what was submitted, then close the store."""
+        self._write_staged()
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    # -- from an event loop ----------------------------------------------------------------
+
+    async def _off_loop(self, fn: Callable[_P, _T], *args: _P.args, **kw: _P.kwargs) -> _T:
+        """Run a blocking method in a worker thread, after the ones called before it."""
+        async with self._async_lock:
+            return await asyncio.to_thread(fn, *args, **kw)
+
+    async def open_async(self) -> None:
+        """:meth:`open`, off the event loop."""
+        await self._off_loop(self.open)
+
+    async def read_async(
+        self, limit: int, wall: float | None = None
+    ) -> tuple[list[poll_pb2.PollResult], Position]:
+        """:meth:`read`, off the event loop."""
+        return await self._off_loop(self.read, limit, wall)
+
+    async def commit_async(self, pos: Position) -> None:
+        """:meth:`commit`, off the event loop."""
+        await self._off_loop(self.commit, pos)
+
+    async def commit_expired_async(self, pos: Position) -> None:
+        """:meth:`commit_expired`, off the event loop."""
+        await self._off_loop(self.commit_expired, pos)
+
+    async def close_async(self) -> None:
+        """:meth:`close`, off the event loop."""
+        await self._off_loop(self.close)
+
+    def submit(self, result: poll_pb2.PollResult) -> None:
+        """Hand a result over to :meth:`run` to be written (never blocks).
+
+        Beyond ``STAGE_MAX`` waiting, the result is dropped and counted.
+        """
+        if len(self._staged) >= STAGE_MAX:
+            self.dropped += 1
+            self.stage_overflows += 1
+            if self.stage_overflows % 1000 == 1:  # a line per thousand, not per result
+                log.error("spool %s: writes fall behind; results dropped", self.directory)
+            return
+        self._staged.append(result)
+        self._have_staged.set()
+
+    async def flush(self) -> None:
+        """Write what was submitted so far."""
+        await self._off_loop(self._write_staged)
+
+    def _write_staged(self) -> int:
+        written = 0
+        while self._staged:
+            batch = [self._staged.popleft() for _ in range(min(WRITE_BATCH, len(self._staged)))]
+            try:
+                self.append_many(batch)
+            except (OSError, sqlite3.Error) as exc:
+                self.dropped += len(batch)
+                log.error("cannot spool %d result(s) to %s: %s", len(batch), self.directory, exc)
+                continue
+            written += len(batch)
+        return written
+
+    async def run(self, on_written: Callable[[], None] | None = None) -> None:
+        """Write submitted results, in batches, for ever; ``on_written`` after each write."""
+        while True:
+            self._have_staged.clear()
+            if not self._staged:
+                await wait_set(self._have_staged, 1.0)
+                continue
+            if await self._off_loop(self._write_staged) and on_written is not None:
+                on_written()

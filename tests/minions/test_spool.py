@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import sqlite3
 import time
 from pathlib import Path
 
 from vigil.v1 import common_pb2, poll_pb2
 
-from minion.spool import DiskSpool
+from minion.spool import DB_FILE, DiskSpool
 from services.core.timeutil import set_timestamp
 
 
@@ -26,6 +29,13 @@ def ids(results: list[poll_pb2.PollResult]) -> list[str]:
     return [r.request_id for r in results]
 
 
+def rows_on_disk(directory: Path) -> int:
+    """Records in the store, read by another connection (as a tool would)."""
+    with contextlib.closing(sqlite3.connect(directory / DB_FILE)) as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM results").fetchone()
+    return int(count)
+
+
 def test_nothing_on_disk_until_the_first_result(tmp_path: Path) -> None:
     spool = DiskSpool(tmp_path / "s", max_bytes=1 << 20, max_age=3600)
     assert spool.pending == 0
@@ -38,7 +48,7 @@ def test_replay_in_order_and_commit_moves_on(tmp_path: Path) -> None:
     for i in range(50):
         spool.append(result(i))
     assert spool.pending == 50
-    assert len(list(tmp_path.glob("seg-*.log"))) > 3  # several files
+    assert rows_on_disk(tmp_path) == 50  # on disk, not only in memory
     first, pos = spool.read(20)
     assert ids(first) == [f"r{i}" for i in range(20)]
     again, _ = spool.read(20)
@@ -50,7 +60,7 @@ def test_replay_in_order_and_commit_moves_on(tmp_path: Path) -> None:
     spool.commit(pos)
     assert spool.pending == 0
     assert spool.read(10)[0] == []
-    assert len(list(tmp_path.glob("seg-*.log"))) == 1  # read files are deleted
+    assert rows_on_disk(tmp_path) == 0  # committed records are deleted
 
 
 def test_position_survives_a_restart(tmp_path: Path) -> None:
@@ -94,15 +104,57 @@ def test_age_bound_skips_old_results_and_counts(tmp_path: Path) -> None:
     assert spool.pending == 0
 
 
-def test_a_torn_last_record_is_cut_off(tmp_path: Path) -> None:
+def test_a_torn_last_write_is_rolled_back(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path / "live", max_bytes=1 << 20, max_age=3600)
+    for i in range(5):
+        spool.append(result(i))
+    db = tmp_path / "live" / DB_FILE
+    wal = db.with_name(DB_FILE + "-wal")
+    before = wal.read_bytes()
+    spool.append(result(99))  # the next write, which a crash will tear
+    after = wal.read_bytes()
+    assert len(after) > len(before)
+    # The disk as a crash in the middle of that write leaves it: the database
+    # file and the write-ahead log cut short inside the new transaction.
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    shutil.copy(db, crashed / DB_FILE)
+    (crashed / (DB_FILE + "-wal")).write_bytes(
+        after[: len(before) + (len(after) - len(before)) // 2]
+    )
+    reopened = DiskSpool(crashed, max_bytes=1 << 20, max_age=3600)
+    assert reopened.pending == 5
+    reopened.append(result(5))
+    assert ids(reopened.read(100)[0]) == [f"r{i}" for i in range(6)]
+    spool.close()
+
+
+def test_a_corrupt_record_is_skipped_and_counted(tmp_path: Path) -> None:
     spool = DiskSpool(tmp_path, max_bytes=1 << 20, max_age=3600)
     for i in range(5):
         spool.append(result(i))
     spool.close()
-    (seg,) = tmp_path.glob("seg-*.log")
-    data = seg.read_bytes()
-    seg.write_bytes(data + data[:30])  # a crash in the middle of the next write
+    # A bit flipped inside one payload: SQLite's structure is intact, the record's CRC is not.
+    with contextlib.closing(sqlite3.connect(tmp_path / DB_FILE)) as db, db:
+        (seq, payload) = db.execute("SELECT seq, payload FROM results LIMIT 1 OFFSET 2").fetchone()
+        flipped = bytes([payload[0]]) + bytes([payload[1] ^ 0x01]) + payload[2:]
+        db.execute("UPDATE results SET payload = ? WHERE seq = ?", (flipped, seq))
     reopened = DiskSpool(tmp_path, max_bytes=1 << 20, max_age=3600)
-    assert reopened.pending == 5
+    kept, pos = reopened.read(100)
+    assert ids(kept) == ["r0", "r1", "r3", "r4"]
+    reopened.commit(pos)
+    assert reopened.pending == 0
+    assert reopened.dropped == 1
+
+
+def test_a_store_sqlite_cannot_read_is_moved_aside(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path, max_bytes=1 << 20, max_age=3600)
+    for i in range(5):
+        spool.append(result(i))
+    spool.close()
+    (tmp_path / DB_FILE).write_bytes(b"not a database" * 500)
+    reopened = DiskSpool(tmp_path, max_bytes=1 << 20, max_age=3600)
+    assert reopened.pending == 0
+    assert (tmp_path / (DB_FILE + ".corrupt")).exists()
     reopened.append(result(5))
-    assert ids(reopened.read(100)[0]) == [f"r{i}" for i in range(6)]
+    assert ids(reopened.read(100)[0]) == ["r5"]

@@ -6,7 +6,8 @@ a minion process inside it and a target only the site can reach.
 
 from __future__ import annotations
 
-import struct
+import contextlib
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ import pytest
 from vigil.v1 import common_pb2, poll_pb2
 
 from minion.monitors.base import Status
-from minion.spool import HEADER
+from minion.spool import DB_FILE, DiskSpool
 from services.core.natsserver import NatsServer
 from services.core.timeutil import from_timestamp, parse_iso
 from services.scheduler.model import ServiceKey, ServiceRuntime
@@ -165,21 +166,13 @@ def tcp_services(
 
 def peek_spool(directory: Path) -> list[poll_pb2.PollResult]:
     """A minion's spool as it is on disk, read-only (the minion is writing it)."""
-    out = []
-    for seg in sorted(directory.glob("seg-*.log")):
-        data = seg.read_bytes()
-        pos = 0
-        while pos + HEADER.size <= len(data):
-            length, _crc, _at = HEADER.unpack_from(data, pos)
-            end = pos + HEADER.size + length
-            if end > len(data):
-                break
-            try:
-                out.append(poll_pb2.PollResult.FromString(data[pos + HEADER.size : end]))
-            except Exception:
-                break
-            pos = end
-    return out
+    path = directory / DB_FILE
+    if not path.exists():
+        return []
+    # Read-only, through SQLite: the WAL lets us read while the minion writes.
+    with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+        rows = db.execute("SELECT payload FROM results ORDER BY seq").fetchall()
+    return [poll_pb2.PollResult.FromString(payload) for (payload,) in rows]
 
 
 async def test_a_sites_target_is_up_only_through_its_own_minion(
@@ -428,6 +421,9 @@ async def test_two_minions_share_a_site_and_one_takes_over_when_the_other_dies(
         ]
 
 
-def test_spool_header_is_what_peek_reads() -> None:
-    """peek_spool parses the format minion/spool.py writes."""
-    assert HEADER.size == struct.calcsize(">IId")
+def test_peek_reads_what_the_spool_writes(tmp_path: Path) -> None:
+    """peek_spool reads the store minion/spool.py writes."""
+    spool = DiskSpool(tmp_path, max_bytes=1 << 20, max_age=3600)
+    spool.append(poll_pb2.PollResult(request_id="r1"))
+    assert [r.request_id for r in peek_spool(tmp_path)] == ["r1"]
+    spool.close()
