@@ -1,4 +1,4 @@
-"""The common event format (DESIGN.md), its vocabulary and NATS subjects.
+"""The common event format (documented in docs/events.md), its vocabulary and NATS subjects.
 
 Producers (the scheduler, minions, external systems) hand *raw* events to the
 event service on ``vigil.ingest.<source>``; the event service validates and

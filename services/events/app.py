@@ -31,15 +31,16 @@ from services.core.httpstatus import StatusServer
 from services.core.streams import ensure_stream, events_stream_config, ingest_stream_config
 from services.core.tasks import Supervisor
 from services.events.api import EventsServicer
-from services.events.hooks import HookManager
+from services.events.hooks.manager import HookManager
 from services.events.ingest import Ingestor
 from services.events.store import EventStore
+from services.events.store.history import HistoryStore
 from services.events.summary import SummaryTracker
 
 log = logging.getLogger(__name__)
 
 
-async def align_stream(js: JetStreamContext, store: EventStore) -> None:
+async def align_stream(js: JetStreamContext, history: HistoryStore) -> None:
     """Keep sequences increasing when NATS lost its data but the history did not.
 
     A re-created ``VIGIL_EVENTS`` would count from 1 again and reuse
@@ -47,7 +48,7 @@ async def align_stream(js: JetStreamContext, store: EventStore) -> None:
     newest stored sequence makes JetStream continue from there.
     """
     info = await js.stream_info(EVENTS_STREAM)
-    stored = await store.max_seq()
+    stored = await history.max_seq()
     if info.state.last_seq < stored:
         log.warning(
             "%s ends at sequence %d but the history at %d (NATS data lost?); continuing from %d",
@@ -76,13 +77,17 @@ class EventService:
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self.servicer: EventsServicer | None = None
-        self.subscribers_cut = 0
 
     @property
     def js(self) -> JetStreamContext:
         """The JetStream context (after :meth:`start`)."""
         assert self._js is not None, "event service not started"
         return self._js
+
+    @property
+    def subscribers_cut(self) -> int:
+        """Subscribe streams cut off for not reading, since start."""
+        return self.servicer.subscribers_cut if self.servicer is not None else 0
 
     @property
     def hooks(self) -> HookManager:
@@ -100,12 +105,12 @@ class EventService:
             js, events_stream_config(self.settings.stream_max_age, self.settings.stream_max_bytes)
         )
         await align_stream(js, self.store)
-        self.summary = SummaryTracker(self.store, js, self.settings.summary_interval)
+        self.summary = SummaryTracker(self.store, self.store, js, self.settings.summary_interval)
         await self.summary.load()
         self.ingestor = Ingestor(nc, js, self.store, self.summary.apply)
         self._hooks = HookManager(js, self.store, self.settings, self.tasks)
         await self._hooks.start()
-        self.servicer = EventsServicer(self)
+        self.servicer = EventsServicer(js, self.store, self._hooks, self.settings)
         self.grpc = GrpcServer(
             self.settings.listen,
             [(events_pb2_grpc.add_EventsServicer_to_server, self.servicer, "vigil.v1.Events")],

@@ -11,7 +11,7 @@ from vigil.v1 import events_pb2
 from services.core.events import Event
 from services.core.timeutil import from_timestamp, iso, parse_iso, set_timestamp
 from services.events.filters import Interest
-from services.events.store import HookFailureRow, HookRow
+from services.events.store.hooks import HookFailureRow, HookRow
 
 
 def event_pb(e: Event, seq: int = 0) -> events_pb2.Event:

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.core.errors import InvalidArgumentError
 from services.core.events import CATALOGUE, SEVERITIES, Event
-from services.core.grpcerrors import InvalidArgument
 
 FIELDS = ("type", "action", "severity", "node_id", "location")
 #: Wire (JSON/proto JSON) names of the fields, for messages and storage.
@@ -86,28 +86,28 @@ def validate(raw: Iterable[Any], field: str = "filters") -> list[Interest]:
     for i, f in enumerate(raw):
         where = f"{field}[{i}]"
         if i >= MAX_FILTERS:
-            raise InvalidArgument(field, f"at most {MAX_FILTERS} filters")
+            raise InvalidArgumentError(field, f"at most {MAX_FILTERS} filters")
         values = {n: getattr(f, n, "") or "" for n in FIELDS}
         for name, value in values.items():
             if len(value) > MAX_VALUE:
-                raise InvalidArgument(f"{where}.{name}", f"longer than {MAX_VALUE} characters")
+                raise InvalidArgumentError(f"{where}.{name}", f"longer than {MAX_VALUE} characters")
             if any(ord(c) < 32 for c in value):
-                raise InvalidArgument(f"{where}.{name}", "contains control characters")
+                raise InvalidArgumentError(f"{where}.{name}", "contains control characters")
         t, a, s = values["type"], values["action"], values["severity"]
         known_types = {kt for kt, _ in CATALOGUE}
         if t and not is_glob(t) and t not in known_types:
-            raise InvalidArgument(
+            raise InvalidArgumentError(
                 f"{where}.type",
                 f"unknown event type {t!r} (known: {', '.join(sorted(known_types))})",
             )
         if a and not is_glob(a):
             actions = {ka for kt, ka in CATALOGUE if not t or is_glob(t) or kt == t}
             if a not in actions:
-                raise InvalidArgument(
+                raise InvalidArgumentError(
                     f"{where}.action", f"{a!r} is not an action of {t or 'any type'}"
                 )
         if s and not is_glob(s) and s not in SEVERITIES:
-            raise InvalidArgument(
+            raise InvalidArgumentError(
                 f"{where}.severity", f"{s!r} is not one of {', '.join(SEVERITIES)}"
             )
         out.append(Interest(**values))

@@ -49,7 +49,8 @@ from services.core.events import (
 from services.core.tasks import finish_writing
 from services.events import metrics
 from services.events.normalize import ID_RE, InvalidEvent, normalize
-from services.events.store import EventStore, ServiceState, StoredEvent
+from services.events.projection import ServiceState
+from services.events.store.history import HistoryStore, StoredEvent
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class Ingestor:
         self,
         nc: NATS,
         js: JetStreamContext,
-        store: EventStore,
+        store: HistoryStore,
         on_states: StatesCallback | None = None,
     ) -> None:
         self.nc = nc

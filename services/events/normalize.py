@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from services.core.errors import InvalidArgumentError
 from services.core.events import (
     CATALOGUE,
     FORMAT_VERSION,
@@ -50,13 +51,8 @@ SOURCE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(InvalidArgumentError):
     """A raw event that cannot be normalized; ``field`` names the offending field."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
 
 
 def parse_raw(raw: bytes | bytearray) -> dict[str, Any]:

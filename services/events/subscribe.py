@@ -39,7 +39,7 @@ from services.core.timeutil import now, set_timestamp
 from services.events import metrics
 from services.events.convert import event_pb
 from services.events.filters import Interest, matches_any
-from services.events.store import EventStore
+from services.events.store.history import HistoryStore
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Subscription:
     def __init__(
         self,
         js: JetStreamContext,
-        store: EventStore,
+        store: HistoryStore,
         context: Ctx,
         interests: Sequence[Interest],
         position: int,

@@ -1,7 +1,8 @@
 """``summary updated``: counts of services per state per location (core4 lineage).
 
-The event service derives the states from the events it normalizes itself, so
-producers emit nothing extra for it:
+The event service derives the states from the events it normalizes itself
+(the projection, :mod:`services.events.projection`), so producers emit
+nothing extra for it:
 
 * ``service lost`` / ``outage opened`` put a service (its ``typeId``) *down*,
   ``service regained`` / ``outage closed`` put it *up*; ``service deleted`` and
@@ -35,7 +36,9 @@ from nats.js import JetStreamContext
 from services.core.events import INGEST_SUBJECT_PREFIX, make_event
 from services.core.ids import DEFAULT_LOCATION
 from services.events import metrics
-from services.events.store import EventStore, ServiceState
+from services.events.projection import ServiceState
+from services.events.store.history import HistoryStore
+from services.events.store.states import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,15 @@ Counts = dict[str, dict[str, int]]
 class SummaryTracker:
     """Keeps every known service's state in memory and emits summaries when counts change."""
 
-    def __init__(self, store: EventStore, js: JetStreamContext, interval: float | None) -> None:
-        self.store = store
+    def __init__(
+        self,
+        states: StateStore,
+        history: HistoryStore,
+        js: JetStreamContext,
+        interval: float | None,
+    ) -> None:
+        self.state_store = states
+        self.history = history
         self.js = js
         self.interval = interval
         self.states: dict[str, ServiceState] = {}
@@ -60,8 +70,8 @@ class SummaryTracker:
 
     async def load(self) -> None:
         """Seed from the store: the states, and the counts of the newest summary."""
-        self.states = {s.key: s for s in await self.store.service_states()}
-        latest = await self.store.latest("summary", "updated")
+        self.states = {s.key: s for s in await self.state_store.service_states()}
+        latest = await self.history.latest("summary", "updated")
         self.last = _counts_of(latest.event.data) if latest is not None else None
 
     def apply(self, changes: Sequence[ServiceState | str]) -> None:

@@ -9,7 +9,13 @@ from google.protobuf import json_format
 from vigil.v1 import inventory_pb2, inventory_pb2_grpc
 
 from services.core import paging
-from services.core.grpcerrors import InvalidArgument, NotFound, handle_errors
+from services.core.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
+from services.core.grpcerrors import handle_errors
 from services.core.timeutil import from_duration, from_timestamp, set_timestamp, to_duration
 from services.scheduler.inventory import API, Inventory, InventoryError, NodeEntry, ReadOnlyNode
 from services.scheduler.packages import DEFAULT_POLICY
@@ -122,24 +128,24 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
         self, request: inventory_pb2.PutNodeRequest, context: Ctx
     ) -> inventory_pb2.Node:
         if not request.HasField("node"):
-            raise InvalidArgument("node", "is required")
+            raise InvalidArgumentError("node", "is required")
         if not request.node.id:
-            raise InvalidArgument("node.id", "is required")
+            raise InvalidArgumentError("node.id", "is required")
         try:
             node, specs = self.inventory.validate(node_document(request.node))
         except InventoryError as exc:
             field, _, problem = str(exc).partition(": ")
-            raise InvalidArgument(field, problem) from None
+            raise InvalidArgumentError(field, problem) from None
         try:
             self.inventory.check_writable(node.id)
         except ReadOnlyNode as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise FailedPreconditionError(str(exc)) from None
         try:
             entry: NodeEntry = await self.keeper.call(
                 lambda: self.inventory.put(node, specs, self.scheduler, self.keeper)
             )
         except TimeoutError:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, BUSY)
+            raise UnavailableError(BUSY) from None
         return node_message(entry)
 
     @handle_errors
@@ -147,10 +153,10 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
         self, request: inventory_pb2.GetNodeRequest, context: Ctx
     ) -> inventory_pb2.Node:
         if not request.id:
-            raise InvalidArgument("id", "is required")
+            raise InvalidArgumentError("id", "is required")
         entry = self.inventory.get(request.id)
         if entry is None:
-            raise NotFound(f"node {request.id} does not exist")
+            raise NotFoundError(f"node {request.id} does not exist")
         return node_message(entry)
 
     @handle_errors
@@ -180,19 +186,19 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
         self, request: inventory_pb2.DeleteNodeRequest, context: Ctx
     ) -> inventory_pb2.DeleteNodeResponse:
         if not request.id:
-            raise InvalidArgument("id", "is required")
+            raise InvalidArgumentError("id", "is required")
         if self.inventory.get(request.id) is None:
-            raise NotFound(f"node {request.id} does not exist")
+            raise NotFoundError(f"node {request.id} does not exist")
         try:
             self.inventory.check_writable(request.id)
         except ReadOnlyNode as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise FailedPreconditionError(str(exc)) from None
         try:
             services, outages = await self.keeper.call(
                 lambda: self.inventory.delete(request.id, self.scheduler, self.keeper)
             )
         except TimeoutError:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, BUSY)
+            raise UnavailableError(BUSY) from None
         except KeyError:
-            raise NotFound(f"node {request.id} does not exist") from None
+            raise NotFoundError(f"node {request.id} does not exist") from None
         return inventory_pb2.DeleteNodeResponse(services_removed=services, outages_closed=outages)

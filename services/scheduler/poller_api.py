@@ -10,7 +10,8 @@ import grpc
 from vigil.v1 import common_pb2, poller_pb2, poller_pb2_grpc
 
 from services.core import paging
-from services.core.grpcerrors import InvalidArgument, NotFound, handle_errors
+from services.core.errors import DeadlineExceededError, InvalidArgumentError, NotFoundError
+from services.core.grpcerrors import handle_errors
 from services.core.status import Status, status_from_pb, status_to_pb
 from services.core.timeutil import from_timestamp, set_timestamp, to_duration
 from services.scheduler.dispatcher import Dispatcher
@@ -80,7 +81,7 @@ def require_key(ref: common_pb2.ServiceRef, field: str = "service") -> ServiceKe
     """A complete service key from a request, or INVALID_ARGUMENT naming the missing part."""
     for name in ("node_id", "ip", "service"):
         if not getattr(ref, name):
-            raise InvalidArgument(f"{field}.{name}", "is required")
+            raise InvalidArgumentError(f"{field}.{name}", "is required")
     return ServiceKey(ref.node_id, ref.ip, ref.service)
 
 
@@ -123,11 +124,11 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
 
     def _service(self, ref: common_pb2.ServiceRef, has: bool) -> ServiceRuntime:
         if not has:
-            raise InvalidArgument("service", "is required")
+            raise InvalidArgumentError("service", "is required")
         key = require_key(ref)
         rt = self.services.get(key)
         if rt is None:
-            raise NotFound(f"service {key} is not monitored")
+            raise NotFoundError(f"service {key} is not monitored")
         return rt
 
     @handle_errors
@@ -138,14 +139,14 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         assert self.dispatcher is not None and self.keeper is not None
         rid = self.dispatcher.poll_now(rt.key, urgent=True)
         if rid is None:
-            raise NotFound(f"service {rt.key} is not monitored")
+            raise NotFoundError(f"service {rt.key} is not monitored")
         waiter = self.keeper.wait_result(rid)
         try:
             # The poll's own TTL bounds the wait; the margin covers the trip back.
             async with asyncio.timeout(rt.spec.ttl + 10.0):
                 done = await waiter
         except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no result for request {rid}")
+            raise DeadlineExceededError(f"no result for request {rid}") from None
         return poller_pb2.PollNowResponse(service=self._status(done), request_id=rid)
 
     @handle_errors
@@ -164,7 +165,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         since = from_timestamp(request.since) if request.HasField("since") else None
         until = from_timestamp(request.until) if request.HasField("until") else None
         if since is not None and until is not None and until <= since:
-            raise InvalidArgument("until", "must be after since")
+            raise InvalidArgumentError("until", "must be after since")
         filters = [request.node_id, request.ip, request.service, since, until]
         size = paging.page_size(request.page_size)
         before = paging.decode_int(request.page_token, filters)
@@ -203,7 +204,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         self, request: poller_pb2.ListServicesRequest, context: Ctx
     ) -> poller_pb2.ListServicesResponse:
         if request.status and status_from_pb(request.status) is None:
-            raise InvalidArgument("status", f"unknown value {request.status}")
+            raise InvalidArgumentError("status", f"unknown value {request.status}")
         filters = [request.node_id, request.location, request.status]
         size = paging.page_size(request.page_size)
         after = paging.decode_strs(request.page_token, filters, 3)
@@ -244,7 +245,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
             poller_pb2.OUTAGE_STATE_CLOSED: "closed",
         }
         if request.state not in states:
-            raise InvalidArgument("state", f"unknown value {request.state}")
+            raise InvalidArgumentError("state", f"unknown value {request.state}")
         filters = [request.state, request.node_id, request.service]
         size = paging.page_size(request.page_size)
         before = paging.decode_int(request.page_token, filters)

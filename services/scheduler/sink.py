@@ -29,6 +29,8 @@ import grpc
 from prometheus_client import Counter
 from vigil.v1 import poll_pb2, sink_pb2, sink_pb2_grpc
 
+from services.core.errors import InvalidArgumentError
+from services.core.grpcerrors import handle_stream_errors
 from services.core.ids import LOCATION_RE, NODE_ID_RE
 from services.core.status import Status, status_from_pb
 from services.core.timeutil import from_timestamp, now, set_timestamp, to_duration
@@ -105,6 +107,7 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
         #: results not newer than it are stale. Bounded by the inventory (see _remember).
         self._last_result: dict[ServiceKey, float] = {}
 
+    @handle_stream_errors
     async def Connect(
         self,
         request_iterator: AsyncIterator[sink_pb2.MinionMessage],
@@ -115,13 +118,13 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
             async with asyncio.timeout(HELLO_TIMEOUT):
                 first = await messages.__anext__()
         except (TimeoutError, StopAsyncIteration):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "hello: the first message must be a hello, within 10s",
-            )
+            raise InvalidArgumentError(
+                "hello", "the first message must be a hello, within 10s"
+            ) from None
         session = self._session(first)
         if isinstance(session, str):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, session)  # raises
+            field, _, problem = session.partition(": ")
+            raise InvalidArgumentError(field, problem)
         self.registry.register(session)
         store_and_forward = self.sites is not None and self.sites.enabled(session.location)
         try:

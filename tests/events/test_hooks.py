@@ -17,7 +17,7 @@ from vigil.v1 import events_pb2, events_pb2_grpc
 from services.core.events import EVENTS_STREAM
 from services.core.natsserver import NatsServer
 from services.events.app import EventService
-from services.events.hooks import verify
+from services.events.hooks.signing import verify
 from tests.events.util import (
     Receiver,
     events_config,

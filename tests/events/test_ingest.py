@@ -18,7 +18,8 @@ from services.core.streams import ensure_stream, events_stream_config, ingest_st
 from services.events.app import EventService
 from services.events.ingest import Ingestor
 from services.events.normalize import normalize
-from services.events.store import EventFilter, EventStore
+from services.events.store import EventStore
+from services.events.store.history import EventFilter
 from services.scheduler.model import ServiceKey
 from tests.events.util import events_config, jetstream, publish_raw, raw_event
 from tests.helpers import EventCollector, Stack, TcpTarget, make_config, wait_for

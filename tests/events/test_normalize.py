@@ -9,10 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from services.core.errors import InvalidArgumentError
 from services.core.events import CATALOGUE, KINDS, Event, event_subject, make_event, subject_token
-from services.core.grpcerrors import InvalidArgument
 from services.events import filters
-from services.events.hooks import sign, validate_url, verify
+from services.events.hooks.signing import sign, verify
+from services.events.hooks.validation import validate_url
 from services.events.normalize import MAX_RAW_BYTES, InvalidEvent, normalize
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "events.md"
@@ -169,7 +170,7 @@ def test_filters_and_inside_or_across_glob_or_exact() -> None:
     ],
 )
 def test_filter_validation_names_the_field(flt: dict[str, str], field: str) -> None:
-    with pytest.raises(InvalidArgument) as info:
+    with pytest.raises(InvalidArgumentError) as info:
         filters.validate([SimpleNamespace(**flt)])
     assert info.value.field == field
 
@@ -195,7 +196,7 @@ def test_glob_filters_are_not_checked_against_the_catalogue() -> None:
     ],
 )
 def test_bad_hook_urls(url: str) -> None:
-    with pytest.raises(InvalidArgument) as info:
+    with pytest.raises(InvalidArgumentError) as info:
         validate_url(url)
     assert info.value.field == "url"
 

@@ -12,14 +12,10 @@ import pytest
 import sqlalchemy as sa
 
 from services.core.events import make_event
-from services.events.store import (
-    EventFilter,
-    EventStore,
-    HookFailureRow,
-    HookRow,
-    ServiceState,
-    StoredEvent,
-)
+from services.events.projection import ServiceState
+from services.events.store import EventStore
+from services.events.store.history import EventFilter, StoredEvent
+from services.events.store.hooks import HookFailureRow, HookRow
 
 
 @pytest.fixture
@@ -194,7 +190,8 @@ async def test_migrations_seed_states_from_an_existing_history(store_url: str) -
     from sqlalchemy import Connection
 
     from services.core import db
-    from services.events.store import MIGRATIONS, VERSION_TABLE, events
+    from services.events.store import MIGRATIONS, VERSION_TABLE
+    from services.events.store.history import events
 
     def upgrade_to(conn: Connection, revision: str) -> None:
         cfg = Config()

@@ -1,0 +1,175 @@
+"""Hook management: create, list, delete, and one delivery runner per hook."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from services.core.config import EventsSettings
+from services.core.errors import AlreadyExistsError, ResourceExhaustedError
+from services.core.events import EVENTS_STREAM
+from services.core.tasks import Supervisor, finish_writing
+from services.core.timeutil import now
+from services.events.filters import Interest
+from services.events.hooks.cursor import CONSUMER_PREFIX, consumer_name
+from services.events.hooks.delivery import HookRunner
+from services.events.hooks.validation import validate_name, validate_secret, validate_url
+from services.events.store.hooks import HookRow, HookStore
+
+log = logging.getLogger(__name__)
+
+#: How often changed hook statuses are written to the store.
+STATUS_FLUSH = 1.0
+
+
+class NameTaken(AlreadyExistsError):
+    """A hook with this name exists."""
+
+
+class TooManyHooks(ResourceExhaustedError):
+    """The configured maximum number of hooks is reached."""
+
+
+class HookManager:
+    """Hook definitions (store) and their runners (tasks)."""
+
+    def __init__(
+        self, js: JetStreamContext, store: HookStore, settings: EventsSettings, tasks: Supervisor
+    ) -> None:
+        self.js = js
+        self.store = store
+        self.settings = settings
+        self.tasks = tasks
+        self.runners: dict[str, HookRunner] = {}
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Start a runner per stored hook; remove consumers of hooks that no longer exist."""
+        rows = await self.store.all_hooks()
+        known = {consumer_name(r.id) for r in rows}
+        try:
+            for info in await self.js.consumers_info(EVENTS_STREAM):
+                name = info.name or ""
+                if name.startswith(CONSUMER_PREFIX) and name not in known:
+                    log.info("removing consumer %s of a deleted hook", name)
+                    await self.js.delete_consumer(EVENTS_STREAM, name)
+        except Exception as exc:  # housekeeping only
+            log.warning("cannot clean up hook consumers: %s", exc)
+        for row in rows:
+            self._start(HookRunner(row, self.js, self.store, self.settings))
+        self.tasks.spawn("hook-status", self._flush_loop(), essential=False)
+
+    def _start(self, runner: HookRunner) -> None:
+        self.runners[runner.row.id] = runner
+        self._tasks[runner.row.id] = self.tasks.spawn(
+            f"hook:{runner.row.name}", runner.run(), essential=False
+        )
+
+    async def create(
+        self, name: str, url: str, interests: Sequence[Interest], secret: str
+    ) -> HookRow:
+        """Validate, store, create the cursor, start delivering."""
+        validate_name(name)
+        validate_url(url)
+        validate_secret(secret)
+        async with self._lock:
+            if len(self.runners) >= self.settings.max_hooks:
+                raise TooManyHooks(f"the limit of {self.settings.max_hooks} hooks is reached")
+            row = HookRow(
+                id=uuid.uuid4().hex,
+                name=name,
+                url=url,
+                secret=secret,
+                filters=[i.as_dict() for i in interests],
+                created_at=now(),
+            )
+            if not await self.store.add_hook(row):
+                raise NameTaken(f"name: a hook named {name!r} exists")
+            runner = HookRunner(row, self.js, self.store, self.settings)
+            try:
+                await runner.ensure_consumer(new=True)
+            except BaseException:
+                # Nothing half-written: no consumer, no hook.
+                await self.store.delete_hook(row.id)
+                raise
+            self._start(runner)
+        log.info("hook %s created (%s)", name, row.id)
+        return replace(row)
+
+    async def delete(self, hook_id: str) -> bool:
+        """Stop delivering, forget the cursor and the definition."""
+        async with self._lock:
+            if not await self.store.delete_hook(hook_id):
+                return False
+            runner = self.runners.pop(hook_id, None)
+            task = self._tasks.pop(hook_id, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task], timeout=10.0)
+            try:
+                await self.js.delete_consumer(EVENTS_STREAM, consumer_name(hook_id))
+            except NotFoundError:
+                pass
+            except Exception as exc:  # removed at the next start-up (see start())
+                log.warning("cannot delete the consumer of hook %s: %s", hook_id, exc)
+        log.info("hook %s deleted", runner.row.name if runner else hook_id)
+        return True
+
+    async def status(self, row: HookRow) -> tuple[HookRow, int, int]:
+        """The freshest view of a hook: (row with live counters, backlog, in flight)."""
+        runner = self.runners.get(row.id)
+        if runner is None:
+            return row, 0, 0
+        with contextlib.suppress(Exception):
+            await runner.refresh()
+        live = replace(
+            row,
+            last_success_at=runner.row.last_success_at,
+            last_error_at=runner.row.last_error_at,
+            last_error=runner.row.last_error,
+            delivered=runner.row.delivered,
+        )
+        return live, runner.backlog, len(runner.inflight)
+
+    async def refresh_all(self) -> None:
+        """Refresh every runner's backlog and cursor (best effort)."""
+        for runner in list(self.runners.values()):
+            with contextlib.suppress(Exception):
+                await runner.refresh()
+
+    async def flush(self) -> None:
+        """Write changed statuses to the store."""
+        for runner in list(self.runners.values()):
+            if runner.dirty:
+                runner.dirty = False
+                try:
+                    await finish_writing(
+                        self.store.save_hook_status(runner.row), f"hook {runner.row.name}: status"
+                    )
+                except BaseException:  # cancelled too: the final flush must write it
+                    runner.dirty = True
+                    raise
+
+    async def _flush_loop(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(STATUS_FLUSH)
+            ticks += 1
+            try:
+                if ticks % 5 == 0:
+                    for runner in list(self.runners.values()):
+                        await runner.refresh()
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cannot save hook statuses: %s", exc)

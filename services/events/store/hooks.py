@@ -1,0 +1,249 @@
+"""Webhooks: their definitions, delivery statuses and parked (given up) deliveries."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.core import db
+from services.events.store.sql import BigId, When, metadata
+
+hooks = sa.Table(
+    "hooks",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("secret", sa.String(256), nullable=False),
+    sa.Column("filters", sa.Text, nullable=False),
+    sa.Column("created_at", When, nullable=False),
+    sa.Column("last_success_at", When),
+    sa.Column("last_error_at", When),
+    sa.Column("last_error", sa.String(512)),
+    sa.Column("delivered", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("ack_floor", sa.BigInteger, nullable=False, server_default="0"),
+)
+
+hook_failures = sa.Table(
+    "hook_failures",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column(
+        "hook_id", sa.String(64), sa.ForeignKey("hooks.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("first_attempt_at", When, nullable=False),
+    sa.Column("failed_at", When, nullable=False),
+    sa.Column("last_error", sa.String(512), nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+)
+
+
+@dataclass(slots=True)
+class HookRow:
+    """A webhook definition with its persisted status."""
+
+    id: str
+    name: str
+    url: str
+    secret: str
+    filters: list[dict[str, str]]
+    created_at: float
+    last_success_at: float | None = None
+    last_error_at: float | None = None
+    last_error: str | None = None
+    delivered: int = 0
+    ack_floor: int = 0
+    failed: int = field(default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class HookFailureRow:
+    """A delivery given up after retrying for the maximum age."""
+
+    id: int
+    hook_id: str
+    event_id: str
+    seq: int
+    attempts: int
+    first_attempt_at: float
+    failed_at: float
+    last_error: str
+    payload: bytes
+
+
+def _hook_row(r: Any, failed: int = 0) -> HookRow:
+    return HookRow(
+        id=r.id,
+        name=r.name,
+        url=r.url,
+        secret=r.secret,
+        filters=json.loads(r.filters),
+        created_at=db.epoch(r.created_at) or 0.0,
+        last_success_at=db.epoch(r.last_success_at),
+        last_error_at=db.epoch(r.last_error_at),
+        last_error=r.last_error,
+        delivered=int(r.delivered),
+        ack_floor=int(r.ack_floor),
+        failed=failed,
+    )
+
+
+class HookStore:
+    """Hook definitions with their status, and each hook's parked deliveries."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def add_hook(self, hook: HookRow) -> bool:
+        """Store a new hook; ``False`` when the name is taken."""
+        async with self.engine.begin() as conn:
+            taken = (
+                await conn.execute(sa.select(hooks.c.id).where(hooks.c.name == hook.name))
+            ).first()
+            if taken is not None:
+                return False
+            await conn.execute(
+                sa.insert(hooks).values(
+                    id=hook.id,
+                    name=hook.name,
+                    url=hook.url,
+                    secret=hook.secret,
+                    filters=json.dumps(hook.filters, separators=(",", ":")),
+                    created_at=db.utc(hook.created_at),
+                    delivered=0,
+                    ack_floor=hook.ack_floor,
+                )
+            )
+        return True
+
+    async def _failure_counts(self, conn: AsyncConnection, ids: list[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        f = hook_failures
+        rows = (
+            await conn.execute(
+                sa.select(f.c.hook_id, sa.func.count())
+                .where(f.c.hook_id.in_(ids))
+                .group_by(f.c.hook_id)
+            )
+        ).all()
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def get_hook(self, hook_id: str) -> HookRow | None:
+        """One hook, or ``None``."""
+        async with self.engine.connect() as conn:
+            r = (await conn.execute(sa.select(hooks).where(hooks.c.id == hook_id))).first()
+            if r is None:
+                return None
+            counts = await self._failure_counts(conn, [hook_id])
+        return _hook_row(r, counts.get(hook_id, 0))
+
+    async def all_hooks(self) -> list[HookRow]:
+        """Every hook (the event service runs one deliverer per hook)."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(hooks).order_by(hooks.c.name))).all()
+        return [_hook_row(r) for r in rows]
+
+    async def list_hooks(self, *, after_name: str | None, limit: int) -> tuple[list[HookRow], int]:
+        """A page of hooks by name, and how many there are."""
+        conds = [hooks.c.name > after_name] if after_name is not None else []
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(hooks).where(*conds).order_by(hooks.c.name).limit(limit)
+                )
+            ).all()
+            total = (await conn.execute(sa.select(sa.func.count()).select_from(hooks))).scalar_one()
+            counts = await self._failure_counts(conn, [r.id for r in rows])
+        return [_hook_row(r, counts.get(r.id, 0)) for r in rows], int(total)
+
+    async def delete_hook(self, hook_id: str) -> bool:
+        """Remove a hook and its parked deliveries; ``False`` when unknown."""
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(hook_failures).where(hook_failures.c.hook_id == hook_id))
+            result = await conn.execute(sa.delete(hooks).where(hooks.c.id == hook_id))
+        return bool(result.rowcount)
+
+    async def save_hook_status(self, hook: HookRow) -> None:
+        """Persist the status fields (last success/error, counters, cursor)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(hooks)
+                .where(hooks.c.id == hook.id)
+                .values(
+                    last_success_at=db.utc(hook.last_success_at),
+                    last_error_at=db.utc(hook.last_error_at),
+                    last_error=(hook.last_error or None) and hook.last_error[:512],
+                    delivered=hook.delivered,
+                    ack_floor=hook.ack_floor,
+                )
+            )
+
+    async def park(self, failure: HookFailureRow, keep: int) -> None:
+        """Record a delivery given up; keeps the newest ``keep`` per hook."""
+        f = hook_failures
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.insert(f).values(
+                    hook_id=failure.hook_id,
+                    event_id=failure.event_id,
+                    seq=failure.seq,
+                    attempts=failure.attempts,
+                    first_attempt_at=db.utc(failure.first_attempt_at),
+                    failed_at=db.utc(failure.failed_at),
+                    last_error=failure.last_error[:512],
+                    payload=failure.payload,
+                )
+            )
+            new_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
+            if new_id is not None and int(new_id) % 64 == 0:
+                # Occasionally trim: the table must not grow without bound for a dead hook.
+                cutoff = (
+                    await conn.execute(
+                        sa.select(f.c.id)
+                        .where(f.c.hook_id == failure.hook_id)
+                        .order_by(f.c.id.desc())
+                        .offset(keep)
+                        .limit(1)
+                    )
+                ).scalar_one_or_none()
+                if cutoff is not None:
+                    await conn.execute(
+                        sa.delete(f).where(f.c.hook_id == failure.hook_id, f.c.id <= cutoff)
+                    )
+
+    async def list_failures(
+        self, hook_id: str, *, before_id: int | None, limit: int
+    ) -> tuple[list[HookFailureRow], int]:
+        """A page of a hook's parked deliveries, newest first, and their total."""
+        f = hook_failures
+        conds = [f.c.hook_id == hook_id]
+        page = [*conds, f.c.id < before_id] if before_id is not None else conds
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(sa.select(f).where(*page).order_by(f.c.id.desc()).limit(limit))
+            ).all()
+            total = (
+                await conn.execute(sa.select(sa.func.count()).select_from(f).where(*conds))
+            ).scalar_one()
+        return [
+            HookFailureRow(
+                id=int(r.id),
+                hook_id=r.hook_id,
+                event_id=r.event_id,
+                seq=int(r.seq),
+                attempts=int(r.attempts),
+                first_attempt_at=db.epoch(r.first_attempt_at) or 0.0,
+                failed_at=db.epoch(r.failed_at) or 0.0,
+                last_error=r.last_error,
+                payload=bytes(r.payload),
+            )
+            for r in rows
+        ], int(total)
