@@ -58,7 +58,7 @@ async def test_target_down_then_up_opens_and_closes_outage_with_events(
             lambda: events_seen.find(type="service", action="lost"), what="service lost event"
         )
         event = lost[0]
-        # The common event format, as DESIGN.md shows it.
+        # The common event format, as the product contract shows it.
         assert event["version"] == "1"
         assert event["severity"] == "major"
         assert event["typeId"] == "node-1/127.0.0.1/Echo"

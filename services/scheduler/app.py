@@ -3,9 +3,9 @@
 store ─ inventory, restore state ─┐
 NATS ── JetStream ────────────────┤
                                   ├─ Dispatcher  (due polls → vigil.poll.<location>, TTL → UNKNOWN)
-gRPC ResultSink ──────────────────┼─ StateKeeper (results → state, outages, outbox)
+gRPC ResultSink ──────────────────┼─ StateKeeper (results → state, outages, outbox: assurance/)
 gRPC Poller, Inventory ───────────┤
-                                  ├─ MinionRegistry (sessions, heartbeats, minion/location events)
+                                  ├─ MinionRegistry (sessions, heartbeats; liveness sweeper)
                                   └─ OutboxRelay (outbox → vigil.ingest.scheduler)
 """
 
@@ -14,45 +14,65 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Mapping
 
 from nats.aio.client import Client as NATS
 from vigil.v1 import inventory_pb2_grpc, poller_pb2_grpc, sink_pb2_grpc
 
 from services.core import natsconn
 from services.core.config import VigilConfig
-from services.core.grpcserver import GrpcServer
+from services.core.grpcserver import GrpcServer, Registration
 from services.core.httpstatus import StatusServer
 from services.core.streams import ensure_stream, ingest_stream_config
 from services.core.tasks import Supervisor
 from services.core.timeutil import now
+from services.scheduler.assurance import lifecycle
+from services.scheduler.assurance.housekeeping import (
+    Journal,
+    StaleSweeper,
+    run_flusher,
+    run_pruner,
+)
+from services.scheduler.assurance.keeper import Mailbox, StateKeeper
+from services.scheduler.assurance.node_outage import Topology
+from services.scheduler.assurance.persist import Persister
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.inventory import Inventory
 from services.scheduler.inventory_api import InventoryServicer
+from services.scheduler.liveness import run_liveness
 from services.scheduler.minions import MinionRegistry
-from services.scheduler.model import InterfaceState, NodeState, ServiceKey, ServiceRuntime
+from services.scheduler.model import ServiceKey, ServiceRuntime
 from services.scheduler.outbox import OutboxRelay
 from services.scheduler.poller_api import PollerServicer
 from services.scheduler.sink import ResultSinkServicer
 from services.scheduler.site_sync import SiteSync  # issue 6
-from services.scheduler.state import StateKeeper
 from services.scheduler.store import SchedulerStore
 
 log = logging.getLogger(__name__)
 
 
 class Scheduler:
-    """Owns every part of the scheduler; :meth:`start` then :meth:`stop`."""
+    """Owns every part of the scheduler; :meth:`start` then :meth:`stop`.
+
+    Who owns what of a service: its spec, the inventory; its assured state,
+    the keeper; its scheduling slot, the dispatcher. The others get read-only
+    views or the narrow interface they need, given here.
+    """
 
     def __init__(self, cfg: VigilConfig, *, nats_url: str | None = None) -> None:
         self.cfg = cfg
         self.settings = cfg.scheduler
         self.nats_url = nats_url or cfg.nats.url
         self.id = secrets.token_hex(4)
-        self.services: dict[ServiceKey, ServiceRuntime] = {}
-        self.interfaces: dict[tuple[str, str], InterfaceState] = {}
-        self.nodes: dict[str, NodeState] = {}
         self.store = SchedulerStore(self.settings.store_url)
-        self.inventory = Inventory(cfg, self.store, self.services, self.interfaces, self.nodes)
+        self.inventory = Inventory(cfg, self.store)
+        inv = self.inventory
+        self.services: Mapping[ServiceKey, ServiceRuntime] = inv.services
+        self.topology = Topology(inv.services, inv.interfaces, inv.nodes)
+        self.mailbox = Mailbox()
+        self.journal = Journal(
+            inv.services, self.store, keep_history=self.settings.results_retention > 0
+        )
         self.registry = MinionRegistry(
             self.settings.heartbeat_interval, self.settings.heartbeat_misses
         )
@@ -71,67 +91,28 @@ class Scheduler:
         self._nc = nc = await natsconn.connect(self.nats_url, f"vigil-scheduler-{self.id}")
         js = nc.jetstream()
         await ensure_stream(js, ingest_stream_config())
-
         self.relay = OutboxRelay(self.store, js)
-        self.keeper = keeper = StateKeeper(
-            self.services,
-            self.store,
-            self.relay.wake,
-            interfaces=self.interfaces,
-            nodes=self.nodes,
-            keep_history=self.settings.results_retention > 0,
-        )
-        states = await self.store.load_states()
-        orphans = await keeper.restore(
-            states, await self.store.open_outages(), await self.store.down_elements()
-        )
-        await keeper.close_unmanaged(orphans, now())
-        await keeper.retire(sorted(set(states) - set(self.services)), now())
+        persister = Persister(self.store, self.relay.wake)
+        await self._restore(persister)
 
-        self.dispatcher = Dispatcher(
+        self.dispatcher = dispatcher = Dispatcher(
             self.services,
             self.registry,
-            keeper,
+            self.mailbox,
             nc,
+            polled=self.topology.polled,
+            on_paused=self.journal.mark_dirty,
             batch_size=self.settings.batch_size,
             start_splay=self.settings.start_splay,
             scheduler_id=self.id,
             max_in_flight=self.settings.max_in_flight,
             max_in_flight_per_node=self.settings.max_in_flight_per_node,
         )
-        self.grpc = GrpcServer(
-            self.settings.listen,
-            [
-                (
-                    poller_pb2_grpc.add_PollerServicer_to_server,
-                    PollerServicer(
-                        self.services,
-                        self.store,
-                        self.registry,
-                        self.dispatcher,
-                        keeper,
-                        version=lambda: self.inventory.version,
-                    ),
-                    "vigil.v1.Poller",
-                ),
-                (
-                    inventory_pb2_grpc.add_InventoryServicer_to_server,
-                    InventoryServicer(self.inventory, self.dispatcher, keeper),
-                    "vigil.v1.Inventory",
-                ),
-                (
-                    sink_pb2_grpc.add_ResultSinkServicer_to_server,
-                    ResultSinkServicer(
-                        self.registry,
-                        self.dispatcher,
-                        keeper,
-                        self.id,
-                        sites=SiteSync(self.services, self.cfg.locations),  # issue 6: sites
-                    ),
-                    "vigil.v1.ResultSink",
-                ),
-            ],
+        self.keeper = keeper = StateKeeper(
+            self.mailbox, self.topology, persister, self.journal, scheduling=dispatcher
         )
+
+        self.grpc = GrpcServer(self.settings.listen, self._servicers(keeper, dispatcher))
         await self.grpc.start()
         if self.settings.metrics_listen:
             self.status_server = StatusServer(
@@ -139,17 +120,7 @@ class Scheduler:
             )
             await self.status_server.start()
 
-        self.tasks.spawn("state-keeper", keeper.run())
-        self.tasks.spawn("state-flusher", keeper.run_flusher(self.settings.status_flush_interval))
-        self.tasks.spawn("stale-sweeper", keeper.run_stale_sweeper())
-        if self.settings.results_retention > 0:
-            self.tasks.spawn("results-pruner", keeper.run_pruner(self.settings.results_retention))
-        self.tasks.spawn("outbox-relay", self.relay.run())
-        self.dispatcher.schedule_all(minion_grace=self.registry.timeout)
-        self.tasks.spawn("dispatcher", self.dispatcher.run())
-        self.tasks.spawn(
-            "minion-registry", self.registry.run(keeper, self.dispatcher)
-        )  # issue 6: liveness sweeper
+        self._spawn(keeper, dispatcher, persister)
         log.info(
             "scheduler %s: %d node(s), %d service(s), gRPC on %s, NATS %s",
             self.id,
@@ -157,6 +128,61 @@ class Scheduler:
             len(self.services),
             self.grpc.address,
             self.nats_url,
+        )
+
+    async def _restore(self, persister: Persister) -> None:
+        """The last known state back into memory; what is no longer configured is closed."""
+        states = await self.store.load_states()
+        orphans = lifecycle.restore(
+            self.topology, states, await self.store.open_outages(), await self.store.down_elements()
+        )
+        await lifecycle.close_unmanaged(persister, orphans, now())
+        await lifecycle.retire(persister, sorted(set(states) - set(self.services)), now())
+
+    def _servicers(self, keeper: StateKeeper, dispatcher: Dispatcher) -> list[Registration]:
+        poller = PollerServicer(
+            self.services,
+            self.store,
+            self.registry,
+            dispatcher,
+            keeper,
+            version=lambda: self.inventory.version,
+        )
+        sink = ResultSinkServicer(
+            self.registry,
+            dispatcher,
+            keeper,
+            self.id,
+            sites=SiteSync(self.services, self.cfg.locations),  # issue 6: sites
+        )
+        return [
+            (poller_pb2_grpc.add_PollerServicer_to_server, poller, "vigil.v1.Poller"),
+            (
+                inventory_pb2_grpc.add_InventoryServicer_to_server,
+                InventoryServicer(self.inventory, dispatcher, keeper),
+                "vigil.v1.Inventory",
+            ),
+            (sink_pb2_grpc.add_ResultSinkServicer_to_server, sink, "vigil.v1.ResultSink"),
+        ]
+
+    def _spawn(self, keeper: StateKeeper, dispatcher: Dispatcher, persister: Persister) -> None:
+        assert self.relay is not None
+        stale = StaleSweeper(self.services, self.topology.polled, persister.emit)
+        self.tasks.spawn("state-keeper", keeper.run())
+        self.tasks.spawn(
+            "state-flusher", run_flusher(self.journal, self.settings.status_flush_interval)
+        )
+        self.tasks.spawn("stale-sweeper", stale.run())
+        if self.settings.results_retention > 0:
+            self.tasks.spawn(
+                "results-pruner", run_pruner(self.store, self.settings.results_retention)
+            )
+        self.tasks.spawn("outbox-relay", self.relay.run())
+        dispatcher.schedule_all(minion_grace=self.registry.timeout)
+        self.tasks.spawn("dispatcher", dispatcher.run())
+        self.tasks.spawn(  # issue 6: liveness sweeper
+            "minion-liveness",
+            run_liveness(self.registry, self.services, dispatcher, persister.emit),
         )
 
     @property
@@ -177,7 +203,7 @@ class Scheduler:
         if self.keeper is not None:
             try:
                 async with asyncio.timeout(10.0):
-                    await self.keeper.flush()
+                    await self.journal.flush()
             except Exception as exc:
                 log.warning("final state flush failed: %s", exc)
         if self.relay is not None:

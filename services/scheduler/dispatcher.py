@@ -22,7 +22,8 @@ import logging
 import secrets
 import zlib
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from nats.aio.client import Client as NATS
 from vigil.v1 import common_pb2, poll_pb2
@@ -38,7 +39,6 @@ from services.scheduler.minions import MinionRegistry
 from services.scheduler.model import Observation, ServiceKey, ServiceRuntime
 from services.scheduler.pending import PendingPoll, PendingPolls
 from services.scheduler.schedule import Schedule, next_slot
-from services.scheduler.state import StateKeeper
 from services.scheduler.timing import effective_interval, on_grid
 
 log = logging.getLogger(__name__)
@@ -58,16 +58,30 @@ def first_due(key: ServiceKey, interval: float, splay: float, now: float) -> flo
     return now + fraction * window
 
 
+class ResultIntake(Protocol):
+    """Where the dispatcher's UNKNOWN results go (the state keeper's mailbox)."""
+
+    async def submit(self, obs: Observation) -> None:
+        """Queue an observation (waits while the intake is full)."""
+
+
 class Dispatcher:
-    """Owns the schedule and the pending requests (see the module docstring)."""
+    """Owns the schedule, the pending requests and each service's scheduling slot.
+
+    The slot is ``anchor``, ``added``, ``in_flight`` and ``polling_stopped``
+    of :class:`~services.scheduler.model.ServiceRuntime`: only the dispatcher
+    writes them. ``paused`` too, persisted with the service's state (``on_paused``).
+    """
 
     def __init__(
         self,
-        services: dict[ServiceKey, ServiceRuntime],
+        services: Mapping[ServiceKey, ServiceRuntime],
         registry: MinionRegistry,
-        keeper: StateKeeper,
+        results: ResultIntake,
         nc: NATS,
         *,
+        polled: Callable[[ServiceRuntime], bool],
+        on_paused: Callable[[ServiceKey], None],
         batch_size: int,
         start_splay: float,
         scheduler_id: str | None = None,
@@ -76,7 +90,10 @@ class Dispatcher:
     ) -> None:
         self.services = services
         self.registry = registry
-        self.keeper = keeper
+        self.results = results
+        #: Whether a service is polled at all (not while its interface is down).
+        self.polled = polled
+        self._on_paused = on_paused
         self.nc = nc
         self.batch_size = batch_size
         self.start_splay = start_splay
@@ -95,7 +112,6 @@ class Dispatcher:
         #: Services due while their location had no room, per location, in order.
         self._waiting: dict[str, deque[ServiceKey]] = {}
         self._waiting_keys: set[ServiceKey] = set()
-        keeper.scheduling = self
 
     async def close(self) -> None:
         """Cancel out-of-schedule sends still under way."""
@@ -158,11 +174,20 @@ class Dispatcher:
         self.schedule.add(key, due)
         self._wake.set()
 
+    def resume(self, key: ServiceKey) -> None:
+        """The service's state changed: a "stop polling" verdict of the downtime model is void.
+
+        The next :meth:`reschedule` judges afresh.
+        """
+        rt = self.services.get(key)
+        if rt is not None:
+            rt.polling_stopped = False
+
     def set_paused(self, key: ServiceKey, paused: bool) -> None:
         """Pause or resume polling of a service."""
         rt = self.services[key]
         rt.paused = paused
-        self.keeper.mark_dirty(key)
+        self._on_paused(key)
         if paused:
             self.schedule.remove(key)
         else:
@@ -211,7 +236,7 @@ class Dispatcher:
                 self.schedule.add(key, next_slot(due_at, rt.spec.interval, now))
             else:
                 self.schedule.add(key, now + interval)
-            if not self.keeper.polled(rt):
+            if not self.polled(rt):
                 continue  # its interface is down: only the critical service is polled
             if rt.in_flight is not None:
                 metrics.POLLS_SKIPPED.inc()
@@ -269,7 +294,7 @@ class Dispatcher:
                     rt is None
                     or rt.paused
                     or rt.in_flight is not None
-                    or not self.keeper.polled(rt)
+                    or not self.polled(rt)
                     or self._at_bound(rt, len(ready), now)
                 ):
                     continue
@@ -360,7 +385,7 @@ class Dispatcher:
         metrics.UNKNOWN.labels(cause).inc(len(batch))
         at = wall_now()
         for rt, rid in batch:
-            await self.keeper.submit(
+            await self.results.submit(
                 Observation(rt.key, Status.UNKNOWN, reason, at, request_id=rid)
             )
 
@@ -408,7 +433,7 @@ class Dispatcher:
             rt = self.services.get(poll.key)
             if rt is not None and rt.in_flight == poll.request_id:
                 rt.in_flight = None
-            await self.keeper.submit(
+            await self.results.submit(
                 Observation(
                     poll.key,
                     Status.UNKNOWN,
@@ -432,7 +457,7 @@ class Dispatcher:
             rt = self.services.get(poll.key)
             if rt is not None and rt.in_flight == poll.request_id:
                 rt.in_flight = None
-            await self.keeper.submit(
+            await self.results.submit(
                 Observation(poll.key, Status.UNKNOWN, reason, at, request_id=poll.request_id)
             )
         metrics.IN_FLIGHT.set(len(self.pending))

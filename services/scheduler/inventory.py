@@ -64,22 +64,19 @@ def critical_of(keys: list[ServiceKey], specs: dict[ServiceKey, ServiceSpec]) ->
 
 
 class Inventory:
-    """Owns the node definitions and keeps the runtime dicts in step with them."""
+    """Owns the node definitions and the runtime objects built from them.
 
-    def __init__(
-        self,
-        cfg: VigilConfig,
-        store: SchedulerStore,
-        services: dict[ServiceKey, ServiceRuntime],
-        interfaces: dict[tuple[str, str], InterfaceState],
-        nodes: dict[str, NodeState],
-    ) -> None:
+    It alone adds and removes services, interfaces and nodes (and replaces a
+    service's spec); everyone else is handed read-only views of these dicts.
+    """
+
+    def __init__(self, cfg: VigilConfig, store: SchedulerStore) -> None:
         self.cfg = cfg
         self.store = store
         self.resolver = resolver_for(cfg)
-        self.services = services
-        self.interfaces = interfaces
-        self.nodes = nodes
+        self.services: dict[ServiceKey, ServiceRuntime] = {}
+        self.interfaces: dict[tuple[str, str], InterfaceState] = {}
+        self.nodes: dict[str, NodeState] = {}
         self.entries: dict[str, NodeEntry] = {}
         #: node id → its service keys (the runtime dict is keyed by service).
         self._by_node: dict[str, set[ServiceKey]] = {}

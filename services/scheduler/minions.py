@@ -5,15 +5,15 @@ it is alive with heartbeats on that session. The registry keeps one record per
 ``system_id``, also after the minion went down (status DOWN in
 ``Poller/ListMinions``) until :data:`RETENTION` has passed.
 
-Liveness is decided in one place, :meth:`MinionRegistry.run` (the sweeper,
-owned by the scheduler's Supervisor):
+Liveness is decided in one place, the sweeper of
+:mod:`services.scheduler.liveness` (owned by the scheduler's Supervisor):
 
 * a minion unheard for ``heartbeat_interval * heartbeat_misses`` is marked
   DOWN: one ``minion down`` event; one that says goodbye (it is stopping on
   purpose) is marked DOWN at once;
 * when the last live minion of a location goes, one ``location unreachable``
   event, and the location's pending polls end UNKNOWN at once
-  (:meth:`Dispatcher.expire_location`) instead of at their TTLs; the services
+  (:meth:`services.scheduler.dispatcher.Dispatcher.expire_location`) instead of at their TTLs; the services
   themselves get no event each (no alert storm);
 * a minion that (re)connects after it was marked DOWN: ``minion up``, and
   ``location reachable`` when its location was unreachable. A quick reconnect
@@ -45,17 +45,11 @@ import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from services.core.backoff import Backoff
 from services.core.events import Event, make_event
 from services.core.tasks import wait_set
 from services.core.timeutil import now
 from services.scheduler import metrics
-
-if TYPE_CHECKING:
-    from services.scheduler.dispatcher import Dispatcher
-    from services.scheduler.state import StateKeeper
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +60,6 @@ RETENTION = 7 * 86400.0
 MAX_RECORDS = 10_000
 #: Events waiting for the store (one per minion or location transition).
 MAX_PENDING_EVENTS = 10_000
-#: How often locations without any minion are looked for (seconds).
-LOCATION_SCAN_PERIOD = 30.0
 
 
 def unreachable_reason(location: str) -> str:
@@ -388,43 +380,28 @@ class MinionRegistry:
                 del self._minions[s.system_id]
                 excess -= 1
 
-    async def run(self, keeper: StateKeeper, dispatcher: Dispatcher) -> None:
-        """The sweeper: liveness, location scans, events, UNKNOWN for lost locations' polls."""
-        loop = asyncio.get_running_loop()
-        period = max(0.05, min(1.0, self.heartbeat_interval / 2))
-        next_scan = 0.0
-        backoff = Backoff()
-        while True:
-            self.sweep()
-            loop_now = loop.time()
-            if loop_now >= dispatcher.grace_until and loop_now >= next_scan:
-                # Only services' locations: a minion-less location nobody polls is no news.
-                self.scan_locations(rt.spec.location for rt in list(dispatcher.services.values()))
-                next_scan = loop_now + LOCATION_SCAN_PERIOD
-            while self._expire:
-                location = self._expire.popleft()
-                if self._locations.get(location) is False:
-                    n = await dispatcher.expire_location(location, unreachable_reason(location))
-                    if n:
-                        log.info("location %s: %d pending poll(s) ended UNKNOWN", location, n)
-            if self._events:
-                batch = list(self._events)
-                self._events.clear()
-                try:
-                    await keeper.emit(batch)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    # Back at the front, in order: retried until the store takes them.
-                    self._events.extendleft(reversed(batch))
-                    log.warning(
-                        "writing %d minion/location event(s) failed (%s); retrying", len(batch), exc
-                    )
-                    await backoff.sleep()
-                    continue
-                backoff.reset()
-            self._wake.clear()
-            await wait_set(self._wake, period)
+    def lost_location(self) -> str | None:
+        """The next location whose pending polls are to end UNKNOWN (it is still unreachable)."""
+        while self._expire:
+            location = self._expire.popleft()
+            if self._locations.get(location) is False:
+                return location
+        return None
+
+    def take_events(self) -> list[Event]:
+        """The minion/location events waiting for the store, oldest first."""
+        batch = list(self._events)
+        self._events.clear()
+        return batch
+
+    def return_events(self, batch: list[Event]) -> None:
+        """Events the store did not take: back at the front, in order, to be retried."""
+        self._events.extendleft(reversed(batch))
+
+    async def idle(self, period: float) -> None:
+        """Wait up to ``period`` seconds, less if something happened the sweeper must handle."""
+        self._wake.clear()
+        await wait_set(self._wake, period)
 
     def _update_gauge(self) -> None:
         counts: dict[str, int] = {}

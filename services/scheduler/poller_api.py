@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -14,11 +14,11 @@ from services.core.errors import DeadlineExceededError, InvalidArgumentError, No
 from services.core.grpcerrors import handle_errors
 from services.core.status import Status, status_from_pb, status_to_pb
 from services.core.timeutil import from_timestamp, set_timestamp, to_duration
+from services.scheduler.assurance.keeper import StateKeeper
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.minions import MinionRegistry
 from services.scheduler.model import ServiceKey, ServiceRuntime
 from services.scheduler.packages import DEFAULT_POLICY
-from services.scheduler.state import StateKeeper
 from services.scheduler.store import OutageRow, SchedulerStore
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -90,7 +90,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
 
     def __init__(
         self,
-        services: dict[ServiceKey, ServiceRuntime],
+        services: Mapping[ServiceKey, ServiceRuntime],
         store: SchedulerStore,
         registry: MinionRegistry,
         dispatcher: Dispatcher | None = None,
@@ -118,7 +118,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
             self.keeper is not None
             and not rt.paused
             and not rt.polling_stopped
-            and not self.keeper.polled(rt)
+            and not self.keeper.topology.polled(rt)
         )
         return service_status(rt, held)
 

@@ -35,11 +35,10 @@ from services.core.ids import LOCATION_RE, NODE_ID_RE
 from services.core.status import Status, status_from_pb
 from services.core.timeutil import from_timestamp, now, set_timestamp, to_duration
 from services.core.wire import clip_reason
-from services.scheduler.dispatcher import Dispatcher
+from services.scheduler.dispatcher import Dispatcher, ResultIntake
 from services.scheduler.minions import MinionRegistry, MinionSession
 from services.scheduler.model import Observation, ServiceKey, ServiceRuntime
 from services.scheduler.site_sync import SiteSync
-from services.scheduler.state import StateKeeper
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
         self,
         registry: MinionRegistry,
         dispatcher: Dispatcher,
-        keeper: StateKeeper,
+        keeper: ResultIntake,
         scheduler_id: str,
         *,
         sites: SiteSync | None = None,

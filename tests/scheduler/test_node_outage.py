@@ -28,6 +28,9 @@ class Polls:
         self.now.append((key, urgent))
         return "r"
 
+    def resume(self, key: ServiceKey) -> None:
+        pass
+
 
 IP1, IP2 = "10.0.0.1", "10.0.0.2"
 ICMP1, HTTP1 = ServiceKey("n1", IP1, "ICMP"), ServiceKey("n1", IP1, "HTTP")
@@ -35,14 +38,14 @@ ICMP2, HTTP2 = ServiceKey("n1", IP2, "ICMP"), ServiceKey("n1", IP2, "HTTP")
 
 
 async def test_interface_then_node_down_and_back(tmp_path: Path) -> None:
+    polls = Polls()
     keeper = await make_keeper(
         f"sqlite:///{tmp_path}/s.db",
         [ICMP1, HTTP1, ICMP2, HTTP2],
         policy(),
         critical={("n1", IP1): ICMP1, ("n1", IP2): ICMP2},
+        scheduling=polls,
     )
-    polls = Polls()
-    keeper.scheduling = polls
     await keeper.apply([obs(k, Status.UP, T0) for k in (ICMP1, HTTP1, ICMP2, HTTP2)])
 
     # HTTP fails: before anything is reported, the interface's critical service is checked.
@@ -59,13 +62,15 @@ async def test_interface_then_node_down_and_back(tmp_path: Path) -> None:
         (ICMP1, "interface", events[0]["id"]),
         (HTTP1, "interface", events[0]["id"]),
     }
-    assert not keeper.polled(keeper.services[HTTP1]) and keeper.polled(keeper.services[ICMP1])
+    assert not keeper.topology.polled(keeper.topology.services[HTTP1]) and keeper.topology.polled(
+        keeper.topology.services[ICMP1]
+    )
 
     # The second interface's critical service goes: the node is down.
     await keeper.apply([obs(ICMP2, Status.DOWN, T0 + 3)])
     events = await outbox_events(keeper)
     assert [(e["type"], e["action"]) for e in events][1:] == [("node", "down")]
-    assert keeper.nodes["n1"].down
+    assert keeper.topology.nodes["n1"].down
     assert {o.cause for o in await all_outages(keeper) if o.key in (ICMP2, HTTP2)} == {"node"}
 
     # One interface comes back: node up, and the other interface is said to be still down.
@@ -74,21 +79,24 @@ async def test_interface_then_node_down_and_back(tmp_path: Path) -> None:
     kinds = [(e["type"], e["action"]) for e in await outbox_events(keeper)][2:]
     assert kinds == [("node", "up"), ("interface", "down")]
     assert (HTTP2, False) in polls.now  # the rest is re-polled at once
-    assert keeper.services[HTTP2].status is Status.UP
+    assert keeper.topology.services[HTTP2].status is Status.UP
     await keeper.apply([obs(ICMP1, Status.UP, T0 + 11)])
     kinds = [(e["type"], e["action"]) for e in await outbox_events(keeper)][4:]
     assert kinds == [("interface", "up")]
     assert all(o.closed_at is not None for o in await all_outages(keeper))
     # Not one individual service event in all of this.
     assert not [e for e in await outbox_events(keeper) if e["type"] == "service"]
-    await keeper.store.close()
+    await keeper.persister.store.close()
 
 
 async def test_service_down_with_critical_up_is_reported_alone(tmp_path: Path) -> None:
     keeper = await make_keeper(
-        f"sqlite:///{tmp_path}/s.db", [ICMP1, HTTP1], policy(), critical={("n1", IP1): ICMP1}
+        f"sqlite:///{tmp_path}/s.db",
+        [ICMP1, HTTP1],
+        policy(),
+        critical={("n1", IP1): ICMP1},
+        scheduling=Polls(),
     )
-    keeper.scheduling = Polls()
     await keeper.apply([obs(k, Status.UP, T0) for k in (ICMP1, HTTP1)])
     await keeper.apply([obs(HTTP1, Status.DOWN, T0 + 1, "HTTP 503")])
     await keeper.apply([obs(ICMP1, Status.UP, T0 + 2)])
@@ -97,7 +105,7 @@ async def test_service_down_with_critical_up_is_reported_alone(tmp_path: Path) -
     assert events[0]["data"]["reason"] == "HTTP 503"
     [outage] = await all_outages(keeper)
     assert outage.cause == "service" and outage.opened_at == T0 + 1
-    await keeper.store.close()
+    await keeper.persister.store.close()
 
 
 def _node(ports: dict[str, int]) -> dict[str, Any]:

@@ -19,7 +19,15 @@ from services.core.policy import (
 from services.scheduler.config import parse_config
 from services.scheduler.model import ServiceKey
 from services.scheduler.timing import effective_interval
-from tests.scheduler.util import T0, all_outages, make_keeper, obs, outbox_events, policy
+from tests.scheduler.util import (
+    T0,
+    all_outages,
+    make_keeper,
+    obs,
+    outbox_events,
+    policy,
+    stale_sweeper,
+)
 
 KEY = ServiceKey("n1", "10.0.0.1", "HTTP")
 
@@ -64,7 +72,7 @@ def test_bad_downtime_model_is_refused(downtime: list[dict[str, object]], messag
 
 async def test_downtime_model_drives_the_interval_while_down(tmp_path: Path) -> None:
     keeper = await make_keeper(f"sqlite:///{tmp_path}/s.db", [KEY], policy(critical=None))
-    rt = keeper.services[KEY]
+    rt = keeper.topology.services[KEY]
     await keeper.apply([obs(KEY, Status.UP, T0)])
     assert effective_interval(rt, T0) == 60  # the service's own interval
     await keeper.apply([obs(KEY, Status.DOWN, T0 + 10)])
@@ -72,14 +80,14 @@ async def test_downtime_model_drives_the_interval_while_down(tmp_path: Path) -> 
     assert effective_interval(rt, T0 + 10 + 6 * 3600) == 300
     assert effective_interval(rt, T0 + 10 + 13 * 3600) == 600
     assert effective_interval(rt, T0 + 10 + 6 * 86400) == 3600
-    await keeper.store.close()
+    await keeper.persister.store.close()
 
 
 async def test_confirmation_before_down_and_before_up(tmp_path: Path) -> None:
     keeper = await make_keeper(
         f"sqlite:///{tmp_path}/s.db", [KEY], policy(confirm_down=3, confirm_up=2, critical=None)
     )
-    rt = keeper.services[KEY]
+    rt = keeper.topology.services[KEY]
     await keeper.apply([obs(KEY, Status.UP, T0)])
     # Two failures, then a success: a blip, no outage (the false "30-second outage").
     await keeper.apply([obs(KEY, Status.DOWN, T0 + 1), obs(KEY, Status.DOWN, T0 + 2)])
@@ -114,7 +122,7 @@ async def test_confirmation_before_down_and_before_up(tmp_path: Path) -> None:
         ("service", "regained"),
         ("outage", "closed"),
     ]
-    await keeper.store.close()
+    await keeper.persister.store.close()
 
 
 async def test_flapping_suppresses_lost_and_regained_until_settled(tmp_path: Path) -> None:
@@ -123,7 +131,7 @@ async def test_flapping_suppresses_lost_and_regained_until_settled(tmp_path: Pat
         [KEY],
         policy(flapping=Flapping(window=6, threshold=4), critical=None),
     )
-    rt = keeper.services[KEY]
+    rt = keeper.topology.services[KEY]
     seq = [
         Status.UP,
         Status.DOWN,
@@ -150,7 +158,7 @@ async def test_flapping_suppresses_lost_and_regained_until_settled(tmp_path: Pat
     assert not rt.flapping
     settled = [e for e in await outbox_events(keeper) if e["action"] == "settled"]
     assert len(settled) == 1 and settled[0]["data"]["status"] == "DOWN"
-    await keeper.store.close()
+    await keeper.persister.store.close()
 
 
 async def test_maintenance_marks_events_suppressed(tmp_path: Path) -> None:
@@ -170,7 +178,7 @@ async def test_maintenance_marks_events_suppressed(tmp_path: Path) -> None:
     assert by_action[("service", "lost")]["data"]["suppressed"] == "maintenance: patch-tuesday"
     assert "suppressed" not in by_action[("service", "regained")]["data"]
     assert len(await all_outages(keeper)) == 1  # recorded all the same
-    await keeper.store.close()
+    await keeper.persister.store.close()
 
 
 def test_weekly_maintenance_window_recurs() -> None:
@@ -186,20 +194,20 @@ def test_weekly_maintenance_window_recurs() -> None:
 
 async def test_stale_service_emits_poller_stale_once(tmp_path: Path) -> None:
     keeper = await make_keeper(f"sqlite:///{tmp_path}/s.db", [KEY], policy(critical=None))
-    rt = keeper.services[KEY]
+    rt = keeper.topology.services[KEY]
     await keeper.apply([obs(KEY, Status.UP, T0)])
-    assert await keeper.sweep_stale(T0 + 100) == 0  # within 2 intervals (60 s)
-    assert await keeper.sweep_stale(T0 + 121) == 1
+    assert await stale_sweeper(keeper).sweep(T0 + 100) == 0  # within 2 intervals (60 s)
+    assert await stale_sweeper(keeper).sweep(T0 + 121) == 1
     assert rt.stale
-    assert await keeper.sweep_stale(T0 + 200) == 0  # once
+    assert await stale_sweeper(keeper).sweep(T0 + 200) == 0  # once
     # Any result, even UNKNOWN, ends it.
     await keeper.apply([obs(KEY, Status.UNKNOWN, T0 + 201)])
     assert not rt.stale
     # A paused service is not stale.
     rt.paused = True
-    assert await keeper.sweep_stale(T0 + 10_000) == 0
+    assert await stale_sweeper(keeper).sweep(T0 + 10_000) == 0
     stale = [
         e for e in await outbox_events(keeper) if (e["type"], e["action"]) == ("poller", "stale")
     ]
     assert len(stale) == 1 and stale[0]["typeId"] == str(KEY)
-    await keeper.store.close()
+    await keeper.persister.store.close()

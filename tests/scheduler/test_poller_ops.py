@@ -96,7 +96,7 @@ async def test_pause_stops_scheduled_polls_and_survives_restart(
     # PollNow still works on a paused service.
     polled = await poller.PollNow(poller_pb2.PollNowRequest(service=REF))
     assert polled.service.last_poll_status == common_pb2.POLL_STATUS_UP and polled.service.paused
-    await stack.scheduler.keeper.flush()  # type: ignore[union-attr]
+    await stack.scheduler.journal.flush()
     await stack.scheduler.stop()
     await stack.start_scheduler()
     rt = stack.scheduler.services[KEY]
@@ -118,7 +118,7 @@ async def test_list_results_keeps_history_with_paging(
     await poller.PollNow(poller_pb2.PollNowRequest(service=REF))
     await target.start()
     await poller.PollNow(poller_pb2.PollNowRequest(service=REF))
-    await stack.scheduler.keeper.flush()  # type: ignore[union-attr]
+    await stack.scheduler.journal.flush()
     seen = []
     token = ""
     while True:

@@ -1,17 +1,24 @@
-"""Property tests of the state machine: any sequence of results yields well-formed outages."""
+"""Property tests of the state machine: any sequence of results yields well-formed outages.
+
+They run on the pure rules, without a store; the keeper over SQLite is covered
+by the policy and node-outage tests.
+"""
 
 from __future__ import annotations
-
-import asyncio
-import tempfile
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minion.monitors.base import Status
+from services.scheduler.assurance import rules
+from services.scheduler.assurance.transitions import (
+    EventsQueued,
+    OutageClosed,
+    OutageOpened,
+    Outcome,
+)
 from services.scheduler.model import ServiceKey
-from tests.scheduler.util import T0, all_outages, make_keeper, obs, outbox_events, policy
+from tests.scheduler.util import T0, obs, policy, topology
 
 KEY = ServiceKey("n1", "10.0.0.1", "HTTP")
 statuses = st.sampled_from([Status.UP, Status.DOWN, Status.UNKNOWN])
@@ -46,22 +53,31 @@ def reference(seq: list[Status], n: int, m: int) -> tuple[Status, list[list[floa
     return state, outages
 
 
-async def run(
+def run(
     seq: list[Status], n: int, m: int, batch: int
 ) -> tuple[Status, list[list[float | None]], list[dict[str, object]]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        keeper = await make_keeper(
-            f"sqlite:///{Path(tmp)}/s.db", [KEY], policy(n, m, critical=None)
-        )
-        try:
-            observations = [obs(KEY, s, T0 + i) for i, s in enumerate(seq)]
-            for i in range(0, len(observations), batch):
-                await keeper.apply(observations[i : i + batch])
-            rows = await all_outages(keeper)
-            events = await outbox_events(keeper)
-            return keeper.services[KEY].status, [[r.opened_at, r.closed_at] for r in rows], events
-        finally:
-            await keeper.store.close()
+    """The pure rules over ``seq``, in batches; the transitions replayed as the store would."""
+    topo = topology([KEY], policy(n, m, critical=None))
+    rt = topo.services[KEY]
+    outages: list[list[float | None]] = []
+    events: list[dict[str, object]] = []
+    observations = [obs(KEY, s, T0 + i) for i, s in enumerate(seq)]
+    for i in range(0, len(observations), batch):
+        out = Outcome()
+        for o in observations[i : i + batch]:
+            rules.record_last_poll(rt, o)
+            out.add(rules.observe(rt, o, topo))
+        for t in out.transitions:
+            match t:
+                case OutageOpened():
+                    t.ref.id = len(outages) + 1
+                    outages.append([t.at, None])
+                case OutageClosed():
+                    assert t.ref.id is not None
+                    outages[t.ref.id - 1][1] = t.at
+                case EventsQueued():
+                    events += [{"type": e.type, "action": e.action} for e in t.events]
+    return rt.status, outages, events
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -74,7 +90,7 @@ async def run(
 def test_any_sequence_yields_well_formed_outages(
     seq: list[Status], n: int, m: int, batch: int
 ) -> None:
-    state, outages, events = asyncio.run(run(seq, n, m, batch))
+    state, outages, events = run(seq, n, m, batch)
     expected_state, expected = reference(seq, n, m)
     assert state is expected_state
     assert outages == expected
@@ -93,7 +109,7 @@ def test_any_sequence_yields_well_formed_outages(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seq=st.lists(statuses, max_size=30), n=st.integers(1, 3), m=st.integers(1, 3))
 def test_unknown_changes_nothing(seq: list[Status], n: int, m: int) -> None:
-    with_unknown = asyncio.run(run(seq, n, m, 3))
+    with_unknown = run(seq, n, m, 3)
     # The same results with every UNKNOWN removed (times kept): identical outages and state.
     kept = [s if s is not Status.UNKNOWN else None for s in seq]
     _, ref_outages = reference([s for s in kept if s is not None], n, m)
