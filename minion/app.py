@@ -34,6 +34,7 @@ from nats.aio.client import Client as NATS
 from vigil.v1 import sink_pb2
 
 import minion
+from minion.lifecycle import MinionState, Phase
 from minion.monitors import registry
 from minion.monitors.nagios import set_plugin_dirs
 from minion.monitors.registry import MonitorSet
@@ -91,6 +92,8 @@ class Minion:
         set_snmp_profiles(settings.snmp_profiles)
         set_plugin_dirs(settings.plugin_dirs)
         self.tasks = Supervisor("minion")
+        #: The lifecycle, read by every part (the site poller sets ``autonomous``).
+        self.state = MinionState()
         self.spool_dir = Path(settings.spool_dir) / self.system_id
         # Opened in start(), off the event loop.
         self.spool = DiskSpool(
@@ -120,6 +123,7 @@ class Minion:
             self.spool_dir,
             self.runner,
             self.spool,
+            state=self.state,
             autonomous_after=settings.autonomous_after,
             cut_off=self._cut_off,
             on_change=self._intake_changed.set,
@@ -137,9 +141,6 @@ class Minion:
         self._nc: NATS | None = None
         self._shared: Any = None
         self._own: Any = None
-        #: The server has our subscriptions (flushed): requests published now reach us.
-        self._subscribed = False
-        self._stopping = False
         #: Times the minion left / rejoined its location's queue group.
         self.intake_pauses = 0
         self.intake_resumes = 0
@@ -162,10 +163,10 @@ class Minion:
         hb = sink_pb2.Heartbeat(
             in_flight=self.runner.in_flight,
             polls_done=self.runner.stats.done,
-            nats_connected=bool(self._nc and self._nc.is_connected and self._subscribed),
+            nats_connected=bool(self._nc and self._nc.is_connected and self.state.running),
             dropped_expired=self.runner.stats.dropped_expired,
             intake_paused=self._shared is None,
-            autonomous=self.site.autonomous,
+            autonomous=self.state.autonomous,
             spooled=self.spool.pending,
             results_dropped=self.sink.dropped
             + self.sink.late_dropped
@@ -206,7 +207,7 @@ class Minion:
         await nc.flush(timeout=5)
         # Only now may the scheduler count on us: a request published before the
         # server had our subscriptions would be lost and wait out its TTL.
-        self._subscribed = True
+        self.state.advance(Phase.RUNNING)
         self.sink.beat_now()
         self.tasks.spawn("intake", self._intake_loop())
         log.info(
@@ -226,7 +227,7 @@ class Minion:
             await wait_set(self._intake_changed, 1.0)
 
     async def _reconcile_intake(self) -> None:
-        want = not (self._stopping or self.runner.saturated or self.site.autonomous)
+        want = not (self.state.stopping or self.runner.saturated or self.state.autonomous)
         if want and self._shared is None and self._nc is not None:
             shared, _ = self.subjects
             try:
@@ -240,7 +241,7 @@ class Minion:
             except Exception as exc:  # retried on the next round
                 log.warning("cannot subscribe to %s: %s", shared, exc)
                 return
-            if self._stopping:  # stop() began while we subscribed
+            if self.state.stopping:  # stop() began while we subscribed
                 sub, self._shared = self._shared, None
                 await _leave(self._nc, sub)
                 return
@@ -256,9 +257,9 @@ class Minion:
             self.intake_pauses += 1
             why = (
                 "stopping"
-                if self._stopping
+                if self.state.stopping
                 else "polling on our own"
-                if self.site.autonomous
+                if self.state.autonomous
                 else "at capacity"
             )
             log.info(
@@ -271,8 +272,7 @@ class Minion:
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop taking requests, finish in-flight polls (bounded), flush, say goodbye, close."""
-        self._stopping = True
-        self._subscribed = False
+        self.state.advance(Phase.DRAINING)
         self.site.stop()
         shared, own, self._shared, self._own = self._shared, self._own, None, None
         for sub in (shared, own):
@@ -289,6 +289,7 @@ class Minion:
         await natsconn.close(self._nc)
         await self.spool.close_async()
         await self.monitors.close()
+        self.state.advance(Phase.STOPPED)
         log.info(
             "minion %s stopped (%d polls done, %d result(s) spooled for later)",
             self.system_id,

@@ -36,6 +36,7 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 from vigil.v1 import common_pb2, poll_pb2, sink_pb2
 
+from minion.lifecycle import MinionState
 from minion.runner import PollRunner
 from minion.spool import DiskSpool
 from services.core.timeutil import from_duration, set_timestamp
@@ -64,6 +65,7 @@ class SitePoller:
         runner: PollRunner,
         spool: DiskSpool,
         *,
+        state: MinionState,
         autonomous_after: float,
         cut_off: Callable[[], bool],
         on_change: Callable[[], None] | None = None,
@@ -73,20 +75,20 @@ class SitePoller:
         self.directory = directory
         self.runner = runner
         self.spool = spool
+        #: The minion's lifecycle: this poller sets ``autonomous`` and reads ``stopping``.
+        self.state = state
         self.autonomous_after = autonomous_after
         self._cut_off = cut_off
         self._on_change = on_change
         self.schedule: sink_pb2.LocationSchedule | None = None
         self._parts: dict[int, sink_pb2.LocationSchedule] = {}
         self._parts_digest = ""
-        self.autonomous = False
         self._cut_since: float | None = None
         self._heap: list[tuple[float, int, ServiceId]] = []
         self._specs: dict[ServiceId, sink_pb2.ScheduledService] = {}
         #: Services with a poll of ours running, and when that poll's TTL ends (loop clock).
         self._busy: dict[ServiceId, float] = {}
         self._ids = itertools.count(1)
-        self._stopping = False
         self.polls = 0
         self.skipped = 0
         #: Complete schedules received from the scheduler.
@@ -99,6 +101,11 @@ class SitePoller:
     def enabled(self) -> bool:
         """Store-and-forward is on (we hold a schedule)."""
         return self.schedule is not None
+
+    @property
+    def autonomous(self) -> bool:
+        """Polling the schedule on our own right now."""
+        return self.state.autonomous
 
     @property
     def digest(self) -> str:
@@ -197,14 +204,13 @@ class SitePoller:
             heapq.heappush(self._heap, (now + phase, i, sid))
 
     def stop(self) -> None:
-        """No more polls of our own (shutdown)."""
-        self._stopping = True
+        """No more polls of our own (shutdown: the minion's state is already stopping)."""
         self._set_autonomous(False)
 
     def _set_autonomous(self, on: bool) -> None:
-        if on == self.autonomous:
+        if on == self.state.autonomous:
             return
-        self.autonomous = on
+        self.state.autonomous = on
         if on:
             log.warning(
                 "central site unreachable for %.0fs: polling %d service(s) of %s on our own",
@@ -226,7 +232,7 @@ class SitePoller:
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
-            if self._cut_off() and not self._stopping:
+            if self._cut_off() and not self.state.stopping:
                 if self._cut_since is None:
                     self._cut_since = now
             else:
