@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -37,6 +37,26 @@ log = logging.getLogger(__name__)
 
 CONFIG = "config"
 API = "api"
+
+
+class Slots(Protocol):
+    """What the inventory asks of the dispatcher as services come, change and go."""
+
+    def add(self, key: ServiceKey) -> None:
+        """Schedule a new service."""
+
+    def reschedule(self, key: ServiceKey) -> None:
+        """A service's spec changed."""
+
+    def remove(self, key: ServiceKey) -> None:
+        """Stop polling a service."""
+
+
+class Assured(Protocol):
+    """What the inventory asks of the state keeper as services go."""
+
+    async def forget(self, runtimes: list[ServiceRuntime], at: float, reason: str) -> None:
+        """Close their outages, announce and drop their state."""
 
 
 class InventoryError(ValueError):
@@ -183,7 +203,11 @@ class Inventory:
             )
 
     async def put(
-        self, node: NodeConfig, specs: dict[ServiceKey, ServiceSpec], scheduler: Any, keeper: Any
+        self,
+        node: NodeConfig,
+        specs: dict[ServiceKey, ServiceSpec],
+        scheduler: Slots,
+        keeper: Assured,
     ) -> NodeEntry:
         """Persist and apply a validated node (call inside the keeper's task)."""
         self.check_writable(node.id)
@@ -208,7 +232,7 @@ class Inventory:
         )
         return entry
 
-    async def delete(self, node_id: str, scheduler: Any, keeper: Any) -> tuple[int, int]:
+    async def delete(self, node_id: str, scheduler: Slots, keeper: Assured) -> tuple[int, int]:
         """Remove an API node (call inside the keeper's task); returns (services, outages closed)."""
         self.check_writable(node_id)
         if node_id not in self.entries:

@@ -17,7 +17,15 @@ from services.core.errors import (
 )
 from services.core.grpcerrors import handle_errors
 from services.core.timeutil import from_duration, from_timestamp, set_timestamp, to_duration
-from services.scheduler.inventory import API, Inventory, InventoryError, NodeEntry, ReadOnlyNode
+from services.scheduler.assurance.keeper import StateKeeper
+from services.scheduler.inventory import (
+    API,
+    Inventory,
+    InventoryError,
+    NodeEntry,
+    ReadOnlyNode,
+    Slots,
+)
 from services.scheduler.packages import DEFAULT_POLICY
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -118,7 +126,7 @@ def node_message(entry: NodeEntry) -> inventory_pb2.Node:
 class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
     """Validates completely, then applies inside the state keeper's task."""
 
-    def __init__(self, inventory: Inventory, scheduler: Any, keeper: Any) -> None:
+    def __init__(self, inventory: Inventory, scheduler: Slots, keeper: StateKeeper) -> None:
         self.inventory = inventory
         self.scheduler = scheduler
         self.keeper = keeper

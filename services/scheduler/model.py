@@ -111,9 +111,12 @@ class ServiceRuntime:
     stale: bool = False
     paused: bool = False
     #: The downtime model said "stop": no more polls until the service changes or is polled now.
+    #: Written by the dispatcher only (the keeper asks it to ``resume``).
     polling_stopped: bool = False
-    #: Loop-clock anchor of the fixed-rate grid and when the service was added (loop clock).
+    #: Loop-clock anchor of the fixed-rate grid.
     anchor: float = 0.0
+    #: Wall-clock time this process scheduled the service (the stale sweep's reference
+    #: before any result; compared with result times, which are wall-clock).
     added: float = 0.0
     #: Waiting for the interface's critical service to be checked before reporting a loss.
     awaiting_critical: bool = False

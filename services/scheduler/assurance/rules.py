@@ -70,29 +70,29 @@ def judge(rt: ServiceRuntime, obs: Observation, topo: Topology) -> Outcome:
         if rt.status is Status.DOWN:
             rt.against, rt.against_since = 0, None
             return Outcome()
-        rt.against += 1
-        if rt.against_since is None:
-            rt.against_since = obs.at
-        if rt.against >= policy.confirm_down:
-            since = rt.against_since
-            rt.against, rt.against_since = 0, None
-            return declare_down(rt, since, obs.reason, topo)
-        return Outcome()
+        since = _confirmed(rt, obs, policy.confirm_down)
+        return Outcome() if since is None else declare_down(rt, since, obs.reason, topo)
     if rt.status is Status.DOWN:
-        rt.against += 1
-        if rt.against_since is None:
-            rt.against_since = obs.at
-        if rt.against >= policy.confirm_up:
-            since = rt.against_since
-            rt.against, rt.against_since = 0, None
-            return declare_up(rt, since, topo)
-        return Outcome()
+        since = _confirmed(rt, obs, policy.confirm_up)
+        return Outcome() if since is None else declare_up(rt, since, topo)
     rt.against, rt.against_since = 0, None
     if rt.status is Status.UNKNOWN:
         rt.status, rt.status_since = Status.UP, obs.at
     out = Outcome()
     out.resumed.add(rt.key)
     return out
+
+
+def _confirmed(rt: ServiceRuntime, obs: Observation, needed: int) -> float | None:
+    """Count ``obs`` against the assured state; once ``needed`` are in, when the first came."""
+    rt.against += 1
+    if rt.against_since is None:
+        rt.against_since = obs.at
+    if rt.against < needed:
+        return None
+    since = rt.against_since
+    rt.against, rt.against_since = 0, None
+    return since
 
 
 def declare_down(rt: ServiceRuntime, since: float, reason: str, topo: Topology) -> Outcome:
