@@ -26,7 +26,7 @@ _TO_PB: dict[Status, common_pb2.PollStatus.ValueType] = {
     Status.DOWN: common_pb2.POLL_STATUS_DOWN,
     Status.UNKNOWN: common_pb2.POLL_STATUS_UNKNOWN,
 }
-_FROM_PB = {v: k for k, v in _TO_PB.items()}
+_FROM_PB: dict[int, Status] = {int(v): k for k, v in _TO_PB.items()}
 
 
 def status_to_pb(status: Status | None) -> common_pb2.PollStatus.ValueType:
@@ -36,4 +36,4 @@ def status_to_pb(status: Status | None) -> common_pb2.PollStatus.ValueType:
 
 def status_from_pb(value: int) -> Status | None:
     """The status a wire value names; ``None`` for UNSPECIFIED or a value this build does not know."""
-    return _FROM_PB.get(value)  # type: ignore[call-overload]
+    return _FROM_PB.get(value)
