@@ -94,11 +94,17 @@ class Outcome:
 
     def add(self, other: Outcome) -> None:
         """Append ``other`` (decided after what is already here)."""
-        self.transitions += other.transitions
-        self.dirty |= other.dirty
-        self.resumed |= other.resumed
-        self.reschedule |= other.reschedule
-        self.polls += other.polls
+        # Most outcomes are empty (an UP service staying UP): keep those cheap.
+        if other.transitions:
+            self.transitions += other.transitions
+        if other.dirty:
+            self.dirty |= other.dirty
+        if other.resumed:
+            self.resumed |= other.resumed
+        if other.reschedule:
+            self.reschedule |= other.reschedule
+        if other.polls:
+            self.polls += other.polls
 
     def events(self, *events: Event, patch: tuple[tuple[Event, str, OutageRef], ...] = ()) -> None:
         """Queue events for the outbox; ``patch`` says where outage ids go once known."""
