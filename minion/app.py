@@ -24,13 +24,13 @@ polls in flight finish or reach their deadlines (bounded by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 from vigil.v1 import sink_pb2
 
 import minion
@@ -139,8 +139,8 @@ class Minion:
             schedule_digest=lambda: self.site.digest,
         )
         self._nc: NATS | None = None
-        self._shared: Any = None
-        self._own: Any = None
+        self._shared: Subscription | None = None
+        self._own: Subscription | None = None
         #: Times the minion left / rejoined its location's queue group.
         self.intake_pauses = 0
         self.intake_resumes = 0
@@ -243,7 +243,7 @@ class Minion:
                 return
             if self.state.stopping:  # stop() began while we subscribed
                 sub, self._shared = self._shared, None
-                await _leave(self._nc, sub)
+                await self._leave(sub)
                 return
             if self.intake_pauses:
                 self.intake_resumes += 1
@@ -268,7 +268,7 @@ class Minion:
                 why,
                 self.runner.in_flight,
             )
-            await _leave(self._nc, sub)
+            await self._leave(sub)
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop taking requests, finish in-flight polls (bounded), flush, say goodbye, close."""
@@ -277,7 +277,7 @@ class Minion:
         shared, own, self._shared, self._own = self._shared, self._own, None, None
         for sub in (shared, own):
             if sub is not None:
-                await _leave(self._nc, sub)
+                await self._leave(sub)
         timeout = self.settings.drain_timeout if drain_timeout is None else drain_timeout
         await self.runner.drain(timeout)
         await self.spool.flush()  # what the last polls of our own produced
@@ -297,26 +297,39 @@ class Minion:
             self.spool.pending,
         )
 
+    async def _leave(self, sub: Subscription) -> None:
+        """Leave a subject, still running the requests already received (bounded wait).
 
-async def _leave(nc: NATS | None, sub: Any) -> None:
-    """Unsubscribe, still running the requests already received (bounded wait).
+        Connected: ``drain`` (the server stops sending at once; what already
+        arrived is processed). Not connected: ``unsubscribe``, local, so that
+        the client does not subscribe again when it reconnects.
+        """
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            try:
+                async with asyncio.timeout(UNSUBSCRIBE_TIMEOUT):
+                    await sub.unsubscribe()
+            except Exception as exc:
+                log.debug("unsubscribing from %s failed: %r", sub.subject, exc)
+            return
+        # The drain runs on if our wait ends first, and is not cancelled: a drain cut
+        # short leaves the subscription closed for nats-py yet registered, renewed on
+        # reconnect, and its public API cannot remove it then. Its round trip is
+        # bounded by nats-py's flush timeout; close() cancels what is left at shutdown.
+        drain = self.tasks.spawn(f"leave {sub.subject}", _drain(sub), essential=False)
+        done, _ = await asyncio.wait({drain}, timeout=UNSUBSCRIBE_TIMEOUT)
+        if not done:
+            log.warning(
+                "leaving %s takes more than %.0fs (NATS slow); going on",
+                sub.subject,
+                UNSUBSCRIBE_TIMEOUT,
+            )
 
-    Connected: ``drain`` (the server stops sending at once; what already
-    arrived is processed). Not connected: a local unsubscribe, so that the
-    client does not subscribe again when it reconnects.
-    """
-    if nc is not None and nc.is_connected:
-        try:
-            async with asyncio.timeout(UNSUBSCRIBE_TIMEOUT):
-                await sub.drain()
-            return
-        except Exception as exc:
-            log.debug("draining %s failed (%r); dropping it locally", sub.subject, exc)
-            # The UNSUB went out first; make sure the client forgets it too (a
-            # failed drain leaves it registered, and a reconnect would renew it).
-            with contextlib.suppress(Exception):
-                sub._stop_processing()
-                nc._remove_sub(sub._id)
-            return
-    with contextlib.suppress(Exception):
-        await sub.unsubscribe()
+
+async def _drain(sub: Subscription) -> None:
+    try:
+        await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+    except Exception as exc:
+        # The UNSUB went out first: the server sends no more; only a reconnect could
+        # renew it client-side (the minion then takes requests it did not ask for).
+        log.warning("draining %s failed: %r", sub.subject, exc)
