@@ -26,7 +26,7 @@ from services.core.config import (
     VigilConfig,
     parse_config,
 )
-from services.core.policy import (
+from services.core.config.packages import (
     DowntimeStep,
     Flapping,
     MaintenanceWindow,

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from vigil.v1 import events_pb2_grpc
 
 from services.core import natsconn
-from services.core.config import VigilConfig
+from services.core.config import EventsConfig
 from services.core.events import EVENTS_STREAM
 from services.core.grpcserver import GrpcServer
 from services.core.httpstatus import StatusServer
@@ -63,7 +63,7 @@ async def align_stream(js: JetStreamContext, history: HistoryStore) -> None:
 class EventService:
     """Owns the ingest consumer, the store, the hooks, the summary and the gRPC server."""
 
-    def __init__(self, cfg: VigilConfig, *, nats_url: str | None = None) -> None:
+    def __init__(self, cfg: EventsConfig, *, nats_url: str | None = None) -> None:
         self.cfg = cfg
         self.settings = cfg.events
         self.nats_url = nats_url or cfg.nats.url

@@ -30,7 +30,8 @@ from services.scheduler.model import (
     ServiceRuntime,
     ServiceSpec,
 )
-from services.scheduler.packages import DEFAULT_POLICY, ResolveError, resolver_for
+from services.scheduler.packages import ResolveError, resolver_for
+from services.scheduler.policy import DEFAULT_POLICY
 from services.scheduler.store import SchedulerStore
 
 log = logging.getLogger(__name__)

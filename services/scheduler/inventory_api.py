@@ -26,7 +26,7 @@ from services.scheduler.inventory import (
     ReadOnlyNode,
     Slots,
 )
-from services.scheduler.packages import DEFAULT_POLICY
+from services.scheduler.policy import DEFAULT_POLICY
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 BUSY = "the scheduler did not apply the change within 30s (is the store reachable?); retry"

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from google.protobuf.struct_pb2 import Struct
 
 from services.core.status import Status
-
-if TYPE_CHECKING:
-    from services.scheduler.packages import Policy
+from services.scheduler.policy import Policy
 
 _STRUCTS: dict[str, Struct] = {}
 

@@ -1,6 +1,6 @@
 """Resolving a node's service entries into fully specified services.
 
-See :mod:`services.core.policy` for the rules (last matching package wins,
+See :mod:`services.core.config.packages` for the rules (last matching package wins,
 inline fields override). Used at configuration load (so ``vigil check`` and
 start-up refuse what the scheduler could not run) and for every ``PutNode``.
 """
@@ -8,58 +8,23 @@ start-up refuse what the scheduler could not run) and for every ``PutNode``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from services.core.config import NodeConfig, ServiceConfig, VigilConfig
-from services.core.params import ParamsError, UnknownMonitorError, validate_params
-from services.core.policy import (
+from services.core.config.packages import (
     BUILTIN_PACKAGE,
-    DowntimeStep,
-    Flapping,
     MaintenanceWindow,
     Package,
     PackageService,
 )
+from services.core.params import ParamsError, UnknownMonitorError, validate_params
 from services.scheduler.model import ServiceKey, ServiceSpec
+from services.scheduler.policy import Policy
 
 
 class ResolveError(ValueError):
     """A service cannot be resolved; the message starts with the offending field."""
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """How a service's state is judged and its polling adapted."""
-
-    package: str
-    critical_service: str | None
-    downtime: tuple[DowntimeStep, ...]
-    confirm_down: int
-    confirm_up: int
-    retry_interval: float
-    flapping: Flapping | None
-    maintenance: tuple[MaintenanceWindow, ...]
-
-    def in_maintenance(self, epoch: float) -> MaintenanceWindow | None:
-        """The maintenance window covering ``epoch``, if any."""
-        for w in self.maintenance:
-            if w.active(epoch):
-                return w
-        return None
-
-
-DEFAULT_POLICY = Policy(
-    package=BUILTIN_PACKAGE.name,
-    critical_service=BUILTIN_PACKAGE.critical_service,
-    downtime=BUILTIN_PACKAGE.downtime,
-    confirm_down=1,
-    confirm_up=1,
-    retry_interval=BUILTIN_PACKAGE.retry_interval,
-    flapping=None,
-    maintenance=(),
-)
 
 
 @lru_cache(maxsize=65536)

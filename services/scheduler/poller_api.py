@@ -18,7 +18,7 @@ from services.scheduler.assurance.keeper import StateKeeper
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.minions import MinionRegistry
 from services.scheduler.model import ServiceKey, ServiceRuntime
-from services.scheduler.packages import DEFAULT_POLICY
+from services.scheduler.policy import DEFAULT_POLICY
 from services.scheduler.store import OutageRow, SchedulerStore
 
 Ctx = grpc.aio.ServicerContext[Any, Any]

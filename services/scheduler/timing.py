@@ -7,10 +7,10 @@
 
 from __future__ import annotations
 
-from services.core.policy import downtime_interval
+from services.core.config.packages import downtime_interval
 from services.core.status import Status
 from services.scheduler.model import ServiceRuntime
-from services.scheduler.packages import DEFAULT_POLICY
+from services.scheduler.policy import DEFAULT_POLICY
 
 
 def effective_interval(rt: ServiceRuntime, now: float) -> float | None:

@@ -9,7 +9,7 @@ import pytest
 
 from minion.monitors.base import Status
 from services.core.config import ConfigError
-from services.core.policy import (
+from services.core.config.packages import (
     DEFAULT_DOWNTIME,
     DowntimeStep,
     Flapping,

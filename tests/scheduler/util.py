@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from minion.monitors.base import Status
-from services.core.policy import DEFAULT_DOWNTIME, Flapping, MaintenanceWindow
+from services.core.config.packages import DEFAULT_DOWNTIME, Flapping, MaintenanceWindow
 from services.scheduler.assurance.housekeeping import Journal, StaleSweeper
 from services.scheduler.assurance.keeper import Mailbox, Scheduling, StateKeeper
 from services.scheduler.assurance.node_outage import Topology
@@ -20,7 +20,7 @@ from services.scheduler.model import (
     ServiceRuntime,
     ServiceSpec,
 )
-from services.scheduler.packages import Policy
+from services.scheduler.policy import Policy
 from services.scheduler.store import SchedulerStore
 
 T0 = 1_800_000_000.0

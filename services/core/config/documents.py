@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from services.core.config.fields import Strict
 from services.core.config.inventory import Defaults, LocationSettings, NodeConfig
+from services.core.config.packages import Package
 from services.core.config.settings import (
     EventsSettings,
     MinionSettings,
@@ -22,7 +23,6 @@ from services.core.config.settings import (
     SchedulerSettings,
 )
 from services.core.ids import Location
-from services.core.policy import Package
 
 #: Every top-level key a configuration file may have.
 SECTIONS = frozenset(

@@ -11,8 +11,8 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from services.core.config.fields import PositiveDuration, Strict
+from services.core.config.packages import MaintenanceWindow
 from services.core.ids import DEFAULT_LOCATION, Location, NodeId, ServiceName
-from services.core.policy import MaintenanceWindow
 
 
 class Defaults(Strict):

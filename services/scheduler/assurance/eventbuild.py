@@ -6,7 +6,7 @@ from typing import Any
 
 from services.core.events import Event, make_event
 from services.scheduler.model import InterfaceState, ServiceKey, ServiceRuntime
-from services.scheduler.packages import DEFAULT_POLICY
+from services.scheduler.policy import DEFAULT_POLICY
 
 SOURCE = "scheduler"
 

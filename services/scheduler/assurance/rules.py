@@ -28,7 +28,7 @@ from services.scheduler.assurance.eventbuild import service_event, suppression
 from services.scheduler.assurance.node_outage import Topology
 from services.scheduler.assurance.transitions import OutageClosed, OutageOpened, Outcome
 from services.scheduler.model import Observation, OutageRef, ServiceRuntime
-from services.scheduler.packages import DEFAULT_POLICY, Policy
+from services.scheduler.policy import DEFAULT_POLICY, Policy
 
 
 def policy_of(rt: ServiceRuntime) -> Policy:
