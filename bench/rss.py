@@ -10,8 +10,8 @@ is cheap and what is measured is the inventory, not the load.
 Once the scheduler serves its metrics, counts a connected minion and its
 first result, and the event service serves its metrics, every process's RSS
 is read (psutil; the pids are in ``<state_dir>/endpoints.json``). The table
-shows which processes grow with the inventory: by DESIGN.md only the
-scheduler should (and ``vigil up``, which reads the file to find locations).
+shows which processes grow with the inventory: only the scheduler should
+(docs/architecture.md); ``vigil up`` checks the file in a child process.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The dependency rule of DESIGN.md ("Layers, one way only"), checked over the import graph.
+"""The dependency rule (docs/architecture.md, "Code layout: one-way layers"), checked over the import graph.
 
 - ``services.core``, the shared core, imports nothing of the scheduler, the
   event service, the CLI or the minion;
