@@ -49,6 +49,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import struct
 import threading
 import time
 import zlib
@@ -73,6 +74,10 @@ SCHEMA_VERSION = 1
 #: ``max_bytes`` so that the bound tracks the file.
 ROW_OVERHEAD = 64
 PAGE = 4096
+#: The former format (``seg-<n>.log`` files of length/CRC/time-headed records, and a
+#: ``cursor`` file), taken over at open by :meth:`DiskSpool._import_segments`.
+_SEGMENT = "seg-"
+_HEADER = struct.Struct(">IId")
 #: Results handed over by :meth:`DiskSpool.submit` and not written yet; beyond
 #: this (the disk far slower than the polls) the newest are dropped and counted.
 STAGE_MAX = 10_000
@@ -133,7 +138,7 @@ class DiskSpool:
         self._staged: deque[poll_pb2.PollResult] = deque()
         self._have_staged = asyncio.Event()
         # Nothing is created on disk before the first result: most minions never spool.
-        if open_existing and self.path.exists():
+        if open_existing and self._exists():
             self.open()
 
     # -- start-up ------------------------------------------------------------------------
@@ -141,15 +146,10 @@ class DiskSpool:
     def open(self) -> None:
         """Open the store if it is on disk (a corrupt one is moved aside)."""
         with self._lock:
-            if self._db is None and self.path.exists():
+            if self._db is None and self._exists():
                 self._connect()
 
     def _connect(self) -> None:
-        if any(self.directory.glob("seg-*.log")):
-            log.warning(
-                "spool %s: files of the former spool format (seg-*.log) are not replayed",
-                self.directory,
-            )
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
             self._db = self._init_db()
@@ -158,6 +158,7 @@ class DiskSpool:
         except sqlite3.DatabaseError as exc:
             self._move_aside(exc)
             self._db = self._init_db()
+        self._import_segments(self._db)
         if self._unread:
             log.info("spool %s: %d result(s) waiting to be replayed", self.directory, self._unread)
 
@@ -198,6 +199,45 @@ class DiskSpool:
         self._unread = count
         self._bytes = size + count * ROW_OVERHEAD
         return db
+
+    def _exists(self) -> bool:
+        return self.path.exists() or any(self.directory.glob(f"{_SEGMENT}*.log"))
+
+    def _import_segments(self, db: sqlite3.Connection) -> None:
+        """Take over what the former spool format (record files) left unread, once."""
+        segments = sorted(self.directory.glob(f"{_SEGMENT}*.log"))
+        if not segments:
+            return
+        try:
+            seq, offset, _ = (int(x) for x in (self.directory / "cursor").read_text().split())
+        except (OSError, ValueError):
+            seq, offset = 0, 0
+        rows: list[tuple[float, int, bytes]] = []
+        for path in segments:
+            digits = path.name[len(_SEGMENT) : -len(".log")]
+            if not digits.isdigit():
+                continue
+            number = int(digits)
+            data = path.read_bytes()
+            pos = offset if number == seq else 0
+            while number >= seq and pos + _HEADER.size <= len(data):
+                length, crc, at = _HEADER.unpack_from(data, pos)
+                payload = data[pos + _HEADER.size : pos + _HEADER.size + length]
+                if len(payload) < length or zlib.crc32(payload) != crc:
+                    break  # torn or corrupt: the rest of that file was lost before too
+                rows.append((at, crc, payload))
+                pos += _HEADER.size + length
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO results (at, crc, payload) VALUES (?, ?, ?)", rows)
+        db.execute("COMMIT")
+        self._unread += len(rows)
+        self._bytes += sum(len(p) + ROW_OVERHEAD for _, _, p in rows)
+        for path in [*segments, self.directory / "cursor"]:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        log.info(
+            "spool %s: %d result(s) taken over from the former format", self.directory, len(rows)
+        )
 
     def _move_aside(self, exc: Exception) -> None:
         """The store cannot be read: keep it for a look (one copy), start a new one."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sqlite3
+import struct
 import time
+import zlib
 from pathlib import Path
 
 from vigil.v1 import common_pb2, poll_pb2
@@ -158,3 +160,21 @@ def test_a_store_sqlite_cannot_read_is_moved_aside(tmp_path: Path) -> None:
     assert (tmp_path / (DB_FILE + ".corrupt")).exists()
     reopened.append(result(5))
     assert ids(reopened.read(100)[0]) == ["r5"]
+
+
+def test_results_left_in_the_former_format_are_taken_over(tmp_path: Path) -> None:
+    """Record files of the spool before SQLite (an upgrade during a cut): unread ones replayed."""
+    header = struct.Struct(">IId")
+
+    records = []
+    for i in range(7):
+        payload = result(i).SerializeToString()
+        records.append(header.pack(len(payload), zlib.crc32(payload), time.time()) + payload)
+    (tmp_path / "seg-000000000001.log").write_bytes(b"".join(records[:4]))
+    torn = records[6][:20]  # a crash in the middle of the last write
+    (tmp_path / "seg-000000000002.log").write_bytes(b"".join(records[4:]) + torn)
+    (tmp_path / "cursor").write_text(f"2 {len(records[4])} 1\n")  # r0..r4 were replayed
+    spool = DiskSpool(tmp_path, max_bytes=1 << 20, max_age=3600)
+    assert spool.pending == 2
+    assert ids(spool.read(100)[0]) == ["r5", "r6"]
+    assert not list(tmp_path.glob("seg-*.log")) and not (tmp_path / "cursor").exists()

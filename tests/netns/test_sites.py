@@ -171,7 +171,10 @@ def peek_spool(directory: Path) -> list[poll_pb2.PollResult]:
         return []
     # Read-only, through SQLite: the WAL lets us read while the minion writes.
     with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
-        rows = db.execute("SELECT payload FROM results ORDER BY seq").fetchall()
+        try:
+            rows = db.execute("SELECT payload FROM results ORDER BY seq").fetchall()
+        except sqlite3.OperationalError:
+            return []  # the minion has created the file, not its table yet
     return [poll_pb2.PollResult.FromString(payload) for (payload,) in rows]
 
 
