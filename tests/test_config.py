@@ -19,6 +19,13 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
+def vigil(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``vigil`` CLI in a child process (bounded)."""
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, timeout=60
+    )
+
+
 def node(services: str) -> str:
     return f"""
 nodes:
@@ -130,12 +137,7 @@ def test_durations() -> None:
 
 def test_cli_check_exits_2_with_the_message(tmp_path: Path) -> None:
     path = write(tmp_path, "scheduler:\n  listn: 127.0.0.1:1\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", "check", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = vigil("check", str(path))
     assert proc.returncode == 2
     assert f"{path}: scheduler.listn: unknown key" in proc.stderr
 
@@ -144,12 +146,7 @@ def test_cli_scheduler_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
     path = write(
         tmp_path, node("          - {name: HTTP, monitor: http, params: {status: '200-99'}}")
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", "scheduler", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = vigil("scheduler", "--config", str(path))
     assert proc.returncode == 2
     assert "nodes[0].interfaces[0].services[0].params.status" in proc.stderr
 
@@ -221,12 +218,7 @@ def test_a_file_that_is_not_utf8_is_an_invalid_configuration(
         load_config(path, env={})
     with pytest.raises(ConfigError, match=r"g\.yaml: not UTF-8 text"):
         load_document(MinionConfig, path, env={})
-    proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", "check", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = vigil("check", str(path))
     assert proc.returncode == 2
     assert "invalid configuration" in proc.stderr and "not UTF-8" in proc.stderr
     assert "Traceback" not in proc.stderr
