@@ -42,6 +42,7 @@ from services.core.config.settings import (
     EventsSettings,
     MinionSettings,
     NatsSettings,
+    PkiSettings,
     SchedulerSettings,
 )
 from services.core.params.nagios import DEFAULT_PLUGIN_DIRS
@@ -64,6 +65,7 @@ __all__ = [
     "NatsSettings",
     "NatsUrl",
     "NodeConfig",
+    "PkiSettings",
     "PositiveDuration",
     "SchedulerSettings",
     "ServiceConfig",

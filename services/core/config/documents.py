@@ -20,21 +20,23 @@ from services.core.config.settings import (
     EventsSettings,
     MinionSettings,
     NatsSettings,
+    PkiSettings,
     SchedulerSettings,
 )
 from services.core.ids import Location
 
 #: Every top-level key a configuration file may have.
 SECTIONS = frozenset(
-    {"nats", "scheduler", "events", "minion", "defaults", "locations", "packages", "nodes"}
+    {"pki", "nats", "scheduler", "events", "minion", "defaults", "locations", "packages", "nodes"}
 )
 
 
 class MinionConfig(Strict):
     """A minion's view: where NATS is and its own settings."""
 
-    sections: ClassVar[frozenset[str]] = frozenset({"nats", "minion"})
+    sections: ClassVar[frozenset[str]] = frozenset({"pki", "nats", "minion"})
 
+    pki: PkiSettings = Field(default_factory=PkiSettings)
     nats: NatsSettings = Field(default_factory=NatsSettings)
     minion: MinionSettings = Field(default_factory=MinionSettings)
 
@@ -42,8 +44,9 @@ class MinionConfig(Strict):
 class EventsConfig(Strict):
     """The event service's view: where NATS is and its own settings."""
 
-    sections: ClassVar[frozenset[str]] = frozenset({"nats", "events"})
+    sections: ClassVar[frozenset[str]] = frozenset({"pki", "nats", "events"})
 
+    pki: PkiSettings = Field(default_factory=PkiSettings)
     nats: NatsSettings = Field(default_factory=NatsSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
 
@@ -51,7 +54,7 @@ class EventsConfig(Strict):
 class DeploymentConfig(EventsConfig, MinionConfig):
     """The per-process sections together: what ``vigil up`` needs to start them."""
 
-    sections: ClassVar[frozenset[str]] = frozenset({"nats", "scheduler", "events", "minion"})
+    sections: ClassVar[frozenset[str]] = frozenset({"pki", "nats", "scheduler", "events", "minion"})
 
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
 

@@ -35,6 +35,10 @@ class ConfigError(Exception):
 
 #: Environment variable → dotted config key. Applied after the file is read.
 ENV_OVERRIDES: dict[str, str] = {
+    "VIGIL_PKI_DIR": "pki.dir",
+    "VIGIL_TLS_CA": "pki.ca",
+    "VIGIL_TLS_CERT": "pki.cert",
+    "VIGIL_TLS_KEY": "pki.key",
     "VIGIL_NATS_URL": "nats.url",
     "VIGIL_STORE_URL": "scheduler.store_url",
     "VIGIL_SCHEDULER_LISTEN": "scheduler.listen",

@@ -17,6 +17,20 @@ from services.core.params.nagios import DEFAULT_PLUGIN_DIRS
 from services.core.params.snmp import SnmpProfile
 
 
+class PkiSettings(Strict):
+    """Where a process finds its TLS material (``vigil ca`` writes it)."""
+
+    #: ``ca.pem``, ``<identity>.pem``, ``<identity>-key.pem`` and ``revoked.json``.
+    dir: str = ".vigil/pki"
+    #: Explicit files instead of those in ``dir`` (a site bundle, a container's secrets).
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    #: INSECURE: no TLS and no authentication anywhere, for development on one
+    #: machine. Refused unless every address is loopback; logged as a warning.
+    plaintext_loopback_dev: bool = False
+
+
 class NatsSettings(Strict):
     #: One URL or several, comma-separated.
     url: NatsUrl = "nats://127.0.0.1:4222"
