@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from services.core.natsserver import NatsServer
+from tests import pki as test_pki
 from tests.helpers import EventCollector
 from tests.minions.util import MinionProcess
 
@@ -25,6 +26,19 @@ from tests.skip_policy import (  # noqa: F401
     pytest_sessionfinish,
     pytest_terminal_summary,
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One CA for the run; every configuration and child process finds its certificate there."""
+    directory = tmp_path_factory.mktemp("pki")
+    test_pki.create(directory)
+    mp = pytest.MonkeyPatch()
+    mp.setenv(test_pki.ENV, str(directory))
+    try:
+        yield directory
+    finally:
+        mp.undo()
 
 
 @pytest.fixture
