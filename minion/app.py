@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import grpc
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 from vigil.v1 import sink_pb2
@@ -36,19 +37,28 @@ from vigil.v1 import sink_pb2
 import minion
 from minion.lifecycle import MinionState, Phase
 from minion.monitors import registry
-from minion.monitors.nagios import set_plugin_dirs
 from minion.monitors.registry import MonitorSet
-from minion.monitors.snmp_config import set_snmp_profiles
+from minion.monitors.setup import configure_monitors
 from minion.runner import PollRunner
 from minion.sink_client import SinkClient
 from minion.site import SitePoller
 from minion.spool import DiskSpool
 from services.core import natsconn
-from services.core.config import MinionSettings
+from services.core.config import MinionSettings, PkiSettings
 from services.core.ids import NODE_ID_RE
+from services.core.pki import Identity
 from services.core.tasks import Supervisor, wait_set
 from services.core.timeutil import now as wall_now
 from services.core.timeutil import set_timestamp
+from services.core.tls import (
+    PLAINTEXT,
+    PLAINTEXT_WARNING,
+    TlsError,
+    TlsMaterial,
+    Transport,
+    require_loopback,
+    transport_for,
+)
 from services.core.wire import poll_queue_group, poll_subject
 
 log = logging.getLogger(__name__)
@@ -79,18 +89,66 @@ def load_system_id(settings: MinionSettings) -> str:
     return new_id
 
 
+def minion_transport(
+    settings: MinionSettings, pki: PkiSettings, nats_url: str
+) -> tuple[Identity | None, Transport]:
+    """Who this minion is and the TLS material it proves it with.
+
+    A minion's identity is its certificate. With an explicit ``pki.cert`` (a
+    site bundle), location and system id come from the certificate; values
+    set in the configuration must agree. With only ``pki.dir``, the system id
+    comes from the configuration (or ``id_file``) and the certificate is
+    ``minion-<location>-<system_id>.pem`` there. In the plaintext development
+    mode there is no identity (``None``) and every address must be loopback.
+    Raises :class:`~services.core.tls.TlsError` naming what is wrong.
+    """
+    addresses = {"minion.scheduler": settings.scheduler, "nats.url": nats_url}
+    if pki.plaintext_loopback_dev:
+        require_loopback(addresses)
+        log.warning(PLAINTEXT_WARNING)
+        return None, PLAINTEXT
+    if pki.cert:
+        base = Path(pki.dir)
+        material = TlsMaterial.load(
+            pki.ca or base / "ca.pem",
+            pki.cert,
+            pki.key or Path(pki.cert).with_name(Path(pki.cert).stem + "-key.pem"),
+            revoked=base / "revoked.json",
+        )
+        identity = material.identity
+        if identity.role != "minion":
+            raise TlsError(f"{pki.cert}: a {identity.role} certificate, not a minion's")
+        given = settings.model_fields_set
+        for key, ours in (("location", identity.location), ("system_id", identity.name)):
+            value = getattr(settings, key)
+            if key in given and value is not None and value != ours:
+                raise TlsError(
+                    f"minion.{key} is {value!r} but the certificate {pki.cert} is for "
+                    f"{identity} ({key} {ours!r}); a minion is who its certificate says"
+                )
+        return identity, material
+    identity = Identity.minion(settings.location, load_system_id(settings))
+    transport = transport_for(pki, identity, addresses)
+    return identity, transport
+
+
 class Minion:
     """Owns the NATS subscriptions, the runner, the spool and the scheduler session."""
 
-    def __init__(self, settings: MinionSettings, *, nats_url: str) -> None:
+    def __init__(self, settings: MinionSettings, *, nats_url: str, pki: PkiSettings) -> None:
         self.settings = settings
         self.nats_url = nats_url
-        self.location = settings.location
-        self.system_id = load_system_id(settings)
+        #: Our certificate's identity (``None`` in the plaintext development mode) and
+        #: the TLS material for the scheduler's gRPC port and NATS.
+        self.identity, self.transport = minion_transport(settings, pki, nats_url)
+        location = self.identity.location if self.identity else settings.location
+        assert location is not None
+        self.location: str = location
+        self.system_id = self.identity.name if self.identity else load_system_id(settings)
         self.monitors = MonitorSet()
-        # Process-wide monitor settings: credentials by site, plugin locations.
-        set_snmp_profiles(settings.snmp_profiles)
-        set_plugin_dirs(settings.plugin_dirs)
+        # Process-wide monitor settings: credentials by site, plugin locations,
+        # the monitors this minion may run.
+        configure_monitors(settings)
         self.tasks = Supervisor("minion")
         #: The lifecycle, read by every part (the site poller sets ``autonomous``).
         self.state = MinionState()
@@ -137,6 +195,7 @@ class Minion:
             on_welcome=self.site.on_welcome,
             on_schedule=self.site.on_schedule,
             schedule_digest=lambda: self.site.digest,
+            credentials=self._sink_credentials if self.identity is not None else None,
         )
         self._nc: NATS | None = None
         self._shared: Subscription | None = None
@@ -146,6 +205,32 @@ class Minion:
         self.intake_resumes = 0
 
     # -- plumbing ---------------------------------------------------------------------
+
+    def _sink_credentials(self) -> grpc.ChannelCredentials:
+        """The scheduler channel's mutual-TLS credentials, from the files as they are now.
+
+        Read again for every session: a certificate renewed on disk (``vigil ca
+        issue``) is presented from the next session on, without a restart.
+        """
+        current = self.transport
+        assert isinstance(current, TlsMaterial)
+        try:
+            current = TlsMaterial.load(
+                current.ca_path, current.cert_path, current.key_path, current.revoked_path
+            )
+        except TlsError as exc:
+            log.warning("cannot re-read the TLS material (%s); using what was loaded", exc)
+            return current.channel_credentials()
+        if current.identity != self.identity:
+            log.warning(
+                "%s now names %s, not %s; using the certificate loaded at start",
+                current.cert_path,
+                current.identity,
+                self.identity,
+            )
+            assert isinstance(self.transport, TlsMaterial)
+            return self.transport.channel_credentials()
+        return current.channel_credentials()
 
     def _emit(self, result: Any, expires_at: float) -> None:
         self.sink.submit(result, expires_at)
@@ -195,7 +280,9 @@ class Minion:
         self.tasks.spawn("sink", self.sink.run())
         # Before NATS: a store-and-forward minion started during a cut polls on its own.
         self.tasks.spawn("site", self.site.run())
-        self._nc = nc = await natsconn.connect(self.nats_url, f"vigil-minion-{self.system_id}")
+        self._nc = nc = await natsconn.connect(
+            self.nats_url, f"vigil-minion-{self.system_id}", transport=self.transport
+        )
         _, own = self.subjects
         self._own = await nc.subscribe(
             own,

@@ -37,6 +37,8 @@ from minion.monitors.base import (
     Target,
     elapsed_ms,
 )
+from minion.monitors.credentials import credential
+from services.core.params.credentials import unknown_credential
 from services.core.params.http import HttpParams, parse_status_ranges
 
 
@@ -96,8 +98,22 @@ class HttpMonitor(Monitor[HttpParams]):
                 return PollOutcome.unknown(f"cannot load ca_file {params.ca_file}: {exc}")
             if params.host:
                 server_hostname = _sni_name(params.host)
-        if params.username is not None and params.password is not None:
-            token = f"{params.username}:{params.password.get_secret_value()}".encode()
+        for name, value in params.secret_headers.items():
+            headers[name] = value.get_secret_value()
+        username, password, bearer = params.username, params.password, params.bearer_token
+        if params.credential is not None:
+            cred = credential(params.credential)
+            if cred is None:
+                return PollOutcome.unknown(unknown_credential(params.credential))
+            username, password, bearer = cred.username, cred.password, cred.token
+            if bearer is None and (username is None or password is None):
+                return PollOutcome.unknown(
+                    f"credential {params.credential} has neither username and password nor token"
+                )
+        if bearer is not None:
+            headers["Authorization"] = "Bearer " + bearer.get_secret_value()
+        elif username is not None and password is not None:
+            token = f"{username}:{password.get_secret_value()}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
         start = time.perf_counter()
         attempt = 0

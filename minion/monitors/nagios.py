@@ -11,12 +11,18 @@ with a minimal environment; it is killed, with everything it started, when
 ``timeout`` or the attempt's deadline passes or the poll is cancelled. Only
 the first ``max_output_bytes`` of its output are kept.
 
-A plugin is named by an absolute path or by a relative name looked up in the
-plugin directories (:func:`set_plugin_dirs`; default
-``/usr/lib/nagios/plugins`` and ``/usr/lib/monitoring-plugins``).
+A plugin is named by its file name only, and runs only if that file is in
+one of the minion's own plugin directories (:func:`set_plugin_dirs`, from
+``minion.plugin_dirs``; default ``/usr/lib/nagios/plugins`` and
+``/usr/lib/monitoring-plugins``). A path, ``..``, any other syntax, or a name
+not found there is UNKNOWN ``plugin not allowed: <name>`` and nothing runs:
+the minion checks this itself, whatever the scheduler validated, because a
+poll request may be forged.
 
 Arguments may use ``{address}`` (the target address) and ``{timeout}`` (whole
-seconds the plugin has, at least 1; pass it to the plugin's ``-t``).
+seconds the plugin has, at least 1; pass it to the plugin's ``-t``); with
+``credential`` also ``{username}`` and ``{password}`` from the minion's
+credentials (their secrets are masked as ``***`` in the plugin's output).
 
 Response time: the plugin's run time. Measured values: the performance data
 plus ``exit_code`` and, on WARNING, ``warning``.
@@ -41,13 +47,24 @@ from minion.monitors.base import (
     Target,
     elapsed_ms,
 )
-from services.core.params.nagios import DEFAULT_PLUGIN_DIRS, NagiosParams
+from minion.monitors.credentials import credential, mask
+from services.core.params.credentials import unknown_credential
+from services.core.params.nagios import (
+    DEFAULT_PLUGIN_DIRS,
+    PLUGIN_NOT_ALLOWED,
+    NagiosParams,
+    env_name_allowed,
+    plugin_name_allowed,
+)
 
 _plugin_dirs: tuple[str, ...] = DEFAULT_PLUGIN_DIRS
 _resolved: dict[str, tuple[float, str | None]] = {}
 _RESOLVE_TTL = 60.0
 
 STATE_NAMES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
+
+#: The plugin's whole environment, besides the service's checked ``env``.
+BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C", "LC_ALL": "C"}
 
 
 def set_plugin_dirs(dirs: Sequence[str]) -> None:
@@ -66,8 +83,10 @@ def plugin_dirs() -> tuple[str, ...]:
 
 
 def _resolve(plugin: str) -> str | None:
-    if os.path.isabs(plugin):
-        return plugin if os.path.isfile(plugin) and os.access(plugin, os.X_OK) else None
+    # A plain file name only (no separator, no "..", no absolute path): what the
+    # name can reach is the plugin directories' own entries, nothing else.
+    if not plugin_name_allowed(plugin) or os.sep in plugin or "/" in plugin:
+        return None
     for d in _plugin_dirs:
         path = os.path.join(d, plugin)
         if os.path.isfile(path) and os.access(path, os.X_OK):
@@ -76,7 +95,10 @@ def _resolve(plugin: str) -> str | None:
 
 
 async def resolve_plugin(plugin: str) -> str | None:
-    """The executable for ``plugin``, or ``None``; looked up off the loop, cached."""
+    """The executable for ``plugin`` in the plugin directories, or ``None``
+    (also for anything but a plain file name); looked up off the loop, cached."""
+    if not plugin_name_allowed(plugin):
+        return None
     now = time.monotonic()
     hit = _resolved.get(plugin)
     if hit is not None and now - hit[0] < _RESOLVE_TTL:
@@ -155,6 +177,14 @@ async def _read_bounded(stream: asyncio.StreamReader | None, limit: int) -> byte
             kept += chunk[: limit - len(kept)]
 
 
+def _expand(arg: str, macros: dict[str, str]) -> str:
+    """Replace every macro in one pass (a value is never expanded again)."""
+    return _MACRO.sub(lambda m: macros.get(m.group(0), m.group(0)), arg)
+
+
+_MACRO = re.compile(r"\{(?:address|timeout|username|password)\}")
+
+
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -170,21 +200,34 @@ class NagiosMonitor(Monitor[NagiosParams]):
     async def poll(self, target: Target, params: NagiosParams, ctx: PollContext) -> PollOutcome:
         """Run the plugin against ``target`` and translate its result."""
         when = plan(ctx)
+        shown = repr(params.plugin)[1:-1][:200]
         path = await resolve_plugin(params.plugin)
         if path is None:
-            where = "" if os.path.isabs(params.plugin) else f" in {', '.join(_plugin_dirs)}"
-            return PollOutcome.unknown(f"plugin {params.plugin} not found or not executable{where}")
+            return PollOutcome.unknown(
+                PLUGIN_NOT_ALLOWED.format(name=shown)
+                + f" (no executable of that name in {', '.join(_plugin_dirs)})"
+            )
+        for k in params.env:
+            # checked by the schema too; again here, the request may be forged
+            if not env_name_allowed(k):
+                return PollOutcome.unknown(f"plugin environment variable not allowed: {k[:64]}")
+        macros = {"{address}": target.address}
+        secrets: list[str] = []
+        if params.credential is not None:
+            cred = credential(params.credential)
+            if cred is None:
+                return PollOutcome.unknown(unknown_credential(params.credential))
+            macros["{username}"] = cred.username or cred.user or ""
+            macros["{password}"] = cred.password.get_secret_value() if cred.password else ""
+            secrets = cred.secrets()
         budget = when.until_report()
         if params.timeout is not None:
             budget = min(budget, params.timeout)
         if budget <= 0:
             return PollOutcome.unknown("no time left to run the plugin")
-        macro_timeout = str(max(1, int(budget - 0.5)))
-        argv = [
-            a.replace("{address}", target.address).replace("{timeout}", macro_timeout)
-            for a in params.args
-        ]
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LC_ALL": "C", **params.env}
+        macros["{timeout}"] = str(max(1, int(budget - 0.5)))
+        argv = [_expand(a, macros) for a in params.args]
+        env = {**params.env, **BASE_ENV}
         start = time.perf_counter()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -221,7 +264,11 @@ class NagiosMonitor(Monitor[NagiosParams]):
         # The plugin may have left children holding the group; they have no business
         # outliving the check.
         _kill_group(proc)
-        return self._judge(path, code, out, err, rt)
+        outcome = self._judge(path, code, out, err, rt)
+        if secrets:
+            # a plugin may echo its arguments: the reason must not carry the password
+            outcome.reason = mask(outcome.reason, secrets)
+        return outcome
 
     @staticmethod
     async def _reap(proc: asyncio.subprocess.Process) -> None:

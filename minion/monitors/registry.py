@@ -7,10 +7,13 @@ protocol libraries of the monitors it is asked to run.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from functools import cache
-from typing import Any
+from typing import Any, ClassVar
 
-from minion.monitors.base import Monitor
+from pydantic import ConfigDict
+
+from minion.monitors.base import Monitor, MonitorParams, PollContext, PollOutcome, Target
 from services.core.params.registry import (
     UnknownMonitorError,
     available,
@@ -20,7 +23,15 @@ from services.core.params.registry import (
     unknown_monitor,
 )
 
-__all__ = ["BUILTIN", "MonitorSet", "UnknownMonitorError", "available", "monitor_class"]
+__all__ = [
+    "BUILTIN",
+    "MonitorSet",
+    "UnknownMonitorError",
+    "available",
+    "monitor_class",
+    "monitors_allowed",
+    "set_monitors_allow",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +61,50 @@ def monitor_class(name: str) -> type[Monitor[Any]]:
     return cls
 
 
+#: ``minion.monitors_allow``: the monitors this minion runs (``None``: all it has).
+_allow: frozenset[str] | None = None
+
+NOT_ALLOWED = "monitor not allowed on this minion: {name}"
+
+
+def set_monitors_allow(names: Iterable[str] | None) -> None:
+    """Restrict the monitors this minion runs to ``names`` (``None``: every one)."""
+    global _allow
+    _allow = None if names is None else frozenset(names)
+
+
+def monitors_allowed() -> frozenset[str] | None:
+    """The allow-list in force (``None``: no restriction)."""
+    return _allow
+
+
+class _Empty(MonitorParams):
+    """Accepts anything: a refused monitor's parameters are never looked at."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class RefusedMonitor(Monitor[_Empty]):
+    """Stands in for a monitor the minion's allow-list excludes: every poll is
+    UNKNOWN and the real monitor (and its parameters) are never touched."""
+
+    name: ClassVar[str] = "refused"
+    params_model = _Empty
+
+    def __init__(self, refused: str) -> None:
+        self.refused = refused
+
+    async def poll(self, target: Target, params: _Empty, ctx: PollContext) -> PollOutcome:
+        """UNKNOWN: this minion does not run the monitor."""
+        return PollOutcome.unknown(NOT_ALLOWED.format(name=self.refused))
+
+
 class MonitorSet:
-    """One instance per monitor kind, created on first use; closed together."""
+    """One instance per monitor kind, created on first use; closed together.
+
+    A monitor outside ``minion.monitors_allow`` is never loaded: :meth:`get`
+    gives a :class:`RefusedMonitor` for it.
+    """
 
     def __init__(self) -> None:
         self._instances: dict[str, Monitor[Any]] = {}
@@ -60,6 +113,10 @@ class MonitorSet:
         """The shared instance for ``name`` (raises :class:`UnknownMonitorError`)."""
         inst = self._instances.get(name)
         if inst is None:
+            if _allow is not None and name not in _allow:
+                # not cached: the allow-list is fixed for the process, and names
+                # come from the wire, so a flood of invented ones must not grow memory
+                return RefusedMonitor(name)
             inst = self._instances[name] = monitor_class(name)()
         return inst
 

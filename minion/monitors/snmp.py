@@ -253,7 +253,7 @@ class SnmpMonitor(Monitor[SnmpParams]):
         """GET or WALK ``params.oid`` on ``target.address``."""
         when = plan(ctx)
         try:
-            creds = resolve_credentials(target.address, target.location, params)
+            creds = resolve_credentials(target.address, target.location, params, params.credential)
         except ValueError as exc:
             return PollOutcome.unknown(str(exc))
         engine = await self._engine(creds)

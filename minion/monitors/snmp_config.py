@@ -8,6 +8,10 @@ profile acts as the default), then lets the service's own parameters
 override it field by field. What neither sets falls back to SNMP v2c,
 community ``public``, port 161.
 
+A service may also name one of the minion's credentials
+(``credential: <name>``, :mod:`minion.monitors.credentials`): its SNMP fields
+sit between the profile and the service's own parameters.
+
 Secrets (communities, keys) are :class:`pydantic.SecretStr`: they show as
 ``**********`` in reprs, logs and validation errors.
 """
@@ -20,6 +24,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from minion.monitors.credentials import credential
+from services.core.params.credentials import unknown_credential
 from services.core.params.snmp import (
     AuthProtocol,
     PrivProtocol,
@@ -81,21 +87,42 @@ def snmp_profiles() -> tuple[SnmpProfile, ...]:
     return _profiles
 
 
+class UnknownCredentialError(ValueError):
+    """The service names a credential this minion does not have."""
+
+
 def resolve_credentials(
-    address: str, location: str, overrides: SnmpCredentials
+    address: str, location: str, overrides: SnmpCredentials, credential_name: str | None = None
 ) -> EffectiveCredentials:
-    """Merge the first matching profile, then ``overrides`` (the service's
-    parameters), then defaults. Raises ``ValueError`` when the result cannot
-    work (e.g. v3 without a user)."""
+    """Merge the first matching profile, then the minion's credential
+    ``credential_name``, then ``overrides`` (the service's parameters), then
+    defaults. Raises ``ValueError`` when the result cannot work (e.g. v3
+    without a user), :class:`UnknownCredentialError` for an unknown name."""
     base: SnmpCredentials = SnmpCredentials()
     label = ""
     for i, prof in enumerate(_profiles):
         if prof.match.covers(address, location):
             base, label = prof, prof.label or f"profile {i}"
             break
+    named: dict[str, Any] = {}
+    if credential_name is not None:
+        cred = credential(credential_name)
+        if cred is None:
+            raise UnknownCredentialError(unknown_credential(credential_name))
+        named = {
+            "community": cred.community,
+            "user": cred.user or (cred.username if cred.auth_key is not None else None),
+            "auth_protocol": cred.auth_protocol,
+            "auth_key": cred.auth_key,
+            "priv_protocol": cred.priv_protocol,
+            "priv_key": cred.priv_key,
+        }
+        label = f"credential {credential_name}"
 
     def pick(key: str) -> Any:
         val = getattr(overrides, key)
+        if val is None:
+            val = named.get(key)
         return val if val is not None else getattr(base, key)
 
     version: SnmpVersion = pick("version") or ("v3" if pick("user") else "v2c")

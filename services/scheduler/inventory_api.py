@@ -16,6 +16,7 @@ from services.core.errors import (
     UnavailableError,
 )
 from services.core.grpcerrors import handle_errors
+from services.core.params.secrets import mask_params
 from services.core.timeutil import from_duration, from_timestamp, set_timestamp, to_duration
 from services.scheduler.assurance.keeper import StateKeeper
 from services.scheduler.inventory import (
@@ -74,7 +75,11 @@ def _iso(epoch: float) -> str:
 
 
 def node_message(entry: NodeEntry) -> inventory_pb2.Node:
-    """The wire form of a node, with each service's resolved settings."""
+    """The wire form of a node, with each service's resolved settings.
+
+    Secrets (the schema's ``SecretStr`` fields) are shown as ``***`` in both
+    ``params`` and ``resolved.params``; the real values go only to the minions.
+    """
     node = entry.node
     msg = inventory_pb2.Node(
         id=node.id,
@@ -89,8 +94,6 @@ def node_message(entry: NodeEntry) -> inventory_pb2.Node:
         out = msg.interfaces.add(ip=str(itf.ip))
         for svc in itf.services:
             s = out.services.add(name=svc.name, monitor=svc.monitor or "")
-            if svc.params:
-                s.params.update(svc.params)
             for name in ("interval", "timeout", "ttl"):
                 value = getattr(svc, name)
                 if value is not None:
@@ -105,11 +108,16 @@ def node_message(entry: NodeEntry) -> inventory_pb2.Node:
                 ),
                 None,
             )
+            if svc.params:
+                # the resolved monitor names the schema; without a spec (not
+                # polled), the service's own or default monitor does
+                shown = spec.monitor if spec is not None else (svc.monitor or svc.name)
+                s.params.update(mask_params(shown, svc.params))
             if spec is not None:
                 policy = spec.policy or DEFAULT_POLICY
                 r = s.resolved
                 r.monitor = spec.monitor
-                r.params.update(spec.params)
+                r.params.update(mask_params(spec.monitor, spec.params))
                 r.interval.CopyFrom(to_duration(spec.interval))
                 r.timeout.CopyFrom(to_duration(spec.timeout))
                 r.retries = spec.retries

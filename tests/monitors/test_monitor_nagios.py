@@ -58,7 +58,7 @@ async def test_check_tcp_up_with_perfdata(poll, tcp_server):
             "nagios",
             "127.0.0.1",
             {
-                "plugin": "/usr/lib/nagios/plugins/check_tcp",
+                "plugin": "check_tcp",
                 "args": ["-H", "{address}", "-p", str(port), "-t", "{timeout}"],
             },
         )
@@ -82,7 +82,7 @@ async def test_check_tcp_refused_is_down(poll):
 async def test_unknown_plugin_is_unknown(poll):
     out = await poll("nagios", "127.0.0.1", {"plugin": "check_does_not_exist"})
     assert out.status is Status.UNKNOWN
-    assert out.reason.startswith("plugin check_does_not_exist not found or not executable in ")
+    assert out.reason.startswith("plugin not allowed: check_does_not_exist (no executable ")
 
 
 async def test_other_exit_codes_and_stderr(poll, plugin_dir):

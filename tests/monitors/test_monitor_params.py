@@ -114,7 +114,7 @@ def test_every_builtin_is_registered_and_loads():
             "nagios",
             {"plugin": "check_http", "args": ["-H", "{address}", "-t", "{timeout}"], "timeout": 10},
         ),
-        ("nagios", {"plugin": "/opt/plugins/check_thing"}),
+        ("nagios", {"plugin": "check_thing", "credential": "paris-web"}),
     ],
 )
 def test_good_params(name, params):
@@ -241,8 +241,19 @@ def test_good_params(name, params):
             "ca_file: needs verify_chain: true",
         ),
         ("nagios", {}, "params.plugin: Field required"),
-        ("nagios", {"plugin": "../../bin/sh"}, "params.plugin: must not contain '..'"),
-        ("nagios", {"plugin": "./check_x"}, "give a plain name like check_tcp or an absolute path"),
+        ("nagios", {"plugin": "../../bin/sh"}, "params.plugin: plugin not allowed: ../../bin/sh"),
+        ("nagios", {"plugin": "./check_x"}, "params.plugin: plugin not allowed: ./check_x"),
+        ("nagios", {"plugin": "/bin/sh"}, "params.plugin: plugin not allowed: /bin/sh"),
+        (
+            "nagios",
+            {"plugin": "check_dummy", "env": {"LD_PRELOAD": "/tmp/x.so"}},
+            "params.env: LD_PRELOAD: may not be set",
+        ),
+        (
+            "http",
+            {"headers": {"Authorization": "Basic eDp5"}},
+            "params.headers: Authorization: use username/password",
+        ),
         (
             "nagios",
             {"plugin": "check_x", "args": "-H host"},

@@ -13,6 +13,7 @@ from services.core.config.fields import (
 )
 from services.core.durations import Duration
 from services.core.ids import DEFAULT_LOCATION, Location, NodeId
+from services.core.params.credentials import Credential, CredentialName
 from services.core.params.nagios import DEFAULT_PLUGIN_DIRS
 from services.core.params.snmp import SnmpProfile
 
@@ -38,6 +39,8 @@ class NatsSettings(Strict):
 
 class SchedulerSettings(Strict):
     listen: HostPort = "127.0.0.1:50051"
+    #: A health-only TLS port that asks for no client certificate (probes); ``null`` turns it off.
+    probe_listen: HostPort | None = "127.0.0.1:50061"
     #: Prometheus metrics and a liveness page; ``null`` turns it off.
     metrics_listen: HostPort | None = "127.0.0.1:9464"
     store_url: DatabaseUrl = "sqlite:///.vigil/scheduler.db"
@@ -59,6 +62,8 @@ class SchedulerSettings(Strict):
 
 class EventsSettings(Strict):
     listen: HostPort = "127.0.0.1:50052"
+    #: A health-only TLS port that asks for no client certificate (probes); ``null`` turns it off.
+    probe_listen: HostPort | None = "127.0.0.1:50062"
     metrics_listen: HostPort | None = "127.0.0.1:9465"
     store_url: DatabaseUrl = "sqlite:///.vigil/events.db"
     #: Retention of the published-events stream (JetStream).
@@ -82,6 +87,10 @@ class EventsSettings(Strict):
     #: JetStream redelivers an unacknowledged event after this long (e.g. after a crash).
     hook_ack_wait: PositiveDuration = 30.0
     max_hooks: int = Field(default=100, ge=1, le=10_000)
+    #: Key that encrypts hook secrets at rest (created, mode 0600, when missing;
+    #: ``VIGIL_EVENTS_SECRET_KEY`` holds the key itself instead). Default: beside
+    #: a SQLite store, else ``.vigil/events-secret.key``.
+    secret_key_file: str | None = None
 
     @model_validator(mode="after")
     def _hook_timings(self) -> EventsSettings:
@@ -118,6 +127,11 @@ class MinionSettings(Strict):
     snmp_profiles: list[SnmpProfile] = Field(default_factory=list)
     #: Where relative Nagios plugin names are looked up, in order.
     plugin_dirs: list[str] = Field(default_factory=lambda: list(DEFAULT_PLUGIN_DIRS))
+    #: Secrets by name, for services whose parameters say ``credential: <name>``
+    #: (HTTP auth, SNMP communities and v3 keys, Nagios ``{password}``). Never logged.
+    credentials: dict[CredentialName, Credential] = Field(default_factory=dict)
+    #: The only monitors this minion runs (others are UNKNOWN); ``null``: all installed.
+    monitors_allow: list[str] | None = None
 
     @field_validator("plugin_dirs")
     @classmethod

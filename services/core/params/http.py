@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from services.core.params.base import MonitorParams
+from services.core.params.credentials import CredentialName
 from services.core.params.fields import AbsPath, Regex, check_hostname
 
 StatusSpec = str
@@ -58,8 +59,12 @@ class HttpParams(MonitorParams):
     port: int | None = Field(default=None, ge=1, le=65535)
     path: str = Field(default="/", max_length=8192)
     method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
-    #: Extra request headers.
+    #: Extra request headers (not for credentials: ``Authorization`` goes through
+    #: ``username``/``password``, ``bearer_token`` or ``credential``).
     headers: dict[str, str] = Field(default_factory=dict)
+    #: Request headers whose values are secrets (an API key, a cookie): sent like
+    #: ``headers``, shown as ``***`` everywhere.
+    secret_headers: dict[str, SecretStr] = Field(default_factory=dict)
     #: Request body (for POST/PUT/PATCH…); set ``Content-Type`` in ``headers``.
     request_body: str | None = Field(default=None, max_length=1 << 20)
     #: Expected status codes: ``"200-399"``, ``"200,204"``.
@@ -84,6 +89,11 @@ class HttpParams(MonitorParams):
     #: Basic authentication.
     username: str | None = Field(default=None, min_length=1)
     password: SecretStr | None = None
+    #: Bearer authentication (``Authorization: Bearer <token>``).
+    bearer_token: SecretStr | None = None
+    #: A credential of the minion's ``minion.credentials`` (``username`` +
+    #: ``password`` for basic, ``token`` for bearer), resolved on the minion.
+    credential: CredentialName | None = None
 
     @field_validator("status")
     @classmethod
@@ -110,6 +120,23 @@ class HttpParams(MonitorParams):
                 raise ValueError(f"header {name!r}: value must not contain line breaks")
             if name.lower() == "host":
                 raise ValueError("set the Host header with the 'host' parameter")
+            if name.lower() in ("authorization", "proxy-authorization"):
+                # a secret in a plain field would be shown: route it to a secret one
+                raise ValueError(
+                    f"{name}: use username/password, bearer_token, credential or secret_headers"
+                )
+        return v
+
+    @field_validator("secret_headers")
+    @classmethod
+    def _secret_headers(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, value in v.items():
+            if not _TOKEN.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if any(c in value.get_secret_value() for c in "\r\n"):
+                raise ValueError(f"header {name!r}: value must not contain line breaks")
+            if name.lower() == "host":
+                raise ValueError("set the Host header with the 'host' parameter")
         return v
 
     @model_validator(mode="after")
@@ -126,4 +153,14 @@ class HttpParams(MonitorParams):
             raise ValueError("ca_file: needs verify_tls: true")
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together")
+        ways = [
+            self.password is not None,
+            self.bearer_token is not None,
+            self.credential is not None,
+        ]
+        if sum(ways) > 1:
+            raise ValueError("choose one of username/password, bearer_token and credential")
+        dup = {k.lower() for k in self.headers} & {k.lower() for k in self.secret_headers}
+        if dup:
+            raise ValueError(f"secret_headers: {', '.join(sorted(dup))} also in headers")
         return self

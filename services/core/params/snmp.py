@@ -161,6 +161,10 @@ _OID = re.compile(r"^\.?[0-2](\.(0|[1-9][0-9]{0,9}))+$")
 class SnmpParams(SnmpCredentials, MonitorParams):
     """Parameters of the SNMP monitor (credentials fields: see :class:`SnmpCredentials`)."""
 
+    #: A credential of the minion's ``minion.credentials`` (community or v3 user
+    #: and keys), resolved on the minion; the fields above still override it.
+    credential: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
     #: The object to GET, or the subtree to WALK. Default: sysObjectID.0.
     oid: str = "1.3.6.1.2.1.1.2.0"
     #: WALK the subtree under ``oid`` instead of a GET.
