@@ -135,6 +135,14 @@ def minion(
         str | None, typer.Option("--scheduler", help="Scheduler gRPC host:port.")
     ] = None,
     log_level: LogOpt = "INFO",
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle",
+            help="A site bundle from `vigil ca bundle` (its minion.yaml; instead of --config).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a minion: takes poll requests for its location from NATS, returns results over gRPC."""
     from pydantic import ValidationError
@@ -144,7 +152,15 @@ def minion(
     from services.core.config import MinionSettings
     from services.core.validation import describe
 
-    cfg = _sections(MinionConfig, config)
+    if bundle is not None:
+        from services.cli.ca import BUNDLE_CONFIG, resolve_bundle
+
+        if config is not None:
+            typer.echo("vigil: --bundle and --config exclude each other", err=True)
+            raise typer.Exit(2)
+        cfg = resolve_bundle(_sections(MinionConfig, bundle / BUNDLE_CONFIG), bundle)
+    else:
+        cfg = _sections(MinionConfig, config)
     overrides = {
         k: v
         for k, v in {
@@ -196,6 +212,7 @@ def check(config: Annotated[Path, typer.Argument(help="YAML configuration file."
 
 
 app.add_typer(__import__("services.cli.hooks", fromlist=["app"]).app, name="hooks")
+app.add_typer(__import__("services.cli.ca", fromlist=["app"]).app, name="ca")
 
 
 def main() -> None:
