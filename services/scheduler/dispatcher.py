@@ -12,18 +12,22 @@ change is being confirmed it is re-polled at the retry interval, and while it
 is DOWN at the downtime model's interval. A service is never polled twice at
 once; bounds on polls in flight (global and per node) make due polls wait
 instead of queueing without limit.
+
+Request ids are 128 random bits (:func:`new_request_id`): nothing a minion
+is sent (its Welcome, the batches) lets it derive another request's id, and
+a result is claimed only by a session of the location its request was sent
+to (:meth:`Dispatcher.claim`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import secrets
 import zlib
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from typing import Literal, Protocol
 
 from nats.aio.client import Client as NATS
 from vigil.v1 import common_pb2, poll_pb2
@@ -45,6 +49,16 @@ log = logging.getLogger(__name__)
 
 #: At most this many due services are handled before yielding to other tasks.
 ROUND_LIMIT = 5000
+#: Random bytes per request id (128 bits: not guessable, never derived from anything sent).
+REQUEST_ID_BYTES = 16
+
+#: Why a result was not matched to a request (:meth:`Dispatcher.claim`).
+Refusal = Literal["unknown_id", "wrong_location"]
+
+
+def new_request_id() -> str:
+    """A fresh request id: 32 hex digits from the OS's CSPRNG."""
+    return secrets.token_hex(REQUEST_ID_BYTES)
 
 
 def first_due(key: ServiceKey, interval: float, splay: float, now: float) -> float:
@@ -97,12 +111,12 @@ class Dispatcher:
         self.nc = nc
         self.batch_size = batch_size
         self.start_splay = start_splay
+        #: Names this scheduler in batches and logs; request ids do not derive from it.
         self.scheduler_id = scheduler_id or secrets.token_hex(4)
         self.max_in_flight = max_in_flight
         self.max_in_flight_per_node = max_in_flight_per_node
         self.schedule: Schedule[ServiceKey] = Schedule()
         self.pending = PendingPolls()
-        self._ids = itertools.count(1)
         self._wake = asyncio.Event()
         #: Until then, a location without a minion is waited for, not reported:
         #: after a scheduler restart, minions need a moment to reconnect.
@@ -317,7 +331,7 @@ class Dispatcher:
         by_location: dict[str, list[tuple[ServiceRuntime, str]]] = defaultdict(list)
         ids = []
         for rt in runtimes:
-            rid = f"{self.scheduler_id}-{next(self._ids):x}"
+            rid = new_request_id()
             by_location[rt.spec.location].append((rt, rid))
             ids.append(rid)
         loop_now = self._loop_now()
@@ -401,7 +415,7 @@ class Dispatcher:
             return None
         if rt.in_flight is not None:
             return rt.in_flight
-        rid = f"{self.scheduler_id}-{next(self._ids):x}"
+        rid = new_request_id()
         # Reserve the id now; the send happens in the loop's next turn.
         task = asyncio.get_running_loop().create_task(
             self._send_reserved(rt, rid, rt.spec.urgent_ttl if urgent else rt.spec.ttl)
@@ -465,12 +479,22 @@ class Dispatcher:
 
     # -- results -------------------------------------------------------------------
 
-    def claim(self, request_id: str) -> PendingPoll | None:
-        """Match a result to its request; ``None`` when it expired or is unknown (late)."""
-        poll = self.pending.pop(request_id)
+    def claim(self, request_id: str, location: str) -> PendingPoll | Refusal:
+        """Match a result from a session of ``location`` to its request.
+
+        ``location`` is the one the session's certificate names. A request
+        sent elsewhere is refused *and left pending*: a result from the wrong
+        site must not use up the request, or the real minion's answer would
+        then be refused as late. Unknown ids (expired, answered, never sent)
+        are refused as well.
+        """
+        poll = self.pending.get(request_id)
         if poll is None:
             metrics.RESULTS_LATE.inc()
-            return None
+            return "unknown_id"
+        if poll.location != location:
+            return "wrong_location"
+        self.pending.pop(request_id)
         if self._waiting:
             self._wake.set()  # room for a waiting service
         rt = self.services.get(poll.key)

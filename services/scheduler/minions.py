@@ -31,6 +31,16 @@ here (bounded) and written by the sweeper task, which retries while the
 store is unavailable, so an event is never lost to a store hiccup and a
 session handler never waits for the database.
 
+Who a minion is comes from its certificate (the ResultSink reads it; see
+:mod:`services.scheduler.sink`): a record exists only for an identity the
+CA certified, so invented minions (and their ``minion up/down`` and
+``location unreachable`` events) cannot appear. One identity holds one
+session: the same identity connecting again (a reconnect, a renewed
+certificate) replaces its older session, and while that session is open no
+other certificate can take its system id (:meth:`MinionRegistry.held_by_other`).
+In the plaintext development mode there are no certificates and the hello's
+claims are taken as they are.
+
 A location is *available* to the dispatcher when a minion there is live, has
 its session open and reports a working NATS connection; a location is
 *reachable* (the events) while any minion there is UP. The two differ on
@@ -47,6 +57,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from services.core.events import Event, make_event
+from services.core.pki import Identity
 from services.core.tasks import wait_set
 from services.core.timeutil import now
 from services.scheduler import metrics
@@ -93,6 +104,10 @@ class MinionSession:
     last_connected_at: float = 0.0
     #: Polls it runs at once (from its hello; 0: unknown).
     capacity: int = 0
+    #: The identity its certificate names (``None``: the plaintext development mode).
+    identity: Identity | None = None
+    #: Serial number of that certificate.
+    serial: int | None = None
     #: Set when a newer session of the same system id replaces this one.
     replaced: asyncio.Event = field(default_factory=asyncio.Event)
     #: The gRPC stream of this session is open.
@@ -139,6 +154,24 @@ class MinionRegistry:
         return self.heartbeat_interval * self.misses
 
     # -- sessions (called by the ResultSink) ------------------------------------------
+
+    def held_by_other(self, session: MinionSession) -> MinionSession | None:
+        """The open session of another certificate that holds ``session``'s system id, if any.
+
+        A certified system id belongs to its identity while its session is open:
+        a certificate of another location naming the same system id is refused
+        rather than let displace it. Once that session has closed, the new one
+        may take the record (a minion moved, with a new certificate).
+        """
+        old = self._minions.get(session.system_id)
+        if (
+            old is not None
+            and old.open
+            and old.identity is not None
+            and old.identity != session.identity
+        ):
+            return old
+        return None
 
     def register(self, session: MinionSession) -> None:
         """A session opened (hello accepted). An older session of the same minion is told to end."""

@@ -1,4 +1,10 @@
-"""Polls sent and not yet answered, with their TTL deadlines."""
+"""Polls sent and not yet answered, with their TTL deadlines.
+
+Each pending request records the location it was sent to: its result counts
+only from a session whose certificate names that location (see
+:meth:`services.scheduler.dispatcher.Dispatcher.claim`), so looking a request
+up (:meth:`PendingPolls.get`) is apart from claiming it (:meth:`PendingPolls.pop`).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,11 @@ from services.scheduler.model import ServiceKey
 
 @dataclass(frozen=True, slots=True)
 class PendingPoll:
+    """One request in flight."""
+
     request_id: str
     key: ServiceKey
+    #: Where it was sent: only a session of this location may answer it.
     location: str
     #: Loop-clock time at which the request expires.
     expires: float
@@ -55,6 +64,10 @@ class PendingPolls:
                 counts[key] = left
             else:
                 counts.pop(key, None)
+
+    def get(self, request_id: str) -> PendingPoll | None:
+        """The pending request ``request_id``, left pending (``None`` if unknown or expired)."""
+        return self._by_id.get(request_id)
 
     def pop(self, request_id: str) -> PendingPoll | None:
         """Claim a request for its result; ``None`` if unknown or already expired."""

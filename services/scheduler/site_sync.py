@@ -12,6 +12,11 @@ The schedule of a location is built at most every ``refresh`` seconds and
 identified by a digest, so that an unchanged schedule is never sent again:
 minions report the digest they hold in their hello, and sessions are
 re-checked on heartbeats.
+
+A schedule carries the location's parameters, secrets included, so it goes
+only to sessions of that location: the ResultSink asks for the schedule of
+``session.location``, which is the location the session's certificate names
+(never one the minion claims), and only when store-and-forward is on there.
 """
 
 from __future__ import annotations
