@@ -36,7 +36,7 @@ Who a minion is comes from its certificate (the ResultSink reads it; see
 CA certified, so invented minions (and their ``minion up/down`` and
 ``location unreachable`` events) cannot appear. One identity holds one
 session: the same identity connecting again (a reconnect, a renewed
-certificate) replaces its older session, and while that session is open no
+certificate) replaces its older session, and while that minion is UP no
 other certificate can take its system id (:meth:`MinionRegistry.held_by_other`).
 In the plaintext development mode there are no certificates and the hello's
 claims are taken as they are.
@@ -156,17 +156,19 @@ class MinionRegistry:
     # -- sessions (called by the ResultSink) ------------------------------------------
 
     def held_by_other(self, session: MinionSession) -> MinionSession | None:
-        """The open session of another certificate that holds ``session``'s system id, if any.
+        """The session of another certificate that holds ``session``'s system id, if any.
 
-        A certified system id belongs to its identity while its session is open:
-        a certificate of another location naming the same system id is refused
-        rather than let displace it. Once that session has closed, the new one
-        may take the record (a minion moved, with a new certificate).
+        A certified system id belongs to its identity while that minion is UP
+        (its session open, or broken less than a heartbeat window ago): a
+        certificate of another location naming the same system id is refused
+        rather than let displace it, even during a reconnect. Once the holder
+        is DOWN, the new one may take the record (a minion moved, with a new
+        certificate).
         """
         old = self._minions.get(session.system_id)
         if (
             old is not None
-            and old.open
+            and (old.open or old.up)
             and old.identity is not None
             and old.identity != session.identity
         ):

@@ -11,7 +11,7 @@ Who the minion is comes from its certificate, never from its hello: on the
 mutual-TLS port, the location and system id are the ones the certificate
 names (:func:`services.core.tls.peer_identity`). A hello that claims another
 location or system id, a certificate that is not a minion's, and a
-certificate of another location naming a system id whose session is open are
+certificate of another location naming the system id of a minion that is up are
 refused with PERMISSION_DENIED and counted
 (``vigil_scheduler_hellos_refused_total{reason}``). Only in the plaintext
 development mode (no certificate at all) are the hello's claims taken.
@@ -270,8 +270,8 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
             if held is not None:
                 raise Refused(
                     "system_id_taken",
-                    f"system id {session.system_id!r} is held by the open session of "
-                    f"{held.identity}; {session.identity} cannot take it over",
+                    f"system id {session.system_id!r} is held by {held.identity}, which is "
+                    f"up; {session.identity} cannot take it over",
                 )
             return session
         # The plaintext development mode: nothing proves who the peer is.

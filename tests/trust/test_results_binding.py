@@ -393,6 +393,11 @@ async def test_one_certificate_one_session_and_no_takeover(
                 assert "edge-7" in details
             assert registry.get("edge-7") is holder and holder.open
             assert not holder.replaced.is_set()
+            # Nor while the holder's stream is broken and it is not yet down.
+            holder.open = False
+            async with rogue(address, "lyon", "edge-7") as thief:
+                await thief.denied("lyon", "edge-7")
+            holder.open = True
             # The same identity again (a reconnect): it replaces the first session.
             async with rogue(address, "paris", "edge-7") as second:
                 await second.hello("paris", "edge-7")
@@ -401,4 +406,38 @@ async def test_one_certificate_one_session_and_no_takeover(
                 assert now_held is not None and now_held is not holder
                 assert now_held.location == "paris"
     finally:
+        await stack.stop()
+
+
+async def test_tls_without_a_client_certificate_is_refused(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """A TLS peer that proved no identity is no minion (never the hello's word for it)."""
+    cfg = make_config(tmp_path, nats_server.url)
+    stack = await Stack(cfg, nats_server.url).start(events=False, minion_locations=())
+    sched = stack.scheduler
+    assert sched is not None and sched.dispatcher is not None and sched.keeper is not None
+    servicer = ResultSinkServicer(sched.registry, sched.dispatcher, sched.keeper, sched.id)
+    server = grpc.aio.server()
+    sink_pb2_grpc.add_ResultSinkServicer_to_server(servicer, server)
+    # TLS that asks for no client certificate (what the probe port offers).
+    tls = material(Identity("scheduler", "scheduler"))
+    port = server.add_secure_port("127.0.0.1:0", tls.probe_credentials())
+    await server.start()
+    before = refused("vigil_scheduler_hellos_refused_total", "no_identity")
+    try:
+        creds = grpc.ssl_channel_credentials(root_certificates=tls.ca_pem)
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+            hello = sink_pb2.MinionHello(system_id="paris-1", location="paris")
+            call = sink_pb2_grpc.ResultSinkStub(channel).Connect(
+                iter([sink_pb2.MinionMessage(hello=hello)])
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async with asyncio.timeout(STEP):
+                    await call.read()
+        assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert refused("vigil_scheduler_hellos_refused_total", "no_identity") == before + 1
+        assert sched.registry.get("paris-1") is None
+    finally:
+        await server.stop(0.5)
         await stack.stop()
