@@ -5,10 +5,13 @@
 #   docker run --rm -v "$PWD/examples:/etc/vigil:ro" vigil check /etc/vigil/compose.yaml
 #   docker run ... vigil scheduler --config /etc/vigil/compose.yaml
 #   docker run ... vigil events --config /etc/vigil/compose.yaml
-#   docker run ... -e VIGIL_NATS_URL=nats://nats.example.net:4222 \
-#       vigil minion --location paris --scheduler scheduler.example.net:50051
+#   vigil ca bundle minion --location paris --system-id paris-1 \
+#       --nats tls://nats.example.net:4222 --scheduler scheduler.example.net:50051 --out paris-1
+#   docker run ... --user "$(id -u)" -v "$PWD/paris-1:/etc/vigil/bundle:ro" \
+#       vigil minion --bundle /etc/vigil/bundle      # the key is 0600: run as its owner
 # Connection settings come from VIGIL_* variables (docs/configuration.md);
-# docker-compose.yml shows a complete deployment.
+# docker-compose.yml shows a complete deployment, TLS on every link
+# (docs/security.md).
 #
 # No HEALTHCHECK here: the three components need different probes and a minion
 # listens on no port at all. docker-compose.yml probes the scheduler's and the
@@ -49,11 +52,17 @@ LABEL org.opencontainers.image.title="vigil" \
 
 # /var/lib/vigil is the working directory: relative paths of the defaults land
 # there (.vigil/minion-id, sqlite:///.vigil/*.db when no database URL is set).
+# /var/lib/vigil/ca (the CA) and /etc/vigil/pki (certificates the services read)
+# are mount points for docker-compose.yml's volumes: created here, owned by
+# vigil, so that a new named volume takes that ownership and `vigil ca` can
+# write to it without root.
 RUN groupadd --system --gid 10001 vigil \
  && useradd --system --uid 10001 --gid vigil --no-create-home \
         --home-dir /var/lib/vigil --shell /usr/sbin/nologin vigil \
  && install -d -o vigil -g vigil -m 0750 /var/lib/vigil \
- && install -d -m 0755 /etc/vigil
+ && install -d -m 0755 /etc/vigil \
+ && install -d -o vigil -g vigil -m 0700 /var/lib/vigil/ca \
+ && install -d -o vigil -g vigil -m 0750 /etc/vigil/pki
 
 COPY --from=build /opt/vigil /opt/vigil
 ENV PATH=/opt/vigil/bin:$PATH \

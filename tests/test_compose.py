@@ -7,6 +7,12 @@ exits 0 whatever the binary said. The rendered model is then checked for what
 users rely on, and every ``VIGIL_*`` variable is checked against
 :data:`services.core.config.ENV_OVERRIDES` and fed through the real config
 loader, so renaming a variable or a setting breaks this test.
+
+TLS everywhere: the ``pki`` init service's script is run here for real (the
+real ``vigil ca`` commands, container paths mapped to a temporary directory),
+and every Vigil service is checked to find its certificate among what that
+script wrote, to reach NATS over ``tls://`` and to reach a host name its peer's
+certificate names. nats-server checks the configuration the script wrote.
 """
 
 from __future__ import annotations
@@ -17,18 +23,20 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import pytest
 from packaging.requirements import Requirement
 
 from services.core.config import ENV_OVERRIDES, VigilConfig
+from services.core.pki import Identity, Pki, Role, identity_of
 from services.scheduler.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +46,10 @@ CONFIG_IN_CONTAINER = "/etc/vigil/vigil.yaml"
 
 VIGIL_SERVICES = ("scheduler", "events", "minion-default", "minion-edge")
 MINIONS = {"minion-default": "Default", "minion-edge": "edge"}
+#: Where the pki service keeps the CA, and the shared volume the others read.
+CA_IN_CONTAINER = "/var/lib/vigil/ca"
+PKI_IN_CONTAINER = "/etc/vigil/pki"
+SERVICE_ROLES: tuple[Role, ...] = ("scheduler", "events", "nats", "operator")
 
 
 def compose_binary() -> Path:
@@ -71,11 +83,13 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         COMPOSE_FILE, "config", "--format", "json", home=tmp_path_factory.mktemp("home")
     )
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    rendered: dict[str, Any] = json.loads(proc.stdout)
+    return rendered
 
 
 def service(model: dict[str, Any], name: str) -> dict[str, Any]:
-    return model["services"][name]
+    found: dict[str, Any] = model["services"][name]
+    return found
 
 
 def env_of(model: dict[str, Any], name: str) -> dict[str, str]:
@@ -132,8 +146,11 @@ def test_an_invalid_copy_is_rejected(
 
 
 def test_the_services(model: dict[str, Any]) -> None:
-    assert set(model["services"]) == {"nats", "postgres", *VIGIL_SERVICES, "demo"}
+    assert set(model["services"]) == {"pki", "nats", "postgres", *VIGIL_SERVICES, "demo"}
     for name, svc in model["services"].items():
+        if name == "pki":
+            assert svc.get("restart", "no") == "no", "the init step runs once per `up`"
+            continue
         assert svc.get("restart") in ("unless-stopped", "always"), f"{name}: no restart policy"
 
 
@@ -156,6 +173,7 @@ def test_vigil_services_share_one_image_and_the_read_only_config(model: dict[str
         assert mounts[0]["type"] == "bind"
         assert mounts[0]["source"] == str(CONFIG_FILE)
         assert mounts[0]["read_only"] is True
+    images.add(service(model, "pki")["image"])
     assert len(images) == 1
 
 
@@ -190,7 +208,7 @@ def test_scheduler_and_events_settings(model: dict[str, Any]) -> None:
             pg["POSTGRES_PASSWORD"],
             f"/{pg['POSTGRES_DB']}",
         )
-        assert config_for(model, name).nats.url == "nats://nats:4222"
+        assert config_for(model, name).nats.url == "tls://nats:4222"
 
         published = {(p["target"], p["host_ip"]) for p in service(model, name)["ports"]}
         assert (port, "127.0.0.1") in published
@@ -210,7 +228,7 @@ def test_minions_at_both_locations(model: dict[str, Any]) -> None:
         host, _, port = cfg.minion.scheduler.rpartition(":")
         assert host == "scheduler"
         assert int(port) == port_of(scheduler.listen)
-        assert cfg.nats.url == "nats://nats:4222"
+        assert cfg.nats.url == "tls://nats:4222"
         assert not service(model, name).get("ports"), "a minion only dials out"
     assert len(ids) == len(MINIONS), "system ids must differ"
 
@@ -227,10 +245,13 @@ def test_start_order(model: dict[str, Any]) -> None:
             k: v["condition"] for k, v in (service(model, name).get("depends_on") or {}).items()
         }
 
-    assert deps("scheduler") == {"nats": "service_healthy", "postgres": "service_healthy"}
-    assert deps("events") == {"nats": "service_healthy", "postgres": "service_healthy"}
+    issued = {"pki": "service_completed_successfully"}
+    assert deps("nats") == issued
+    assert deps("scheduler") == {**issued, "nats": "service_healthy", "postgres": "service_healthy"}
+    assert deps("events") == {**issued, "nats": "service_healthy", "postgres": "service_healthy"}
     for name in MINIONS:
-        assert deps(name) == {"nats": "service_healthy", "scheduler": "service_healthy"}
+        assert deps(name) == {**issued, "nats": "service_healthy", "scheduler": "service_healthy"}
+    assert not deps("pki")
     # Waiting for health needs a health check on the other side.
     for name in model["services"]:
         for dep, condition in deps(name).items():
@@ -240,15 +261,23 @@ def test_start_order(model: dict[str, Any]) -> None:
                 assert not check.get("disable"), f"{dep} has its health check disabled"
 
 
-def test_nats_with_jetstream_on_a_volume(model: dict[str, Any]) -> None:
+def test_nats_runs_the_generated_configuration(model: dict[str, Any]) -> None:
     nats = service(model, "nats")
     cmd = nats["command"]
-    assert "-js" in cmd
-    store_dir = cmd[cmd.index("-sd") + 1]
-    assert cmd[cmd.index("-m") + 1] == "8222"
+    conf = cmd[cmd.index("-c") + 1]
+    assert Path(conf).parent == Path(PKI_IN_CONTAINER)
+    assert mount(model, "nats", PKI_IN_CONTAINER) == ("pki", True)
+    # The configuration the pki service writes is the one nats runs, JetStream on a volume.
+    nats_config = pki_command(model, "nats-config")
+    assert option(nats_config, "--out") == conf
+    assert option(nats_config, "--dir") == PKI_IN_CONTAINER
+    assert option(nats_config, "--port") == "4222"
+    store_dir = option(nats_config, "--store-dir")
     assert any(v["type"] == "volume" and v["target"] == store_dir for v in nats["volumes"])
+    # Monitoring (plain HTTP) on the container's loopback only, for the health check.
+    assert option(nats_config, "--http") == "127.0.0.1:8222"
     assert "127.0.0.1:8222/healthz" in " ".join(nats["healthcheck"]["test"])
-    assert {(p["target"], p["host_ip"]) for p in nats["ports"]} >= {(4222, "127.0.0.1")}
+    assert {(p["target"], p["host_ip"]) for p in nats["ports"]} == {(4222, "127.0.0.1")}
 
 
 def test_postgres_on_a_volume(model: dict[str, Any]) -> None:
@@ -293,6 +322,168 @@ def test_the_demo_target_has_the_polled_address(model: dict[str, Any]) -> None:
             assert target_nets & set(service(model, name)["networks"]), f"{name} cannot reach {ip}"
 
 
+# -- TLS everywhere -----------------------------------------------------------------------------
+
+
+def mount(model: dict[str, Any], name: str, target: str) -> tuple[str, bool] | None:
+    """(volume, read-only) mounted at ``target`` in service ``name``, if any."""
+    for v in service(model, name).get("volumes") or []:
+        if v["target"] == target:
+            return v.get("source", ""), bool(v.get("read_only"))
+    return None
+
+
+def pki_script(model: dict[str, Any]) -> str:
+    svc = service(model, "pki")
+    assert svc["entrypoint"] == ["/bin/sh", "-ec"]
+    (script,) = svc["command"]
+    return str(script)
+
+
+def pki_commands(model: dict[str, Any]) -> list[list[str]]:
+    """The pki script's ``vigil ca`` commands, each as its words after ``vigil ca``."""
+    return [
+        words[2:]
+        for line in pki_script(model).splitlines()
+        if (words := line.split())[:2] == ["vigil", "ca"]
+    ]
+
+
+def pki_command(model: dict[str, Any], name: str) -> list[str]:
+    """The one ``vigil ca <name>`` command of the pki script."""
+    (found,) = [c for c in pki_commands(model) if c[0] == name]
+    return found
+
+
+def option(words: list[str], name: str) -> str:
+    return words[words.index(name) + 1]
+
+
+def issued_identities(model: dict[str, Any]) -> dict[Identity, list[str]]:
+    """Every identity the pki service issues, and the hosts its certificate names."""
+    out: dict[Identity, list[str]] = {}
+    for words in (c[1:] for c in pki_commands(model) if c[0] == "issue"):
+        assert "--ensure" in words, f"not idempotent: vigil ca issue {' '.join(words)}"
+        role = words[0]
+        hosts = [words[i + 1] for i, w in enumerate(words) if w == "--host"]
+        if role == "minion":
+            identity = Identity.minion(option(words, "--location"), option(words, "--system-id"))
+        else:
+            name = option(words, "--name") if "--name" in words else role
+            identity = Identity(cast(Role, role), name)
+        out[identity] = hosts
+    return out
+
+
+@pytest.fixture(scope="module")
+def pki_run(model: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The pki service's script, run here twice: container paths mapped to a temporary directory."""
+    root = tmp_path_factory.mktemp("compose-pki")
+    ca, shared = root / "ca", root / "pki"
+    ca.mkdir()
+    shared.mkdir()
+    script = (
+        pki_script(model).replace(CA_IN_CONTAINER, str(ca)).replace(PKI_IN_CONTAINER, str(shared))
+    )
+    vigil = f"{sys.executable} -m services.cli"
+    script = re.sub(r"^vigil ", vigil + " ", script, flags=re.M)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    for _ in range(2):  # the second run must change nothing: the init step is idempotent
+        before = {p.name: p.read_bytes() for p in shared.iterdir()}
+        proc = subprocess.run(
+            ["/bin/sh", "-ec", script], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    after = {p.name: p.read_bytes() for p in shared.iterdir() if p.name != "nats.conf"}
+    assert after == {k: v for k, v in before.items() if k != "nats.conf"}, "a second run re-issued"
+    return {"ca": ca, "pki": shared}
+
+
+def test_the_init_step_issues_every_certificate(
+    model: dict[str, Any], pki_run: dict[str, Path]
+) -> None:
+    identities = issued_identities(model)
+    services = {Identity(r, r) for r in SERVICE_ROLES}
+    minions = {
+        Identity.minion(
+            config_for(model, n).minion.location, config_for(model, n).minion.system_id or ""
+        )
+        for n in MINIONS
+    }
+    assert set(identities) == services | minions
+    ca, shared = Pki(pki_run["ca"]), Pki(pki_run["pki"])
+    assert ca.exists()
+    # The CA key stays in the pki service's own volume; so does the operator's key.
+    assert not shared.ca_key_path.exists()
+    assert not shared.key_path(Identity("operator", "operator")).exists()
+    assert mount(model, "pki", CA_IN_CONTAINER) == ("pki-ca", False)
+    for name in model["services"]:
+        if name != "pki":
+            assert mount(model, name, CA_IN_CONTAINER) is None
+            assert not any(
+                v.get("source") == "pki-ca" for v in service(model, name).get("volumes") or []
+            )
+    for identity in identities:
+        cert = shared.load(identity)
+        assert cert is not None, f"{identity}: not in the shared volume"
+        assert identity_of(cert) == identity
+        if identity.role != "operator":
+            assert shared.key_path(identity).exists(), f"{identity}: no key in the shared volume"
+
+
+def test_the_nats_configuration_is_valid(pki_run: dict[str, Path]) -> None:
+    binary = shutil.which("nats-server")
+    if binary is None:
+        pytest.skip("nats-server is not installed")
+    conf = pki_run["pki"] / "nats.conf"
+    proc = subprocess.run(
+        [binary, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(conf.read_text())
+    assert config["tls"]["verify_and_map"] is True
+    assert Path(config["tls"]["cert_file"]) == pki_run["pki"] / "nats.pem"
+    users = {u["user"] for u in config["authorization"]["users"]}
+    assert Identity("operator", "operator").subject in users
+    assert all(
+        i.subject in users for i, _ in Pki(pki_run["pki"]).identities() if i.role == "minion"
+    )
+
+
+def test_no_service_talks_plaintext(model: dict[str, Any], pki_run: dict[str, Path]) -> None:
+    identities = issued_identities(model)
+    roles: dict[str, Role] = {"scheduler": "scheduler", "events": "events"}
+    for name in VIGIL_SERVICES:
+        cfg = config_for(model, name)
+        assert not cfg.pki.plaintext_loopback_dev, name
+        assert cfg.pki.dir == PKI_IN_CONTAINER, name
+        assert mount(model, name, PKI_IN_CONTAINER) == ("pki", True), name
+        urls = [u.strip() for u in cfg.nats.url.split(",")]
+        assert all(u.startswith("tls://") for u in urls), f"{name}: {cfg.nats.url}"
+        # nats-server's certificate names the host the service dials.
+        nats_hosts = identities[Identity("nats", "nats")]
+        assert all(urlsplit(u).hostname in nats_hosts for u in urls), name
+        if name in MINIONS:
+            identity = Identity.minion(cfg.minion.location, cfg.minion.system_id or "")
+            cert = cfg.pki.cert
+            assert cert is not None and cfg.pki.key is not None, f"{name}: no VIGIL_TLS_CERT/KEY"
+            # The scheduler's certificate names the host a minion dials.
+            assert (
+                cfg.minion.scheduler.rpartition(":")[0]
+                in identities[Identity("scheduler", "scheduler")]
+            )
+        else:
+            identity = Identity(roles[name], roles[name])
+            cert = str(Pki(cfg.pki.dir).cert_path(identity))
+        # The file the service reads is one the pki service wrote, naming that identity.
+        local = pki_run["pki"] / Path(cert).relative_to(PKI_IN_CONTAINER)
+        loaded = identity_of(local.read_bytes())
+        assert loaded == identity, f"{name}: {cert} is for {loaded}, not {identity}"
+    # Nothing configured anywhere turns TLS off.
+    assert "plaintext_loopback_dev" not in CONFIG_FILE.read_text()
+    assert "nats://" not in COMPOSE_FILE.read_text()
+
+
 # -- examples/compose.yaml -------------------------------------------------------------------
 
 
@@ -311,6 +502,10 @@ def test_dockerfile_contract() -> None:
     assert re.search(r"^RUN pip install -c constraints\.txt \.( |$)", text, re.M)
     assert re.search(r'^ENTRYPOINT \["vigil"\]$', text, re.M)
     assert re.search(r"^WORKDIR /var/lib/vigil$", text, re.M)
+    # The volumes' mount points exist, owned by the image's user, so that a new
+    # named volume takes that ownership and the pki service can write to it.
+    for directory in (CA_IN_CONTAINER, PKI_IN_CONTAINER):
+        assert re.search(rf"install -d -o vigil -g vigil -m 07[05]0 .*{directory}", text), directory
     users = re.findall(r"^USER (\S+)$", text, re.M)
     assert users, "no USER: the image would run as root"
     assert users[-1].split(":")[0] not in ("root", "0")

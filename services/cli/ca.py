@@ -496,6 +496,14 @@ def nats_config(
     store_dir: Annotated[
         Path, typer.Option("--store-dir", help="JetStream storage directory.")
     ] = Path(".vigil/nats"),
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            help="Serve nats-server's monitoring page (plain HTTP, /healthz) on this host:port; "
+            "keep it on loopback (default: none).",
+        ),
+    ] = None,
     directory: DirOpt = DEFAULT_DIR,
 ) -> None:
     """Write nats-server's configuration: TLS, verify_and_map, a user per identity here."""
@@ -511,11 +519,28 @@ def nats_config(
                 "(issue it with `vigil ca issue nats --host <its host name>`)"
             )
         text = natsauth.server_config(pki, host=host, port=port, store_dir=store_dir)
+        if http is not None:
+            text = with_monitoring(text, http)
         out.parent.mkdir(parents=True, exist_ok=True)
         _write_text(out, text if text.endswith("\n") else text + "\n", 0o644)
         users = len(natsauth.users(pki))
         typer.echo(f"wrote {out}: TLS on {host}:{port}, {users} users from {directory}")
         typer.echo("a running nats-server takes it on reload: nats-server --signal reload")
+
+
+def with_monitoring(config: str, http: str) -> str:
+    """``config`` (nats-server's, in JSON) with its monitoring page on ``http`` (host:port)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from services.core.config import HostPort
+
+    try:
+        TypeAdapter(HostPort).validate_python(http)
+    except ValidationError as exc:
+        raise CaError(f"--http {http!r}: {exc.errors()[0]['msg']}") from None
+    document = json.loads(config)
+    document["http"] = http
+    return json.dumps(document, indent=2) + "\n"
 
 
 # --- files ----------------------------------------------------------------------------

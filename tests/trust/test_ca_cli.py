@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import stat
 import subprocess
 import sys
@@ -165,6 +166,7 @@ def test_nats_config_from_the_pki(ca: Path, tmp_path: Path) -> None:
     assert (config["host"], config["port"]) == ("0.0.0.0", 4333)
     assert config["jetstream"]["store_dir"] == "/data"
     assert config["tls"]["verify_and_map"] is True
+    assert "http" not in config  # no monitoring page unless asked for
     users = {u["user"] for u in config["authorization"]["users"]}
     assert users == {
         Identity("operator", "operator").subject,
@@ -172,9 +174,23 @@ def test_nats_config_from_the_pki(ca: Path, tmp_path: Path) -> None:
     }
     # Revoked: no longer a user once the configuration is regenerated.
     ok("ca", "revoke", "minion-paris-p1", "--dir", str(ca))
-    ok("ca", "nats-config", "--dir", str(ca), "--out", str(conf))
-    users = {u["user"] for u in json.loads(conf.read_text())["authorization"]["users"]}
-    assert users == {Identity("operator", "operator").subject}
+    ok(
+        "ca", "nats-config", "--dir", str(ca), "--out", str(conf),
+        "--store-dir", str(tmp_path / "js"), "--http", "127.0.0.1:8222",
+    )  # fmt: skip
+    config = json.loads(conf.read_text())
+    assert {u["user"] for u in config["authorization"]["users"]} == {
+        Identity("operator", "operator").subject
+    }
+    assert config["http"] == "127.0.0.1:8222"
+    # nats-server itself accepts it.
+    binary = shutil.which("nats-server")
+    if binary is None:
+        pytest.skip("nats-server is not installed")
+    proc = subprocess.run(
+        [binary, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_a_bundle_holds_what_a_site_needs(ca: Path, tmp_path: Path) -> None:
