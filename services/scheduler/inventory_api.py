@@ -16,7 +16,7 @@ from services.core.errors import (
     UnavailableError,
 )
 from services.core.grpcerrors import handle_errors
-from services.core.params.secrets import mask_params
+from services.core.params.secrets import mask_params, restore_params
 from services.core.timeutil import from_duration, from_timestamp, set_timestamp, to_duration
 from services.scheduler.assurance.keeper import StateKeeper
 from services.scheduler.inventory import (
@@ -66,6 +66,41 @@ def node_document(node: inventory_pb2.Node) -> dict[str, Any]:
             for w in node.maintenance
         ]
     return doc
+
+
+def restore_secrets(doc: dict[str, Any], current: NodeEntry | None) -> None:
+    """Put the stored secret back wherever ``doc`` (a PutNode) carries the masked
+    ``***`` that GetNode showed, so a read-modify-write keeps the secrets.
+
+    Raises :class:`InvalidArgumentError` for a ``***`` with no stored secret.
+    """
+    stored: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+    if current is not None:
+        for itf in current.node.interfaces:
+            for svc in itf.services:
+                spec = next(
+                    (
+                        sp
+                        for k, sp in current.specs.items()
+                        if k.ip == str(itf.ip) and k.service == svc.name
+                    ),
+                    None,
+                )
+                monitor = spec.monitor if spec is not None else (svc.monitor or svc.name)
+                stored[(str(itf.ip), svc.name)] = (monitor, dict(svc.params or {}))
+    for i, itf_doc in enumerate(doc["interfaces"]):
+        for j, svc_doc in enumerate(itf_doc["services"]):
+            params = svc_doc.get("params")
+            if not params:
+                continue
+            monitor, old = stored.get((itf_doc["ip"], svc_doc["name"]), ("", {}))
+            monitor = svc_doc.get("monitor") or monitor or svc_doc["name"]
+            where = f"node.interfaces[{i}].services[{j}].params"
+            try:
+                svc_doc["params"] = restore_params(monitor, params, old, where)
+            except ValueError as exc:
+                field, _, problem = str(exc).partition(": ")
+                raise InvalidArgumentError(field, problem) from None
 
 
 def _iso(epoch: float) -> str:
@@ -147,8 +182,10 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
             raise InvalidArgumentError("node", "is required")
         if not request.node.id:
             raise InvalidArgumentError("node.id", "is required")
+        doc = node_document(request.node)
+        restore_secrets(doc, self.inventory.get(request.node.id))
         try:
-            node, specs = self.inventory.validate(node_document(request.node))
+            node, specs = self.inventory.validate(doc)
         except InventoryError as exc:
             field, _, problem = str(exc).partition(": ")
             raise InvalidArgumentError(field, problem) from None

@@ -87,3 +87,51 @@ def mask_params(monitor: str, params: dict[str, Any]) -> dict[str, Any]:
     except UnknownMonitorError:
         return _mask_all(dict(params))  # type: ignore[no-any-return]
     return mask_document(model, params)
+
+
+def _keep(annotation: Any, new: Any, old: Any, where: str) -> Any:
+    if _contains(annotation, SecretStr):
+        if new == MASK:
+            if old is None:
+                raise ValueError(
+                    f"{where}: {MASK} is how a secret is shown; send the secret itself"
+                )
+            return old
+        if isinstance(new, dict):
+            prev = old if isinstance(old, dict) else {}
+            return {k: _keep(SecretStr, v, prev.get(k), f"{where}.{k}") for k, v in new.items()}
+        return new
+    for model in _models(annotation):
+        if isinstance(new, dict):
+            return restore_document(model, new, old if isinstance(old, dict) else {}, where)
+    return new
+
+
+def restore_document(
+    model: type[BaseModel], new: dict[str, Any], old: dict[str, Any], where: str = "params"
+) -> dict[str, Any]:
+    """``new`` with each secret given as ``***`` taken from ``old`` (the stored
+    document): a client that read a node and writes it back keeps its secrets.
+
+    Raises ``ValueError`` naming the field when there is no stored secret to keep.
+    """
+    fields = model.model_fields
+    out: dict[str, Any] = {}
+    for key, value in new.items():
+        info = fields.get(key)
+        out[key] = (
+            value if info is None else _keep(info.annotation, value, old.get(key), f"{where}.{key}")
+        )
+    return out
+
+
+def restore_params(
+    monitor: str, new: dict[str, Any], old: dict[str, Any] | None, where: str = "params"
+) -> dict[str, Any]:
+    """:func:`restore_document` for ``monitor``'s schema (unknown monitor: unchanged;
+    its validation fails anyway)."""
+    try:
+        model = params_model(monitor)
+    except UnknownMonitorError:
+        return new
+    return restore_document(model, new, old or {}, where)

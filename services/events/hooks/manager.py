@@ -53,7 +53,9 @@ class HookManager:
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
-        """Start a runner per stored hook; remove consumers of hooks that no longer exist."""
+        """Seal hook secrets still in clear, start a runner per stored hook, remove
+        consumers of hooks that no longer exist."""
+        await self.store.open_secrets(self.settings.secret_key_file)
         rows = await self.store.all_hooks()
         known = {consumer_name(r.id) for r in rows}
         try:

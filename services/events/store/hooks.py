@@ -1,16 +1,125 @@
-"""Webhooks: their definitions, delivery statuses and parked (given up) deliveries."""
+"""Webhooks: their definitions, delivery statuses and parked (given up) deliveries.
+
+Hook secrets are encrypted at rest (AES-256-GCM, :class:`SecretBox`, the
+hook's id as associated data so a sealed secret cannot be moved to another
+row). The key comes from ``VIGIL_EVENTS_SECRET_KEY`` or a key file
+(``events.secret_key_file``; by default ``events-secret.key`` beside a SQLite
+store, else ``.vigil/events-secret.key``), created with mode 0600 when
+missing. Rows written in clear by an older version are sealed at start
+(:meth:`HookStore.open_secrets`); until then they are read as they are.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import logging
+import os
+import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.core import db
 from services.events.store.sql import BigId, When, metadata
+
+log = logging.getLogger(__name__)
+
+#: The environment variable that holds the key itself (base64, 32 bytes).
+KEY_ENV = "VIGIL_EVENTS_SECRET_KEY"
+KEY_FILE_NAME = "events-secret.key"
+#: Prefix of a sealed secret in the ``secret`` column (a clear one never has it:
+#: hook secrets are refused with control characters, and ":" alone is not enough
+#: to look like this).
+SEALED = "aesgcm1:"
+
+
+class SecretKeyError(RuntimeError):
+    """The hook-secret key is missing, unreadable or not a key; or a sealed secret
+    does not open with it."""
+
+
+class SecretBox:
+    """AES-256-GCM for hook secrets."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise SecretKeyError(f"the hook-secret key must be 32 bytes, not {len(key)}")
+        self._aead = AESGCM(key)
+
+    @classmethod
+    def load(cls, key_file: str | os.PathLike[str], env: dict[str, str] | None = None) -> SecretBox:
+        """The key from ``VIGIL_EVENTS_SECRET_KEY``, else from ``key_file``,
+        which is created (mode 0600, a fresh random key) when missing."""
+        environ = os.environ if env is None else env
+        text = environ.get(KEY_ENV)
+        where = KEY_ENV
+        if text is None:
+            path = Path(key_file)
+            where = str(path)
+            if not path.exists():
+                _create_key_file(path)
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise SecretKeyError(f"{path}: cannot read the hook-secret key ({exc})") from None
+        try:
+            key = base64.b64decode(text.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise SecretKeyError(f"{where}: not a base64 key") from None
+        try:
+            return cls(key)
+        except SecretKeyError as exc:
+            raise SecretKeyError(f"{where}: {exc}") from None
+
+    def seal(self, secret: str, hook_id: str) -> str:
+        """The stored form of ``secret`` for hook ``hook_id``."""
+        nonce = secrets.token_bytes(12)
+        sealed = self._aead.encrypt(nonce, secret.encode(), hook_id.encode())
+        return SEALED + base64.b64encode(nonce + sealed).decode("ascii")
+
+    def open(self, stored: str, hook_id: str) -> str:
+        """The secret behind a stored value (a clear one, not yet sealed, as it is)."""
+        if not stored.startswith(SEALED):
+            return stored
+        try:
+            raw = base64.b64decode(stored[len(SEALED) :], validate=True)
+            return self._aead.decrypt(raw[:12], raw[12:], hook_id.encode()).decode()
+        except (binascii.Error, ValueError, InvalidTag):
+            raise SecretKeyError(
+                f"the secret of hook {hook_id} does not open with this key "
+                f"(was {KEY_ENV} or the key file changed?)"
+            ) from None
+
+
+def _create_key_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = base64.b64encode(secrets.token_bytes(32)).decode("ascii") + "\n"
+    try:
+        # O_EXCL: two processes starting at once must not each write a different key
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise SecretKeyError(f"{path}: cannot create the hook-secret key ({exc})") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    log.info("created the hook-secret key %s", path)
+
+
+def default_key_file(engine: AsyncEngine) -> Path:
+    """``events-secret.key`` beside a SQLite store's file, else under ``.vigil``."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(url.database).parent / KEY_FILE_NAME
+    return Path(".vigil") / KEY_FILE_NAME
+
 
 hooks = sa.Table(
     "hooks",
@@ -18,7 +127,8 @@ hooks = sa.Table(
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("name", sa.String(64), nullable=False, unique=True),
     sa.Column("url", sa.String(2048), nullable=False),
-    sa.Column("secret", sa.String(256), nullable=False),
+    # sealed (SecretBox): a 256-character secret takes about 390
+    sa.Column("secret", sa.String(1024), nullable=False),
     sa.Column("filters", sa.Text, nullable=False),
     sa.Column("created_at", When, nullable=False),
     sa.Column("last_success_at", When),
@@ -52,7 +162,7 @@ class HookRow:
     id: str
     name: str
     url: str
-    secret: str
+    secret: str = field(repr=False)  # never in a log line
     filters: list[dict[str, str]]
     created_at: float
     last_success_at: float | None = None
@@ -78,12 +188,12 @@ class HookFailureRow:
     payload: bytes
 
 
-def _hook_row(r: Any, failed: int = 0) -> HookRow:
+def _hook_row(r: Any, box: SecretBox, failed: int = 0) -> HookRow:
     return HookRow(
         id=r.id,
         name=r.name,
         url=r.url,
-        secret=r.secret,
+        secret=box.open(r.secret, r.id),
         filters=json.loads(r.filters),
         created_at=db.epoch(r.created_at) or 0.0,
         last_success_at=db.epoch(r.last_success_at),
@@ -98,8 +208,39 @@ def _hook_row(r: Any, failed: int = 0) -> HookRow:
 class HookStore:
     """Hook definitions with their status, and each hook's parked deliveries."""
 
+    _box: SecretBox | None = None
+
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+
+    def _secret_box(self) -> SecretBox:
+        if self._box is None:
+            # not opened explicitly (a tool, a test): the default key
+            self._box = SecretBox.load(default_key_file(self.engine))
+        return self._box
+
+    async def open_secrets(self, key_file: str | None = None) -> int:
+        """Load the hook-secret key and seal every secret still stored in clear;
+        returns how many were sealed. Raises :class:`SecretKeyError` when the key
+        cannot be had or does not open the stored secrets."""
+        box = SecretBox.load(key_file or default_key_file(self.engine))
+        self._box = box
+        sealed = 0
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(sa.select(hooks.c.id, hooks.c.secret))).all()
+            for r in rows:
+                if r.secret.startswith(SEALED):
+                    box.open(r.secret, r.id)  # the wrong key fails now, not at delivery
+                    continue
+                await conn.execute(
+                    sa.update(hooks)
+                    .where(hooks.c.id == r.id, hooks.c.secret == r.secret)
+                    .values(secret=box.seal(r.secret, r.id))
+                )
+                sealed += 1
+        if sealed:
+            log.info("sealed %d hook secret(s) stored in clear", sealed)
+        return sealed
 
     async def add_hook(self, hook: HookRow) -> bool:
         """Store a new hook; ``False`` when the name is taken."""
@@ -114,7 +255,7 @@ class HookStore:
                     id=hook.id,
                     name=hook.name,
                     url=hook.url,
-                    secret=hook.secret,
+                    secret=self._secret_box().seal(hook.secret, hook.id),
                     filters=json.dumps(hook.filters, separators=(",", ":")),
                     created_at=db.utc(hook.created_at),
                     delivered=0,
@@ -143,13 +284,14 @@ class HookStore:
             if r is None:
                 return None
             counts = await self._failure_counts(conn, [hook_id])
-        return _hook_row(r, counts.get(hook_id, 0))
+        return _hook_row(r, self._secret_box(), counts.get(hook_id, 0))
 
     async def all_hooks(self) -> list[HookRow]:
         """Every hook (the event service runs one deliverer per hook)."""
         async with self.engine.connect() as conn:
             rows = (await conn.execute(sa.select(hooks).order_by(hooks.c.name))).all()
-        return [_hook_row(r) for r in rows]
+        box = self._secret_box()
+        return [_hook_row(r, box) for r in rows]
 
     async def list_hooks(self, *, after_name: str | None, limit: int) -> tuple[list[HookRow], int]:
         """A page of hooks by name, and how many there are."""
@@ -162,7 +304,8 @@ class HookStore:
             ).all()
             total = (await conn.execute(sa.select(sa.func.count()).select_from(hooks))).scalar_one()
             counts = await self._failure_counts(conn, [r.id for r in rows])
-        return [_hook_row(r, counts.get(r.id, 0)) for r in rows], int(total)
+        box = self._secret_box()
+        return [_hook_row(r, box, counts.get(r.id, 0)) for r in rows], int(total)
 
     async def delete_hook(self, hook_id: str) -> bool:
         """Remove a hook and its parked deliveries; ``False`` when unknown."""
