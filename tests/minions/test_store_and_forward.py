@@ -18,6 +18,7 @@ from services.core.timeutil import from_timestamp, parse_iso, set_timestamp
 from services.scheduler.model import ServiceKey
 from tests.helpers import EventCollector, Stack, TcpTarget, free_port, make_config, wait_for
 from tests.minions.util import list_outages, noop_nodes, tcp_node
+from tests.pki import material, minion_cert
 
 KEY = ServiceKey("n1", "127.0.0.1", "Echo")
 
@@ -204,11 +205,14 @@ async def test_replayed_results_are_checked(tmp_path: Path, nats_server: NatsSer
     ]:
         spool.append(r)
     hello = sink_pb2.MinionHello(system_id="edge-x", location="edge", version="test")
+    # The scheduler believes the certificate, not the hello: they agree here.
+    tls = material(minion_cert("edge", "edge-x"))
     sink = SinkClient(
         stack.scheduler.grpc_address,
         hello,
         lambda: sink_pb2.Heartbeat(nats_connected=True),
         spool=spool,
+        credentials=tls.channel_credentials,
     )
     session = asyncio.create_task(sink.run())
     try:
