@@ -43,12 +43,28 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A private nats-server with JetStream on a port of its own choosing."""
-    server = NatsServer(tmp_path / "nats").start()
+    """A private nats-server with JetStream on a port of its own choosing.
+
+    It runs as in production: TLS, a user per identity of the run's PKI with
+    its permissions (services/core/natsauth.py), no anonymous access. When
+    the test issues or revokes a certificate (tests/pki.py) it reloads its
+    configuration before the issuing call returns.
+    """
+    server = NatsServer(tmp_path / "nats", pki=test_pki.current()).start()
+    unsubscribe = test_pki.on_change(server.reload)
     try:
         yield server
     finally:
+        unsubscribe()
         server.stop()
+    # Every client of the test had the permissions its work needs: the server
+    # logs each refused publish or subscription.
+    violations = [
+        line
+        for line in server.log_file.read_text(errors="replace").splitlines()
+        if "Violation" in line
+    ]
+    assert not violations, "NATS refused:\n" + "\n".join(violations[:20])
 
 
 @pytest.fixture

@@ -6,11 +6,17 @@ and points ``VIGIL_PKI_DIR`` at them, so every configuration the tests parse
 (and every child process they start) finds its certificate there. A minion's
 certificate is issued by :func:`minion_cert` before the minion starts, as an
 operator would with ``vigil ca issue minion``.
+
+NATS knows an identity only from its server configuration, so whoever issues
+or revokes here tells the running test servers (:func:`changed`): the
+``nats_server`` fixture subscribes with :func:`on_change` and reloads, and
+a minion started next finds its user there.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -36,6 +42,37 @@ def create(directory: Path) -> Pki:
     return pki
 
 
+#: Called after identities were issued or revoked (running NATS servers reload).
+_listeners: list[Callable[[], None]] = []
+
+
+def on_change(listener: Callable[[], None]) -> Callable[[], None]:
+    """Call ``listener`` whenever an identity is issued or revoked; returns the unsubscriber."""
+    _listeners.append(listener)
+    return lambda: _listeners.remove(listener)
+
+
+def changed() -> None:
+    """Tell the listeners (each returns once the change took effect)."""
+    for listener in list(_listeners):
+        listener()
+
+
+def _ensure(identity: Identity) -> None:
+    pki = current()
+    before = pki.load(identity)
+    issued = pki.ensure(identity)
+    if before is None or before.serial_number != issued.serial:
+        changed()
+
+
+def revoke(identity: Identity) -> int:
+    """Revoke ``identity``'s certificate (running NATS servers refuse it on return)."""
+    serial = current().revoke(identity)
+    changed()
+    return serial
+
+
 def current() -> Pki:
     """The run's PKI (the session fixture sets ``VIGIL_PKI_DIR``)."""
     return Pki(os.environ[ENV])
@@ -43,15 +80,15 @@ def current() -> Pki:
 
 def material(identity: Identity) -> TlsMaterial:
     """``identity``'s TLS material from the run's PKI, issued first if missing."""
+    _ensure(identity)
     pki = current()
-    pki.ensure(identity)
     return TlsMaterial.load(pki.ca_cert_path, pki.cert_path(identity), pki.key_path(identity))
 
 
 def minion_cert(location: str, system_id: str) -> Identity:
     """Make sure the minion ``system_id`` of ``location`` has a certificate."""
     identity = Identity.minion(location, system_id)
-    current().ensure(identity)
+    _ensure(identity)
     return identity
 
 

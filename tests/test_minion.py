@@ -6,14 +6,13 @@ import asyncio
 import time
 from pathlib import Path
 
-import nats
 from vigil.v1 import common_pb2, poll_pb2
 
 from minion.monitors.base import Status
 from services.core.natsserver import NatsServer
 from services.core.timeutil import set_timestamp
 from services.scheduler.model import ServiceKey
-from tests.helpers import Stack, make_config, wait_for
+from tests.helpers import SCHEDULER, Stack, make_config, nats_client, wait_for
 
 
 def request(
@@ -39,7 +38,7 @@ async def test_request_expired_on_arrival_is_dropped_and_counted(
     cfg = make_config(tmp_path, nats_server.url)
     stack = await Stack(cfg, nats_server.url).start(events=False)
     minion = stack.minions[0]
-    nc = await nats.connect(nats_server.url)
+    nc = await nats_client(nats_server.url, SCHEDULER)  # requests come from the scheduler
     try:
         batch = poll_pb2.PollBatch(
             requests=[request("late-1", 1, expires_in=-1.0), request("late-2", 1, expires_in=-0.01)]
@@ -99,7 +98,7 @@ async def test_garbage_on_the_poll_subject_is_counted_and_harmless(
     cfg = make_config(tmp_path, nats_server.url, [node])
     stack = await Stack(cfg, nats_server.url).start(events=False)
     minion = stack.minions[0]
-    nc = await nats.connect(nats_server.url)
+    nc = await nats_client(nats_server.url, SCHEDULER)  # requests come from the scheduler
     try:
         await nc.publish("vigil.poll.Default", b"\xff\x00 this is not a protobuf")
         await nc.flush()

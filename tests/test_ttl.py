@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import nats
 from vigil.v1 import sink_pb2
 
 from minion.monitors.base import Status
 from minion.sink_client import SinkClient
 from services.core.natsserver import NatsServer
 from services.scheduler.model import ServiceKey
-from tests.helpers import EventCollector, Stack, TcpTarget, make_config, wait_for
+from tests import pki as test_pki
+from tests.helpers import EventCollector, Stack, TcpTarget, make_config, nats_client, wait_for
 
 
 async def test_stalled_minion_turns_polls_unknown_at_ttl(
@@ -40,7 +40,7 @@ async def test_stalled_minion_turns_polls_unknown_at_ttl(
     assert stack.scheduler is not None
     # A minion that is alive (session, heartbeats, subscribed) but never answers.
     swallowed: list[bytes] = []
-    nc = await nats.connect(nats_server.url)
+    nc = await nats_client(nats_server.url, test_pki.minion_cert("Default", "stalled"))
 
     async def swallow(msg: object) -> None:
         swallowed.append(msg.data)  # type: ignore[attr-defined]

@@ -4,19 +4,45 @@ JSON lines by default (pipe them to ``jq``); ``--pretty`` prints one readable
 line per event instead. Any subject works: ``vigil.events.>`` (the default),
 ``vigil.events.service.>``, ``vigil.events.*.*.critical.>``, or the raw side
 (``vigil.ingest.>``) and the rejection notices (``vigil.rejected.>``).
+
+It connects as the operator, with the certificate in ``.vigil/pki`` (or
+``--pki-dir`` / ``VIGIL_PKI_DIR``): NATS lets an operator read
+``vigil.events.>`` and ``vigil.rejected.>`` only, so other subjects are
+refused by the server (and said so).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from nats.aio.msg import Msg
 
 from services.core import natsconn
+from services.core.pki import Identity, Pki
+from services.core.tls import PLAINTEXT, TlsError, TlsMaterial, Transport, require_loopback
+
+DEFAULT_PKI_DIR = Path(".vigil/pki")
+OPERATOR = Identity("operator", "operator")
+
+
+def operator_transport(url: str, pki_dir: Path | None, *, plaintext: bool = False) -> Transport:
+    """The operator's TLS material for NATS (``plaintext``: loopback only); raises TlsError.
+
+    From ``pki_dir``, else ``$VIGIL_PKI_DIR``, else ``.vigil/pki``.
+    """
+    if plaintext:
+        require_loopback({"--nats": url})
+        return PLAINTEXT
+    pki = Pki(pki_dir or os.environ.get("VIGIL_PKI_DIR") or DEFAULT_PKI_DIR)
+    return TlsMaterial.load(
+        pki.ca_cert_path, pki.cert_path(OPERATOR), pki.key_path(OPERATOR), pki.revoked_path
+    )
 
 
 def _summary(data: dict[str, Any]) -> str:
@@ -54,8 +80,25 @@ def pretty_line(subject: str, data: bytes) -> str:
     return f"{head} {what}{where}" + (f"  {detail}" if detail else "")
 
 
-async def run_sniff(url: str, subject: str, *, pretty: bool, count: int) -> int:
-    """Subscribe and print until interrupted (or ``count`` messages)."""
+async def run_sniff(
+    url: str,
+    subject: str,
+    *,
+    pretty: bool,
+    count: int,
+    pki_dir: Path | None = None,
+    plaintext: bool = False,
+) -> int:
+    """Subscribe as the operator and print until interrupted (or ``count`` messages)."""
+    try:
+        transport = operator_transport(url, pki_dir, plaintext=plaintext)
+    except TlsError as exc:
+        print(
+            f"vigil sniff: {exc}\n  (an operator certificate: `vigil ca issue operator`; "
+            "another directory: --pki-dir or VIGIL_PKI_DIR)",
+            file=sys.stderr,
+        )
+        return 2
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -78,15 +121,37 @@ async def run_sniff(url: str, subject: str, *, pretty: bool, count: int) -> int:
         if count and seen >= count:
             stop.set()
 
+    refused: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        # The server answers a subscription it does not allow with an error, not at once.
+        if "permissions violation" in str(exc).lower():
+            refused.append(str(exc))
+            stop.set()
+
     try:
         try:
-            nc = await natsconn.connect(url, "vigil-sniff", first_attempt_timeout=10.0)
+            nc = await natsconn.connect(
+                url,
+                "vigil-sniff",
+                transport=transport,
+                first_attempt_timeout=10.0,
+                on_error=on_error,
+            )
         except ConnectionError as exc:
             print(f"vigil sniff: {exc}", file=sys.stderr)
             return 1
         try:
             await nc.subscribe(subject, cb=on_msg)
             await nc.flush(timeout=5)
+            await asyncio.sleep(0)  # the error callback runs as a task of its own
+            if refused:
+                print(
+                    f"vigil sniff: {refused[0]} (an operator may read vigil.events.> "
+                    "and vigil.rejected.>)",
+                    file=sys.stderr,
+                )
+                return 2
             print(f"vigil sniff: watching {subject} on {url}", file=sys.stderr, flush=True)
             await stop.wait()
         finally:

@@ -11,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 
 from services.core.backoff import Backoff
+from services.core.natsauth import inbox_prefix
+from services.core.tls import TlsMaterial, Transport
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +47,47 @@ def _servers(url: str) -> list[str]:
     return [u.strip() for u in url.split(",") if u.strip()]
 
 
+def tls_options(transport: Transport) -> dict[str, Any]:
+    """The nats-py ``connect`` options for ``transport``: TLS and the identity's inbox."""
+    if not isinstance(transport, TlsMaterial):
+        return {}
+    # Handshake first: without it nats-py reads the server's INFO in plaintext
+    # and upgrades only if asked to, so a man in the middle posing as a server
+    # without TLS would be believed (and could feed a minion forged requests).
+    options: dict[str, Any] = {"tls": transport.client_context(), "tls_handshake_first": True}
+    # Replies come to an inbox only this identity may subscribe to.
+    if (prefix := inbox_prefix(transport.identity)) is not None:
+        options["inbox_prefix"] = prefix
+    return options
+
+
 async def connect(
     url: str,
     name: str,
     *,
+    transport: Transport,
     first_attempt_timeout: float | None = None,
     max_backoff: float = 10.0,
+    on_error: Callable[[Exception], Awaitable[None]] | None = None,
 ) -> NATS:
-    """Connect to NATS, retrying the first connection.
+    """Connect to NATS as ``transport``'s identity, retrying the first connection.
 
     ``first_attempt_timeout`` bounds the whole first-connect phase (``None``:
     keep trying until cancelled). Once connected, the client reconnects for
-    ever with jittered back-off.
+    ever with jittered back-off. A refused certificate (unknown, revoked,
+    another CA) is retried like an unreachable server: an operator may fix
+    the server's configuration meanwhile. ``on_error`` is told of every error
+    the client reports (a permissions violation, for one), after it is logged.
     """
+    tls = tls_options(transport)
+    told = on_error
+    last_error: list[Exception] = []
 
-    async def on_error(exc: Exception) -> None:
+    async def logged(exc: Exception) -> None:
+        last_error[:] = [exc]
         log.warning("NATS (%s): %s", name, exc)
+        if told is not None:
+            await told(exc)
 
     async def on_disconnected() -> None:
         log.warning("NATS (%s): disconnected", name)
@@ -76,28 +105,46 @@ async def connect(
     while True:
         nc = NATS()
         try:
-            await nc.connect(
-                servers=_servers(url),
-                name=name,
-                connect_timeout=2,
-                reconnect_time_wait=1,
-                max_reconnect_attempts=-1,
-                allow_reconnect=True,
-                ping_interval=10,
-                max_outstanding_pings=3,
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
-            )
+            # One attempt per round: nats-py would retry a failed first connection
+            # itself, for ever and without our deadline, when reconnecting is on.
+            async with asyncio.timeout_at(give_up):
+                await nc.connect(
+                    servers=_servers(url),
+                    name=name,
+                    connect_timeout=2,
+                    reconnect_time_wait=1,
+                    max_reconnect_attempts=-1,
+                    allow_reconnect=False,
+                    ping_interval=10,
+                    max_outstanding_pings=3,
+                    error_cb=logged,
+                    disconnected_cb=on_disconnected,
+                    reconnected_cb=on_reconnected,
+                    **tls,
+                )
+            # Connected: from now on nats-py reconnects on its own, for ever (it
+            # reads this option whenever a connection is lost).
+            nc.options["allow_reconnect"] = True
             return nc
-        except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            await _abandon(nc)
             delay = backoff.next()
             if give_up is not None and loop.time() + delay > give_up:
-                raise ConnectionError(f"cannot connect to NATS at {url}: {exc}") from exc
+                why = exc if str(exc) or not last_error else last_error[0]
+                raise ConnectionError(f"cannot connect to NATS at {url}: {why}") from exc
             log.warning(
                 "NATS (%s): cannot connect to %s (%s); retrying in %.1fs", name, url, exc, delay
             )
             await asyncio.sleep(delay)
+
+
+async def _abandon(nc: NATS) -> None:
+    """Release what a failed first connection left (its socket, its tasks)."""
+    try:
+        async with asyncio.timeout(2.0):
+            await nc.close()
+    except Exception as exc:
+        log.debug("closing a failed NATS connection: %s", exc)
 
 
 async def close(nc: NATS | None, timeout: float = 5.0) -> None:

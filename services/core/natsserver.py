@@ -4,6 +4,12 @@ Used by ``vigil up`` (the embedded default), by the tests and by the
 benchmarks: JetStream on, data in a directory of ours, a free port chosen by
 the server itself (``-p -1``) and read back from its ports file, so two of
 them never race for a port.
+
+Given a :class:`~services.core.pki.Pki`, the server runs from the configuration
+:mod:`services.core.natsauth` generates (TLS, a user per identity, permissions
+per role); :meth:`NatsServer.reload` regenerates it and has the server reload
+it when identities are issued or revoked. Without one it runs open, which is
+only for the loopback-only development mode.
 """
 
 from __future__ import annotations
@@ -20,7 +26,14 @@ import sysconfig
 import time
 from pathlib import Path
 
+from services.core.natsauth import write_server_config
+from services.core.pki import Pki
+
 PR_SET_PDEATHSIG = 1
+
+#: What nats-server logs once a configuration reload took effect (or failed).
+_RELOADED = b"Reloaded server configuration"
+_RELOAD_FAILED = b"Failed to reload server configuration"
 
 
 def die_with_parent() -> None:
@@ -45,7 +58,12 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    """A nats-server child process; ``start()``/``stop()``, or a context manager."""
+    """A nats-server child process; ``start()``/``stop()``, or a context manager.
+
+    With ``pki`` it requires TLS and maps each client certificate to the user
+    of its identity (see :mod:`services.core.natsauth`); without, it is open
+    (the development mode, refused on anything but loopback by its callers).
+    """
 
     def __init__(
         self,
@@ -55,13 +73,27 @@ class NatsServer:
         port: int = -1,
         log_file: str | Path | None = None,
         extra_args: list[str] | None = None,
+        pki: Pki | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
         self.log_file = Path(log_file) if log_file else self.data_dir / "nats-server.log"
         self.extra_args = extra_args or []
+        self.pki = pki
+        #: The generated configuration (with ``pki``), rewritten by :meth:`reload`.
+        self.config_file = self.data_dir / "nats-server.conf"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _write_config(self) -> None:
+        assert self.pki is not None
+        write_server_config(
+            self.config_file,
+            self.pki,
+            host=self.host,
+            port=self.port,
+            store_dir=self.data_dir / "jetstream",
+        )
 
     @property
     def url(self) -> str:
@@ -75,15 +107,22 @@ class NatsServer:
         ports_dir.mkdir(exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
+        if self.pki is not None:
+            self._write_config()
+            where = ["-c", str(self.config_file)]
+        else:
+            where = [
+                "-a",
+                self.host,
+                "-p",
+                str(self.port),
+                "-js",
+                "-sd",
+                str(self.data_dir / "jetstream"),
+            ]
         args = [
             nats_server_binary(),
-            "-a",
-            self.host,
-            "-p",
-            str(self.port),
-            "-js",
-            "-sd",
-            str(self.data_dir / "jetstream"),
+            *where,
             "--ports_file_dir",
             str(ports_dir),
             "-l",
@@ -106,6 +145,49 @@ class NatsServer:
             time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"nats-server did not start within {timeout}s; see {self.log_file}")
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """Regenerate the configuration from the PKI and wait until the server reloaded it.
+
+        New identities can connect, revoked ones are refused (and their open
+        connections closed by the server) once this returns. Raises
+        :class:`RuntimeError` when the server rejects the configuration,
+        :class:`TimeoutError` when it does not answer within ``timeout``.
+        """
+        if self.pki is None or self.proc is None:
+            return
+        # The real port: nats-server cannot reload a changed port, and "-1" would be one.
+        self._write_config()
+        # Only what the server logs from now on tells about this reload.
+        offset = self._log_size()
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            news = self._log_since(offset)
+            if _RELOAD_FAILED in news:
+                raise RuntimeError(
+                    f"nats-server refused the new configuration; see {self.log_file}"
+                )
+            if _RELOADED in news:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.proc.returncode}")
+            time.sleep(0.02)
+        raise TimeoutError(f"nats-server did not reload within {timeout}s; see {self.log_file}")
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except OSError:
+            return 0
+
+    def _log_since(self, offset: int) -> bytes:
+        try:
+            with self.log_file.open("rb") as f:
+                f.seek(offset)
+                return f.read()
+        except OSError:
+            return b""
 
     def _read_port(self, ports_dir: Path) -> int | None:
         assert self.proc is not None

@@ -18,6 +18,7 @@ from services.core.events import EVENTS_STREAM
 from services.core.natsserver import NatsServer
 from services.events.app import EventService
 from services.events.hooks.signing import verify
+from tests import pki as test_pki
 from tests.events.util import (
     Receiver,
     events_config,
@@ -324,7 +325,7 @@ async def test_nats_losing_its_data_keeps_sequences_and_hooks_going(
     finally:
         await svc.stop()
 
-    fresh = NatsServer(tmp_path / "nats-fresh").start(preexec_fn=None)
+    fresh = NatsServer(tmp_path / "nats-fresh", pki=test_pki.current()).start(preexec_fn=None)
     try:
         svc = EventService(cfg, nats_url=fresh.url)
         await svc.start()

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import nats
+import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from minion.monitors.base import Status
@@ -22,12 +22,21 @@ from services.events.store import EventStore
 from services.events.store.history import EventFilter
 from services.scheduler.model import ServiceKey
 from tests.events.util import events_config, jetstream, publish_raw, raw_event
-from tests.helpers import EventCollector, Stack, TcpTarget, make_config, wait_for
+from tests.helpers import (
+    EVENTS,
+    OPERATOR,
+    EventCollector,
+    Stack,
+    TcpTarget,
+    make_config,
+    nats_client,
+    wait_for,
+)
 
 
 async def stream_events(url: str) -> list[tuple[int, dict[str, Any]]]:
     """Every message in VIGIL_EVENTS with its sequence (an independent JetStream reader)."""
-    async with jetstream(url) as js:
+    async with jetstream(url, EVENTS) as js:
         info = await js.stream_info(EVENTS_STREAM)
         if info.state.messages == 0:
             return []
@@ -160,7 +169,7 @@ async def test_publish_then_crash_before_store_is_not_published_again(
     """
     store = EventStore(f"sqlite:///{tmp_path}/events.db")
     await store.open()
-    nc = await nats.connect(nats_server.url)
+    nc = await nats_client(nats_server.url, EVENTS)  # the ingestor's own identity
     try:
         js = nc.jetstream()
         await ensure_stream(js, ingest_stream_config())
@@ -170,12 +179,13 @@ async def test_publish_then_crash_before_store_is_not_published_again(
         ingestor = Ingestor(nc, js, store)  # driven by hand: its run() loop is not started
 
         raw = raw_event("node", "down", "crashy")
-        event = normalize(raw, default_source="test")
+        event = normalize(raw, default_source="events")
         # The "previous life": published, then a crash before storing and acknowledging.
         first = await js.publish(event.subject, event.to_json(), headers={"Nats-Msg-Id": event.id})
         await asyncio.sleep(0.5)  # past the duplicate window
 
-        await js.publish("vigil.ingest.test", json.dumps(raw).encode())
+        # As the event service itself (its summaries): the source NATS lets this identity use.
+        await js.publish("vigil.ingest.events", json.dumps(raw).encode())
         sub = await js.pull_subscribe(
             "vigil.ingest.>",
             durable="crash-test",
@@ -208,7 +218,7 @@ async def test_invalid_raw_events_are_rejected_counted_and_the_service_keeps_run
     nats_server: NatsServer, service: EventService, events_seen: EventCollector
 ) -> None:
     notices: list[dict[str, Any]] = []
-    nc = await nats.connect(nats_server.url)
+    nc = await nats_client(nats_server.url, OPERATOR)
 
     async def on_notice(msg: Any) -> None:
         notices.append(json.loads(msg.data))
@@ -217,14 +227,14 @@ async def test_invalid_raw_events_are_rejected_counted_and_the_service_keeps_run
     await nc.flush()
     try:
         async with jetstream(nats_server.url) as js:
-            await publish_raw(js, b"{not json", "junk")
-            await publish_raw(js, {"type": "volcano", "action": "erupted"}, "junk")
+            await publish_raw(js, b"{not json", "scheduler")
+            await publish_raw(js, {"type": "volcano", "action": "erupted"}, "scheduler")
             await publish_raw(
-                js, raw_event("service", "lost", data={"blob": "x" * 200_000}), "junk"
+                js, raw_event("service", "lost", data={"blob": "x" * 200_000}), "scheduler"
             )
-            await publish_raw(js, {"type": "node", "action": "down", "nodeId": 5}, "junk")
+            await publish_raw(js, {"type": "node", "action": "down", "nodeId": 5}, "scheduler")
             good = raw_event("node", "down", "after-junk")
-            await publish_raw(js, good, "junk")
+            await publish_raw(js, good, "scheduler")
         await wait_for(lambda: events_seen.find(id=good["id"]), what="the good event")
         assert service.ingestor is not None
         assert service.ingestor.rejected == 4

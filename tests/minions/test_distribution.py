@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nats
 from vigil.v1 import common_pb2, poll_pb2, sink_pb2
 
 from minion.monitors.base import Status
@@ -15,7 +14,15 @@ from minion.sink_client import SinkClient
 from services.core.natsserver import NatsServer
 from services.core.timeutil import set_timestamp
 from services.scheduler.model import ServiceKey
-from tests.helpers import EventCollector, Stack, free_port, make_config, wait_for
+from tests.helpers import (
+    SCHEDULER,
+    EventCollector,
+    Stack,
+    free_port,
+    make_config,
+    nats_client,
+    wait_for,
+)
 from tests.minions.util import BannerTarget, MinionProcess, list_outages, noop_nodes, tcp_node
 
 
@@ -81,7 +88,7 @@ async def test_request_aimed_at_one_minion_reaches_only_it(
 ) -> None:
     cfg = make_config(tmp_path, nats_server.url)
     stack = await Stack(cfg, nats_server.url).start(events=False, minion_locations=())
-    nc = await nats.connect(nats_server.url)
+    nc = await nats_client(nats_server.url, SCHEDULER)
     try:
         a = await stack.start_minion("edge", system_id="edge-a", spool_dir=str(tmp_path / "spool"))
         b = await stack.start_minion("edge", system_id="edge-b", spool_dir=str(tmp_path / "spool"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import nats
 from vigil.v1 import poller_pb2, sink_pb2
 
 from minion.monitors.base import Status
@@ -13,7 +12,16 @@ from minion.sink_client import SinkClient
 from services.core.natsserver import NatsServer
 from services.scheduler.minions import MinionRegistry, MinionSession
 from services.scheduler.model import ServiceKey
-from tests.helpers import EventCollector, Stack, TcpTarget, free_port, make_config, wait_for
+from tests import pki as test_pki
+from tests.helpers import (
+    EventCollector,
+    Stack,
+    TcpTarget,
+    free_port,
+    make_config,
+    nats_client,
+    wait_for,
+)
 from tests.minions.util import list_minions, list_outages, noop_nodes, tcp_node
 
 
@@ -200,7 +208,7 @@ async def test_last_minion_gone_ends_pending_polls_unknown_at_once(
     stack = await Stack(cfg, nats_server.url).start(minion_locations=())
     assert stack.scheduler is not None
     # A minion that takes requests and never answers them, then vanishes.
-    nc = await nats.connect(nats_server.url)
+    nc = await nats_client(nats_server.url, test_pki.minion_cert("rome", "silent"))
     swallowed: list[bytes] = []
 
     async def swallow(msg: object) -> None:
