@@ -72,8 +72,12 @@ class SinkClient:
         on_welcome: Callable[[sink_pb2.Welcome], None] | None = None,
         on_schedule: Callable[[sink_pb2.LocationSchedule], None] | None = None,
         schedule_digest: Callable[[], str] | None = None,
+        credentials: Callable[[], grpc.ChannelCredentials] | None = None,
     ) -> None:
         self.address = address
+        #: Builds the channel's mutual-TLS credentials, once per session, so a certificate
+        #: renewed on disk is used from the next session on; ``None``: plaintext (dev mode).
+        self._credentials = credentials
         self.hello = hello
         self._heartbeat = heartbeat
         self.buffer_size = buffer_size
@@ -182,8 +186,13 @@ class SinkClient:
             hello.schedule_digest = self._schedule_digest()
         return hello
 
+    def _channel(self) -> grpc.aio.Channel:
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(self.address, self._credentials(), options=CHANNEL_OPTIONS)
+
     async def _session(self) -> None:
-        async with grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
+        async with self._channel() as channel:
             stub = sink_pb2_grpc.ResultSinkStub(channel)
             call = stub.Connect()
             await call.write(sink_pb2.MinionMessage(hello=self._hello()))

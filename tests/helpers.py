@@ -17,6 +17,7 @@ from services.core.config import MinionSettings, VigilConfig
 from services.events.app import EventService
 from services.scheduler.app import Scheduler
 from services.scheduler.config import parse_config
+from tests import pki as test_pki
 
 
 def free_port() -> int:
@@ -51,9 +52,12 @@ def make_config(
 ) -> VigilConfig:
     """A config for tests: ports chosen by the OS, stores under ``tmp_path``, no metrics ports."""
     data: dict[str, Any] = {
+        # The run's CA (tests/pki.py): every link is mutual TLS, as in production.
+        "pki": {"dir": str(test_pki.current().dir)},
         "nats": {"url": nats_url},
         "scheduler": {
             "listen": "127.0.0.1:0",
+            "probe_listen": None,
             "metrics_listen": None,
             "store_url": f"sqlite:///{tmp_path}/scheduler.db",
             "heartbeat_interval": "0.5s",
@@ -63,6 +67,7 @@ def make_config(
         },
         "events": {
             "listen": "127.0.0.1:0",
+            "probe_listen": None,
             "metrics_listen": None,
             "store_url": f"sqlite:///{tmp_path}/events.db",
         },
@@ -186,6 +191,8 @@ class Stack:
     ) -> Minion:
         assert self.scheduler is not None
         sid = system_id or f"test-{location.lower()}-{len(self.minions)}"
+        if not self.cfg.pki.plaintext_loopback_dev:
+            test_pki.minion_cert(location, sid)  # as an operator would, before it starts
         m = Minion(
             MinionSettings(
                 location=location,
@@ -194,6 +201,7 @@ class Stack:
                 **settings,
             ),
             nats_url=self.nats_url,
+            pki=self.cfg.pki,
         )
         await m.start()
         self.minions.append(m)

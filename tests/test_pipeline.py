@@ -6,13 +6,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import grpc
 from vigil.v1 import poller_pb2, poller_pb2_grpc
 
 from minion.monitors.base import Status
 from services.core.natsserver import NatsServer
 from services.scheduler.model import ServiceKey
 from tests.helpers import EventCollector, Stack, TcpTarget, make_config, wait_for
+from tests.pki import operator_channel
 
 
 def tcp_node(
@@ -36,7 +36,7 @@ KEY = ServiceKey("node-1", "127.0.0.1", "Echo")
 
 async def outages(stack: Stack, state: int = 0) -> list[poller_pb2.Outage]:
     assert stack.scheduler is not None
-    async with grpc.aio.insecure_channel(stack.scheduler.grpc_address) as ch:
+    async with operator_channel(stack.scheduler.grpc_address) as ch:
         resp = await poller_pb2_grpc.PollerStub(ch).ListOutages(
             poller_pb2.ListOutagesRequest(state=state)
         )

@@ -14,7 +14,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vigil.v1 import common_pb2, poller_pb2, poller_pb2_grpc
 
 from services.core.natsserver import NatsServer
+from services.core.pki import Identity
+from tests import pki as test_pki
 from tests.helpers import Stack, make_config, wait_for
+from tests.pki import operator_channel
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 
@@ -50,7 +53,7 @@ async def stack(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Stack]
 @pytest.fixture
 async def poller(stack: Stack) -> AsyncIterator[poller_pb2_grpc.PollerStub]:
     assert stack.scheduler is not None
-    async with grpc.aio.insecure_channel(stack.scheduler.grpc_address) as ch:
+    async with operator_channel(stack.scheduler.grpc_address) as ch:
         yield poller_pb2_grpc.PollerStub(ch)
 
 
@@ -187,17 +190,28 @@ async def test_list_minions_shows_the_connected_minion(poller: poller_pb2_grpc.P
 
 async def test_health_reports_serving(stack: Stack) -> None:
     assert stack.scheduler is not None
-    async with grpc.aio.insecure_channel(stack.scheduler.grpc_address) as ch:
+    async with operator_channel(stack.scheduler.grpc_address) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         for name in ("", "vigil.v1.Poller", "vigil.v1.ResultSink"):
             resp = await stub.Check(health_pb2.HealthCheckRequest(service=name))
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def tls_args() -> list[str]:
+    """grpcurl's flags for the operator's mutual TLS (as in the README)."""
+    pki = test_pki.current()
+    operator = Identity("operator", "operator")
+    return [
+        "-cacert", str(pki.ca_cert_path),
+        "-cert", str(pki.cert_path(operator)),
+        "-key", str(pki.key_path(operator)),
+    ]  # fmt: skip
+
+
 async def grpcurl(*args: str) -> tuple[int, str, str]:
-    """Run grpcurl without blocking the loop that serves the call."""
+    """Run grpcurl (as the operator) without blocking the loop that serves the call."""
     proc = await asyncio.create_subprocess_exec(
-        GRPCURL, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        GRPCURL, *tls_args(), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     async with asyncio.timeout(60):
         out, err = await proc.communicate()
@@ -208,11 +222,10 @@ async def test_grpcurl_lists_services_and_calls_with_json(stack: Stack) -> None:
     """What an operator does with no .proto files at hand: reflection."""
     assert stack.scheduler is not None
     addr = stack.scheduler.grpc_address
-    code, out, err = await grpcurl("-plaintext", addr, "list")
+    code, out, err = await grpcurl(addr, "list")
     assert code == 0, err
     assert {"vigil.v1.Poller", "vigil.v1.ResultSink", "grpc.health.v1.Health"} <= set(out.split())
     code, out, err = await grpcurl(
-        "-plaintext",
         "-d",
         '{"pageSize": 2, "nodeId": "node-04"}',
         addr,
@@ -221,7 +234,7 @@ async def test_grpcurl_lists_services_and_calls_with_json(stack: Stack) -> None:
     assert code == 0, err
     assert json.loads(out)["total_size"] == 2
     code, out, err = await grpcurl(
-        "-plaintext", "-d", '{"service": {"node_id": "x"}}', addr, "vigil.v1.Poller/GetService"
+        "-d", '{"service": {"node_id": "x"}}', addr, "vigil.v1.Poller/GetService"
     )
     assert code != 0
     assert "InvalidArgument" in err

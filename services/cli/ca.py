@@ -523,9 +523,8 @@ def nats_config(
             text = with_monitoring(text, http)
         out.parent.mkdir(parents=True, exist_ok=True)
         _write_text(out, text if text.endswith("\n") else text + "\n", 0o644)
-        # Identities only: the server's list also holds a sentinel user no certificate maps to.
-        users = sum(1 for u in natsauth.users(pki) if u is not natsauth.SENTINEL_USER)
-        typer.echo(f"wrote {out}: TLS on {host}:{port}, {users} identities from {directory}")
+        users = len(natsauth.users(pki))
+        typer.echo(f"wrote {out}: TLS on {host}:{port}, {users} users from {directory}")
         typer.echo("a running nats-server takes it on reload: nats-server --signal reload")
 
 

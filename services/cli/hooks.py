@@ -8,9 +8,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from services.cli.grpcclient import PkiDirOpt, PlaintextOpt, open_channel
 
 if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
@@ -75,13 +78,15 @@ def _when(ts: Timestamp) -> str:
 
 
 @contextmanager
-def _stub(address: str) -> Iterator[events_pb2_grpc.EventsStub]:
-    """A client; gRPC errors become one line on stderr and exit code 1."""
+def _stub(
+    address: str, pki_dir: Path | None, plaintext: bool = False
+) -> Iterator[events_pb2_grpc.EventsStub]:
+    """An operator's client (mutual TLS); gRPC errors become one line on stderr and exit code 1."""
     import grpc
     from vigil.v1 import events_pb2_grpc
 
     try:
-        with grpc.insecure_channel(address) as channel:
+        with open_channel(address, pki_dir, plaintext=plaintext, command="vigil hooks") as channel:
             yield events_pb2_grpc.EventsStub(channel)
     except grpc.RpcError as exc:
         code = exc.code().name if hasattr(exc, "code") else "ERROR"
@@ -144,6 +149,8 @@ def add(
         ),
     ] = None,
     events: AddressOpt = DEFAULT_ADDRESS,
+    pki_dir: PkiDirOpt = None,
+    plaintext: PlaintextOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Register a webhook."""
@@ -152,7 +159,7 @@ def add(
     flts = [parse_filter(f) for f in filters or []]
     generated = secret is None
     key = secret if secret is not None else secrets.token_urlsafe(24)
-    with _stub(events) as stub:
+    with _stub(events, pki_dir, plaintext) as stub:
         hook = stub.CreateHook(
             events_pb2.CreateHookRequest(name=name, url=url, filters=flts, secret=key), timeout=10
         )
@@ -166,9 +173,14 @@ def add(
 
 
 @app.command("list")
-def list_hooks(events: AddressOpt = DEFAULT_ADDRESS, as_json: JsonOpt = False) -> None:
+def list_hooks(
+    events: AddressOpt = DEFAULT_ADDRESS,
+    as_json: JsonOpt = False,
+    pki_dir: PkiDirOpt = None,
+    plaintext: PlaintextOpt = False,
+) -> None:
     """Show every webhook with its delivery status."""
-    with _stub(events) as stub:
+    with _stub(events, pki_dir, plaintext) as stub:
         hooks = _all_hooks(stub)
     if as_json:
         for h in hooks:
@@ -214,11 +226,13 @@ def list_hooks(events: AddressOpt = DEFAULT_ADDRESS, as_json: JsonOpt = False) -
 def remove(
     hook: Annotated[str, typer.Argument(help="Id or name of the hook.")],
     events: AddressOpt = DEFAULT_ADDRESS,
+    pki_dir: PkiDirOpt = None,
+    plaintext: PlaintextOpt = False,
 ) -> None:
     """Delete a webhook (its cursor and parked deliveries go with it)."""
     from vigil.v1 import events_pb2
 
-    with _stub(events) as stub:
+    with _stub(events, pki_dir, plaintext) as stub:
         found = _resolve(stub, hook)
         stub.DeleteHook(events_pb2.DeleteHookRequest(id=found.id), timeout=15)
     typer.echo(f"hook {found.name} deleted")
@@ -229,11 +243,13 @@ def failures(
     hook: Annotated[str, typer.Argument(help="Id or name of the hook.")],
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
     events: AddressOpt = DEFAULT_ADDRESS,
+    pki_dir: PkiDirOpt = None,
+    plaintext: PlaintextOpt = False,
 ) -> None:
     """Deliveries given up after retrying for the maximum age (JSON lines)."""
     from vigil.v1 import events_pb2
 
-    with _stub(events) as stub:
+    with _stub(events, pki_dir, plaintext) as stub:
         found = _resolve(stub, hook)
         resp = stub.ListHookFailures(
             events_pb2.ListHookFailuresRequest(

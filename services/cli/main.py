@@ -10,6 +10,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from services.cli.grpcclient import PkiDirOpt, PlaintextOpt
 from services.core.config import (
     ConfigError,
     DeploymentConfig,
@@ -171,13 +172,16 @@ def minion(
         if v is not None
     }
     try:
-        settings = MinionSettings.model_validate(cfg.minion.model_dump() | overrides)
+        # Only what was set: a minion with a certificate takes what was not from it.
+        settings = MinionSettings.model_validate(
+            cfg.minion.model_dump(exclude_unset=True) | overrides
+        )
     except ValidationError as exc:
         typer.echo(f"vigil: invalid minion option: {describe(exc)}", err=True)
         raise typer.Exit(2) from None
     setup_logging(log_level, f"minion[{settings.location}]")
     url = _nats(nats, cfg)
-    raise typer.Exit(asyncio.run(serve(lambda: Minion(settings, nats_url=url))))
+    raise typer.Exit(asyncio.run(serve(lambda: Minion(settings, nats_url=url, pki=cfg.pki))))
 
 
 @app.command()
@@ -188,13 +192,27 @@ def sniff(
         bool, typer.Option(help="One readable line per event instead of JSON.")
     ] = False,
     count: Annotated[int, typer.Option(help="Exit after this many messages (0: never).")] = 0,
+    pki_dir: PkiDirOpt = None,
+    plaintext: PlaintextOpt = False,
 ) -> None:
-    """Print events as they are published, one JSON line each (like RackHD's sniff.js)."""
+    """Print events as they are published, one JSON line each (like RackHD's sniff.js).
+
+    Connects as the operator (``operator.pem`` in ``.vigil/pki`` or ``--pki-dir``).
+    """
     from services.cli.sniff import run_sniff
     from services.core.natsconn import discover_nats_url
 
     raise typer.Exit(
-        asyncio.run(run_sniff(discover_nats_url(nats), subject, pretty=pretty, count=count))
+        asyncio.run(
+            run_sniff(
+                discover_nats_url(nats),
+                subject,
+                pretty=pretty,
+                count=count,
+                pki_dir=pki_dir,
+                plaintext=plaintext,
+            )
+        )
     )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from services.core.tasks import Supervisor
+from services.core.tls import TlsError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,11 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    component = make()
+    try:
+        component = make()
+    except TlsError as exc:  # missing or mismatched certificates: one clear line, no traceback
+        log.error("start-up failed: %s", exc)
+        return 1
     start = asyncio.ensure_future(component.start())
     stopper = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)

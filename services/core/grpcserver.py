@@ -1,7 +1,21 @@
-"""A grpc.aio server with what every Vigil server offers: reflection and health."""
+"""A grpc.aio server with what every Vigil server offers: mutual TLS, access checks,
+reflection and health.
+
+With TLS material (the normal case) the main port ``listen`` requires a client
+certificate from the CA, and :class:`~services.core.grpcauth.AccessInterceptor`
+decides what each identity may call. ``probe_listen`` (optional) is a second,
+health-only TLS port on the same server that asks for no client certificate,
+so probes (``grpc_health_probe -tls``, a load balancer) keep working: grpcio
+cannot request-but-not-require a client certificate on one port. Every
+method but health answers UNAUTHENTICATED there.
+
+With :data:`~services.core.tls.PLAINTEXT` (the loopback-only development mode)
+both ports are insecure and nothing is checked.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -9,6 +23,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from services.core.grpcauth import AccessInterceptor
+from services.core.tls import PLAINTEXT_WARNING, TlsMaterial, Transport
 
 log = logging.getLogger(__name__)
 
@@ -22,19 +39,34 @@ class GrpcServer:
 
     Each registration is ``(add_XServicer_to_server, servicer, full_service_name)``;
     every service name is announced through reflection and reported SERVING by
-    the standard health service once :meth:`start` returns.
+    the standard health service once :meth:`start` returns. ``transport`` is the
+    process's TLS material (or the plaintext development mode).
     """
 
-    def __init__(self, listen: str, registrations: Sequence[Registration]) -> None:
+    def __init__(
+        self,
+        listen: str,
+        registrations: Sequence[Registration],
+        *,
+        transport: Transport,
+        probe_listen: str | None = None,
+    ) -> None:
         self.listen = listen
+        self.probe_listen = probe_listen
+        self.transport = transport
+        #: The access checks (``None`` in the plaintext mode: there are no identities).
+        self.access: AccessInterceptor | None = (
+            AccessInterceptor(transport.revoked) if isinstance(transport, TlsMaterial) else None
+        )
         self._server = grpc.aio.server(
+            interceptors=[self.access] if self.access is not None else None,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ]
+            ],
         )
         self._health = health.aio.HealthServicer()
         self._names = [name for _, _, name in registrations]
@@ -44,16 +76,34 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*self._names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
+        self._watcher: asyncio.Task[None] | None = None
         self.port = 0
+        self.probe_port = 0
+
+    def _bind(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
+        if credentials is None:
+            port = self._server.add_insecure_port(address)
+        else:
+            port = self._server.add_secure_port(address, credentials)
+        if port == 0:
+            raise OSError(f"cannot listen on {address} (address in use?)")
+        return port
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port (useful with ``:0``)."""
-        self.port = self._server.add_insecure_port(self.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.listen} (address in use?)")
+        material = self.transport if isinstance(self.transport, TlsMaterial) else None
+        if material is None:
+            log.warning("gRPC on %s: %s", self.listen, PLAINTEXT_WARNING)
+        self.port = self._bind(self.listen, material.server_credentials() if material else None)
+        if self.probe_listen:
+            self.probe_port = self._bind(
+                self.probe_listen, material.probe_credentials() if material else None
+            )
         await self._server.start()
         for name in ["", *self._names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.access is not None:
+            self._watcher = asyncio.create_task(self.access.watch(), name="grpc-revocation-watch")
         return self.port
 
     @property
@@ -62,8 +112,19 @@ class GrpcServer:
         host = self.listen.rpartition(":")[0]
         return f"{host}:{self.port}"
 
+    @property
+    def probe_address(self) -> str | None:
+        """The health-only port's ``host:port`` as bound (``None`` without one)."""
+        if not self.probe_listen:
+            return None
+        return f"{self.probe_listen.rpartition(':')[0]}:{self.probe_port}"
+
     async def stop(self, grace: float = 2.0) -> None:
         """Report NOT_SERVING, then stop, letting calls finish for ``grace`` seconds."""
         for name in ["", *self._names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
         await self._server.stop(grace)

@@ -21,6 +21,7 @@ from services.core.errors import (
 from services.core.events import INGEST_SUBJECT_PREFIX, SEVERITIES
 from services.core.grpcerrors import handle_errors
 from services.core.timeutil import from_timestamp
+from services.core.tls import peer_identity
 from services.events import filters, metrics
 from services.events.convert import event_pb, failure_pb, hook_pb, raw_from_pb
 from services.events.hooks.manager import HookManager
@@ -33,6 +34,20 @@ log = logging.getLogger(__name__)
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 PUBLISH_SUBJECT = f"{INGEST_SUBJECT_PREFIX}.api"
+
+
+def caller_source(context: Any) -> str:
+    """The ``source`` of an event published by this call: ``<role>:<name>`` of its certificate.
+
+    ``api`` without one (the plaintext development mode has no identities).
+    """
+    peer = peer_identity(context)
+    if peer is None:
+        return "api"
+    identity, _ = peer
+    if identity.location is not None:
+        return f"{identity.role}:{identity.location}.{identity.name}"
+    return f"{identity.role}:{identity.name}"
 
 
 class EventsServicer(events_pb2_grpc.EventsServicer):
@@ -75,6 +90,9 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
         except InvalidEvent as exc:
             where = "event" if exc.field == "event" else f"event.{exc.field}"
             raise InvalidArgumentError(where, exc.problem) from None
+        # Who produced it is who called: the caller's certificate, never what the event
+        # claims (an operator cannot pass an event off as the scheduler's).
+        event = event.model_copy(update={"source": caller_source(context)})
         try:
             # The same durable path as every producer: the ingestor publishes and stores it.
             await self.js.publish(

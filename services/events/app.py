@@ -28,8 +28,10 @@ from services.core.config import EventsConfig
 from services.core.events import EVENTS_STREAM
 from services.core.grpcserver import GrpcServer
 from services.core.httpstatus import StatusServer
+from services.core.pki import Identity
 from services.core.streams import ensure_stream, events_stream_config, ingest_stream_config
 from services.core.tasks import Supervisor
+from services.core.tls import Transport, transport_for
 from services.events.api import EventsServicer
 from services.events.hooks.manager import HookManager
 from services.events.ingest import Ingestor
@@ -67,6 +69,20 @@ class EventService:
         self.cfg = cfg
         self.settings = cfg.events
         self.nats_url = nats_url or cfg.nats.url
+        #: Our TLS material (gRPC server, NATS client), or the loopback-only plaintext mode.
+        self.transport: Transport = transport_for(
+            cfg.pki,
+            Identity("events", "events"),
+            {
+                "events.listen": self.settings.listen,
+                **(
+                    {"events.probe_listen": self.settings.probe_listen}
+                    if self.settings.probe_listen
+                    else {}
+                ),
+                "nats.url": self.nats_url,
+            },
+        )
         self.store = EventStore(self.settings.store_url)
         self.tasks = Supervisor("events")
         self.grpc: GrpcServer | None = None
@@ -98,7 +114,9 @@ class EventService:
     async def start(self) -> None:
         """Connect, declare streams, start consuming, delivering and serving."""
         await self.store.open()
-        self._nc = nc = await natsconn.connect(self.nats_url, "vigil-events")
+        self._nc = nc = await natsconn.connect(
+            self.nats_url, "vigil-events", transport=self.transport
+        )
         self._js = js = nc.jetstream()
         await ensure_stream(js, ingest_stream_config())
         await ensure_stream(
@@ -114,6 +132,8 @@ class EventService:
         self.grpc = GrpcServer(
             self.settings.listen,
             [(events_pb2_grpc.add_EventsServicer_to_server, self.servicer, "vigil.v1.Events")],
+            transport=self.transport,
+            probe_listen=self.settings.probe_listen,
         )
         await self.grpc.start()
         if self.settings.metrics_listen:

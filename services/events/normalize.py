@@ -47,7 +47,8 @@ KNOWN_FIELDS = frozenset(
 #: Ids travel in the ``Nats-Msg-Id`` header and in URLs: keep them plain.
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 LOCATION_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-SOURCE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+# ':' for the sources Publish sets from the caller's certificate (``operator:alice``).
+SOURCE_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 

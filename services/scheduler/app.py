@@ -23,9 +23,11 @@ from services.core import natsconn
 from services.core.config import VigilConfig
 from services.core.grpcserver import GrpcServer, Registration
 from services.core.httpstatus import StatusServer
+from services.core.pki import Identity
 from services.core.streams import ensure_stream, ingest_stream_config
 from services.core.tasks import Supervisor
 from services.core.timeutil import now
+from services.core.tls import Transport, transport_for
 from services.scheduler.assurance import lifecycle
 from services.scheduler.assurance.housekeeping import (
     Journal,
@@ -63,6 +65,20 @@ class Scheduler:
         self.cfg = cfg
         self.settings = cfg.scheduler
         self.nats_url = nats_url or cfg.nats.url
+        #: Our TLS material (gRPC server, NATS client), or the loopback-only plaintext mode.
+        self.transport: Transport = transport_for(
+            cfg.pki,
+            Identity("scheduler", "scheduler"),
+            {
+                "scheduler.listen": self.settings.listen,
+                **(
+                    {"scheduler.probe_listen": self.settings.probe_listen}
+                    if self.settings.probe_listen
+                    else {}
+                ),
+                "nats.url": self.nats_url,
+            },
+        )
         self.id = secrets.token_hex(4)
         self.store = SchedulerStore(self.settings.store_url)
         self.inventory = Inventory(cfg, self.store)
@@ -88,7 +104,9 @@ class Scheduler:
         """Load the inventory, restore state, connect, start dispatching and serving."""
         await self.store.open()
         await self.inventory.load()
-        self._nc = nc = await natsconn.connect(self.nats_url, f"vigil-scheduler-{self.id}")
+        self._nc = nc = await natsconn.connect(
+            self.nats_url, f"vigil-scheduler-{self.id}", transport=self.transport
+        )
         js = nc.jetstream()
         await ensure_stream(js, ingest_stream_config())
         self.relay = OutboxRelay(self.store, js)
@@ -112,7 +130,12 @@ class Scheduler:
             self.mailbox, self.topology, persister, self.journal, scheduling=dispatcher
         )
 
-        self.grpc = GrpcServer(self.settings.listen, self._servicers(keeper, dispatcher))
+        self.grpc = GrpcServer(
+            self.settings.listen,
+            self._servicers(keeper, dispatcher),
+            transport=self.transport,
+            probe_listen=self.settings.probe_listen,
+        )
         await self.grpc.start()
         if self.settings.metrics_listen:
             self.status_server = StatusServer(

@@ -98,10 +98,12 @@ async def test_publish_validates_then_takes_the_ingest_path(
         )
         assert resp.event.id
         assert resp.event.severity == "critical"
-        assert resp.event.source == "api"
+        # Who published it is the caller's certificate (tests/pki.py's operator).
+        assert resp.event.source == "operator:operator"
         assert resp.event.reduction_key == "node:down:ext-1"
         got = await wait_for(lambda: events_seen.find(id=resp.event.id), what="published event")
         assert got[0]["data"] == {"reason": "disk full", "pct": 99}
+        assert got[0]["source"] == "operator:operator"
         assert events_seen.subjects[-1] == "vigil.events.node.down.critical.ext-1"
 
         listed = await stub.ListEvents(events_pb2.ListEventsRequest(node_id="ext-1"))
@@ -143,3 +145,22 @@ async def test_publish_validates_then_takes_the_ingest_path(
         # (the repeated id was already dropped there, by JetStream's duplicate window)
         assert info.state.subjects == {"vigil.ingest.api": 2}
     assert not service.tasks.failed.is_set()
+
+
+async def test_publish_source_is_the_callers_certificate(
+    service: EventService, events_seen: EventCollector
+) -> None:
+    """An operator cannot pass an event off as the scheduler's: ``source`` is who called."""
+    async with events_stub(service.grpc_address) as stub:
+        forged = await stub.Publish(
+            events_pb2.PublishRequest(
+                event=events_pb2.Event(
+                    type="node", action="down", node_id="ext-2", source="scheduler"
+                )
+            )
+        )
+    assert forged.event.source == "operator:operator"
+    stored = await wait_for(
+        lambda: events_seen.find(id=forged.event.id), what="the forged event published"
+    )
+    assert stored[0]["source"] == "operator:operator"

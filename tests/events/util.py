@@ -18,6 +18,7 @@ from vigil.v1 import events_pb2_grpc
 
 from services.core.config import VigilConfig
 from services.core.events import INGEST_SUBJECT_PREFIX
+from tests import pki as test_pki
 from tests.helpers import make_config
 
 #: Events settings that keep tests fast; each test overrides what it exercises.
@@ -96,8 +97,10 @@ async def jetstream(url: str) -> AsyncIterator[JetStreamContext]:
 
 @asynccontextmanager
 async def events_stub(address: str, **options: Any) -> AsyncIterator[events_pb2_grpc.EventsStub]:
-    """A ``vigil.v1.Events`` client."""
-    async with grpc.aio.insecure_channel(address, options=list(options.items())) as ch:
+    """A ``vigil.v1.Events`` client, as the operator (mutual TLS)."""
+    async with grpc.aio.secure_channel(
+        address, test_pki.operator_credentials(), options=list(options.items())
+    ) as ch:
         yield events_pb2_grpc.EventsStub(ch)
 
 

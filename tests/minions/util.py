@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import grpc
 import yaml
 from vigil.v1 import poller_pb2, poller_pb2_grpc
 
+from tests import pki as test_pki
 from tests.helpers import Stack, TcpTarget
+from tests.pki import operator_channel
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +33,8 @@ def python_module(module: str, *args: str) -> list[str]:
 
 def python_env() -> dict[str, str]:
     """Environment for child processes importing the project from the checkout."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    # The run's CA stays (tests/pki.py): a child proves who it is with a certificate from it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_") or k == test_pki.ENV}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "protos")])
     return env
 
@@ -66,7 +68,7 @@ def noop_nodes(count: int, location: str, prefix: str = "n") -> list[dict[str, A
 async def list_minions(stack: Stack, location: str = "") -> list[poller_pb2.Minion]:
     """``Poller/ListMinions`` over real gRPC."""
     assert stack.scheduler is not None
-    async with grpc.aio.insecure_channel(stack.scheduler.grpc_address) as ch:
+    async with operator_channel(stack.scheduler.grpc_address) as ch:
         resp = await poller_pb2_grpc.PollerStub(ch).ListMinions(
             poller_pb2.ListMinionsRequest(location=location)
         )
@@ -76,7 +78,7 @@ async def list_minions(stack: Stack, location: str = "") -> list[poller_pb2.Mini
 async def list_outages(stack: Stack) -> list[poller_pb2.Outage]:
     """``Poller/ListOutages`` (all states)."""
     assert stack.scheduler is not None
-    async with grpc.aio.insecure_channel(stack.scheduler.grpc_address) as ch:
+    async with operator_channel(stack.scheduler.grpc_address) as ch:
         resp = await poller_pb2_grpc.PollerStub(ch).ListOutages(poller_pb2.ListOutagesRequest())
     return list(resp.outages)
 
@@ -105,6 +107,7 @@ class MinionProcess:
         prefix: tuple[str, ...] = (),
         **minion: Any,
     ) -> None:
+        test_pki.minion_cert(location, system_id)  # as an operator would, before it starts
         self.log = tmp / f"minion-{system_id}.log"
         cfg = tmp / f"minion-{system_id}.yaml"
         settings = {

@@ -14,6 +14,7 @@ from minion.monitors.base import Status
 from services.core.natsserver import NatsServer
 from services.scheduler.model import ServiceKey
 from tests.helpers import EventCollector, Stack, TcpTarget, make_config, wait_for
+from tests.pki import operator_channel
 
 CONFIG_NODE = {
     "id": "from-file",
@@ -49,7 +50,7 @@ async def stack(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Stack]
 @pytest.fixture
 async def channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
     assert stack.scheduler is not None
-    async with grpc.aio.insecure_channel(stack.scheduler.grpc_address) as ch:
+    async with operator_channel(stack.scheduler.grpc_address) as ch:
         yield ch
 
 
@@ -205,7 +206,7 @@ async def test_api_nodes_survive_a_restart(
     cfg = make_config(tmp_path, nats_server.url, [CONFIG_NODE], packages=PACKAGES)
     stack = await Stack(cfg, nats_server.url).start(events=False)
     try:
-        async with grpc.aio.insecure_channel(stack.scheduler.grpc_address) as ch:  # type: ignore[union-attr]
+        async with operator_channel(stack.scheduler.grpc_address) as ch:  # type: ignore[union-attr]
             await inventory_pb2_grpc.InventoryStub(ch).PutNode(
                 inventory_pb2.PutNodeRequest(node=node("api-9", 9))
             )

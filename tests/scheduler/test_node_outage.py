@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import grpc
 from vigil.v1 import poller_pb2, poller_pb2_grpc
 
 from minion.monitors.base import Status
 from services.core.natsserver import NatsServer
 from services.scheduler.model import ServiceKey
 from tests.helpers import EventCollector, Stack, TcpTarget, make_config, wait_for
+from tests.pki import operator_channel
 from tests.scheduler.util import T0, all_outages, make_keeper, obs, outbox_events, policy
 
 
@@ -165,7 +165,7 @@ async def test_node_outage_end_to_end(
         )
         assert events_seen.find(type="service") == []
 
-        async with grpc.aio.insecure_channel(stack.scheduler.grpc_address) as ch:
+        async with operator_channel(stack.scheduler.grpc_address) as ch:
             resp = await poller_pb2_grpc.PollerStub(ch).ListOutages(
                 poller_pb2.ListOutagesRequest(state=poller_pb2.OUTAGE_STATE_OPEN)
             )

@@ -15,6 +15,7 @@ from minion.monitors.base import Status
 from services.core.natsserver import NatsServer
 from services.scheduler.model import ServiceKey
 from tests.helpers import Stack, TcpTarget, make_config, wait_for
+from tests.pki import operator_channel
 
 KEY = ServiceKey("n1", "127.0.0.1", "Echo")
 REF = common_pb2.ServiceRef(node_id="n1", ip="127.0.0.1", service="Echo")
@@ -55,7 +56,7 @@ async def stack(tmp_path: Path, nats_server: NatsServer, target: TcpTarget) -> A
 @pytest.fixture
 async def poller(stack: Stack) -> AsyncIterator[poller_pb2_grpc.PollerStub]:
     assert stack.scheduler is not None
-    async with grpc.aio.insecure_channel(stack.scheduler.grpc_address) as ch:
+    async with operator_channel(stack.scheduler.grpc_address) as ch:
         yield poller_pb2_grpc.PollerStub(ch)
 
 
@@ -102,7 +103,7 @@ async def test_pause_stops_scheduled_polls_and_survives_restart(
     rt = stack.scheduler.services[KEY]
     assert rt.paused
     assert KEY not in stack.scheduler.dispatcher.schedule  # type: ignore[union-attr]
-    async with grpc.aio.insecure_channel(stack.scheduler.grpc_address) as ch:
+    async with operator_channel(stack.scheduler.grpc_address) as ch:
         resumed = await poller_pb2_grpc.PollerStub(ch).SetPaused(
             poller_pb2.SetPausedRequest(service=REF, paused=False)
         )

@@ -10,12 +10,27 @@ site. Inline secrets in a service's parameters remain allowed (they are
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+import re
+from typing import Annotated
 
-from services.core.params.fields import CredentialName, check_credential_name
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
+
 from services.core.params.snmp import AuthProtocol, PrivProtocol
 
-__all__ = ["Credential", "CredentialName", "check_credential_name", "unknown_credential"]
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_credential_name(value: str) -> str:
+    """Validator: a credential name (letters, digits, ``_ . -``; up to 64)."""
+    if not _NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a credential name (letters, digits, '_', '.', '-'; up to 64)"
+        )
+    return value
+
+
+#: The name of an entry in ``minion.credentials``.
+CredentialName = Annotated[str, AfterValidator(check_credential_name)]
 
 
 class Credential(BaseModel):
