@@ -54,7 +54,7 @@ _NOT_CLIENTS = ("nats",)
 #: A user no Vigil certificate maps to (there is no role "none"), allowed nothing.
 #: With an empty user list nats-server would require no authentication at all,
 #: so the list is never empty, even when every identity is revoked.
-SENTINEL_USER = {
+SENTINEL_USER: dict[str, Any] = {
     "user": "CN=nobody,OU=none,O=Vigil",
     "permissions": {"publish": {"deny": [">"]}, "subscribe": {"deny": [">"]}},
 }
