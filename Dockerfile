@@ -52,8 +52,9 @@ LABEL org.opencontainers.image.title="vigil" \
 
 # /var/lib/vigil is the working directory: relative paths of the defaults land
 # there (.vigil/minion-id, sqlite:///.vigil/*.db when no database URL is set).
-# /var/lib/vigil/ca (the CA) and /etc/vigil/pki (certificates the services read)
-# are mount points for docker-compose.yml's volumes: created here, owned by
+# /var/lib/vigil/ca (the CA), /etc/vigil/pki (certificates the services read)
+# and /var/lib/vigil/.vigil (state, such as the event service's key for hook
+# secrets) are mount points for docker-compose.yml's volumes: created here, owned by
 # vigil, so that a new named volume takes that ownership and `vigil ca` can
 # write to it without root.
 RUN groupadd --system --gid 10001 vigil \
@@ -62,7 +63,8 @@ RUN groupadd --system --gid 10001 vigil \
  && install -d -o vigil -g vigil -m 0750 /var/lib/vigil \
  && install -d -m 0755 /etc/vigil \
  && install -d -o vigil -g vigil -m 0700 /var/lib/vigil/ca \
- && install -d -o vigil -g vigil -m 0750 /etc/vigil/pki
+ && install -d -o vigil -g vigil -m 0750 /etc/vigil/pki \
+ && install -d -o vigil -g vigil -m 0700 /var/lib/vigil/.vigil
 
 COPY --from=build /opt/vigil /opt/vigil
 ENV PATH=/opt/vigil/bin:$PATH \

