@@ -16,6 +16,8 @@ import psutil
 import pytest
 import yaml
 
+from services.core.pki import Identity, Pki, fingerprint
+from tests import pki as test_pki
 from tests.helpers import free_port
 from tests.minions.util import python_env
 
@@ -66,6 +68,13 @@ def _config(tmp_path: Path, closing_port: int) -> tuple[Path, dict[str, int]]:
     return path, ports
 
 
+def _env() -> dict[str, str]:
+    """Without the test run's CA: ``vigil up`` makes its own under the state directory."""
+    env = python_env()
+    env.pop(test_pki.ENV, None)
+    return env
+
+
 def _start(
     tmp_path: Path, closing_port: int = 9
 ) -> tuple[subprocess.Popen[str], dict[str, object], dict[str, int]]:
@@ -82,7 +91,7 @@ def _start(
             str(tmp_path / "state"),
         ],
         cwd=tmp_path,
-        env=python_env(),
+        env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -140,6 +149,14 @@ def test_vigil_up_runs_the_pipeline_and_sigterm_stops_every_child(tmp_path: Path
     pids = _children(endpoints)
     try:
         assert len(pids) == 4  # nats-server, events, scheduler, one minion
+        # The PKI was made on this first start; NATS runs with TLS and users.
+        pki = Pki(tmp_path / "state/pki")
+        for name in ("ca.pem", "operator.pem", "operator-key.pem", "nats.pem", "scheduler.pem"):
+            assert (pki.dir / name).exists(), name
+        assert pki.load(Identity.minion("Default", "embedded-default")) is not None
+        conf = (tmp_path / "state/nats/nats-server.conf").read_text()
+        assert '"verify_and_map": true' in conf
+        assert "CN=embedded-default,OU=minion.Default,O=Vigil" in conf
         url = (tmp_path / "state/nats-url").read_text().strip()
         assert url == endpoints["nats"]
         assert url.startswith("nats://127.0.0.1:")
@@ -153,9 +170,11 @@ def test_vigil_up_runs_the_pipeline_and_sigterm_stops_every_child(tmp_path: Path
                 "vigil.events.service.lost.>",
                 "--count",
                 "1",
+                "--pki-dir",
+                str(tmp_path / "state/pki"),
             ],
             cwd=tmp_path,
-            env=python_env() | {"VIGIL_NATS_URL": url},
+            env=_env() | {"VIGIL_NATS_URL": url},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -186,3 +205,17 @@ def test_children_die_with_a_killed_vigil_up(tmp_path: Path) -> None:
     proc.kill()  # no chance to clean up: the kernel must take the children down
     proc.communicate(timeout=30)
     assert _wait_gone(pids, timeout=30) == []
+    # A restart reuses the PKI: the same CA, the same operator certificate.
+    pki = Pki(tmp_path / "state/pki")
+    ca, operator = fingerprint(pki.ca_cert()), pki.load(Identity("operator", "operator"))
+    (tmp_path / "state/endpoints.json").unlink()
+    proc, endpoints, _ = _start(tmp_path)
+    try:
+        assert fingerprint(pki.ca_cert()) == ca
+        again = pki.load(Identity("operator", "operator"))
+        assert operator is not None and again is not None
+        assert again.serial_number == operator.serial_number
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+        assert _wait_gone(_children(endpoints), timeout=30) == []
