@@ -21,8 +21,10 @@ from vigil.v1 import common_pb2, poll_pb2
 from minion.monitors.base import Status
 from minion.spool import DB_FILE, DiskSpool
 from services.core.natsserver import NatsServer
+from services.core.pki import Identity
 from services.core.timeutil import from_timestamp, parse_iso
 from services.scheduler.model import ServiceKey, ServiceRuntime
+from tests import pki as test_pki
 from tests.helpers import EventCollector, Stack, free_port, make_config, wait_for
 from tests.minions.util import MinionProcess, list_outages
 from tests.netns.conftest import Site, Sites
@@ -118,8 +120,16 @@ class Central:
 async def central(
     tmp: Path, sites: Sites, nodes: list[dict[str, Any]], **sections: Any
 ) -> AsyncIterator[Central]:
-    """NATS bound to the hub address only, and the scheduler's gRPC on it too."""
-    nats = NatsServer(tmp / "nats", host=sites.hub).start()
+    """NATS bound to the hub address only, and the scheduler's gRPC on it too.
+
+    Both run as in production (TLS; for NATS a user per identity); their
+    certificates name the hub address, which the sites' minions verify.
+    """
+    pki = test_pki.current()
+    for server in (Identity("nats", "nats"), Identity("scheduler", "scheduler")):
+        pki.ensure(server, hosts=[sites.hub])
+    nats = NatsServer(tmp / "nats", host=sites.hub, pki=pki).start()
+    unsubscribe = test_pki.on_change(nats.reload)  # minions' certificates, issued as they start
     events = await EventCollector().start(nats.url)
     scheduler = {
         "listen": f"{sites.hub}:{free_port()}",
@@ -136,6 +146,7 @@ async def central(
     finally:
         await stack.stop()
         await events.stop()
+        unsubscribe()
         nats.stop()
 
 
