@@ -6,6 +6,7 @@ suite's CA, which these tests must not touch).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import stat
@@ -20,9 +21,12 @@ from cryptography import x509
 from services.cli.ca import BUNDLE_CONFIG, resolve_bundle
 from services.core.config import MinionConfig, load_document
 from services.core.natsauth import SENTINEL_USER
-from services.core.natsserver import nats_server_binary
+from services.core.natsserver import NatsServer, nats_server_binary
 from services.core.pki import Identity, Pki, identity_of, read_revoked
 from services.core.tls import TlsMaterial, transport_for
+from tests import pki as test_pki
+from tests.helpers import Stack, make_config, wait_for
+from tests.minions.util import list_minions, python_env, python_module
 
 
 def vigil(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -282,3 +286,49 @@ def test_without_a_ca_every_command_says_how_to_make_one(tmp_path: Path) -> None
     empty = str(tmp_path / "none")
     for args in (("issue", "operator"), ("list",), ("revoke", "operator"), ("renew",)):
         assert "vigil ca init" in refused("ca", *args, "--dir", empty)
+
+
+async def test_a_minion_runs_from_its_bundle(tmp_path: Path, nats_server: NatsServer) -> None:
+    """`vigil minion --bundle DIR`, moved and started from elsewhere, joins a real scheduler
+    over mutual TLS and NATS over TLS, as the identity its certificate names."""
+    stack = await Stack(make_config(tmp_path, nats_server.url), nats_server.url).start(
+        events=False, minion_locations=()
+    )
+    proc: asyncio.subprocess.Process | None = None
+    try:
+        assert stack.scheduler is not None
+        made = tmp_path / "made"
+        # Blocking calls in a thread: the scheduler runs in this loop meanwhile.
+        await asyncio.to_thread(
+            ok,
+            "ca", "bundle", "minion", "--location", "bundled", "--system-id", "bundled-1",
+            "--nats", nats_server.url.replace("nats://", "tls://"),
+            "--scheduler", stack.scheduler.grpc_address,
+            "--out", str(made), "--dir", str(test_pki.current().dir),
+        )  # fmt: skip
+        # nats-server learns the new identity (what vigil ca nats-config + a reload do).
+        await asyncio.to_thread(test_pki.changed)
+        site = tmp_path / "site"
+        made.rename(site)
+        env = python_env()
+        env.pop(test_pki.ENV, None)  # the bundle alone says where the certificates are
+        with (tmp_path / "minion.log").open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *python_module("services.cli", "minion", "--bundle", str(site)),
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+            )  # fmt: skip
+        registry = stack.scheduler.registry
+
+        def joined() -> bool:
+            session = registry.get("bundled-1")
+            return session is not None and session.open and session.nats_connected
+
+        await wait_for(joined, 30, what="the bundled minion's session")
+        minions = await list_minions(stack, "bundled")
+        assert [m.system_id for m in minions] == ["bundled-1"]
+    finally:
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            async with asyncio.timeout(30):
+                await proc.wait()
+        await stack.stop()
