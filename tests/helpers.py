@@ -9,11 +9,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 
 from minion.app import Minion
+from services.core import natsconn
 from services.core.config import MinionSettings, VigilConfig
+from services.core.pki import Identity
 from services.events.app import EventService
 from services.scheduler.app import Scheduler
 from services.scheduler.config import parse_config
@@ -132,8 +133,28 @@ class TcpTarget:
             self._server = None
 
 
+#: The identities tests connect to NATS as, each with that role's permissions.
+SCHEDULER = Identity("scheduler", "scheduler")
+EVENTS = Identity("events", "events")
+OPERATOR = Identity("operator", "operator")
+
+
+async def nats_client(url: str, identity: Identity = OPERATOR) -> NATS:
+    """A NATS client as ``identity`` (TLS with its certificate from the run's PKI).
+
+    What it may publish and read is what that identity may in production:
+    a test that plays the scheduler connects as ``SCHEDULER``.
+    """
+    return await natsconn.connect(
+        url,
+        f"test-{identity.stem}",
+        transport=test_pki.material(identity),
+        first_attempt_timeout=10.0,
+    )
+
+
 class EventCollector:
-    """Collects every message on a NATS subject (JSON-decoded)."""
+    """Collects every message on a NATS subject (JSON-decoded), as the operator."""
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
@@ -141,7 +162,7 @@ class EventCollector:
         self._nc: NATS | None = None
 
     async def start(self, url: str, subject: str = "vigil.events.>") -> EventCollector:
-        self._nc = await nats.connect(url)
+        self._nc = await nats_client(url, OPERATOR)
 
         async def on_msg(msg: Any) -> None:
             self.subjects.append(msg.subject)

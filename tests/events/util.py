@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import nats
 from aiohttp import web
 from nats.js import JetStreamContext
 from vigil.v1 import events_pb2_grpc
 
 from services.core.config import VigilConfig
 from services.core.events import INGEST_SUBJECT_PREFIX
+from services.core.pki import Identity
 from tests import pki as test_pki
-from tests.helpers import make_config
+from tests.helpers import SCHEDULER, make_config, nats_client
 
 #: Events settings that keep tests fast; each test overrides what it exercises.
 FAST_EVENTS: dict[str, Any] = {
@@ -74,7 +74,7 @@ def raw_event(
 async def publish_raw(
     js: JetStreamContext,
     event: dict[str, Any] | bytes,
-    source: str = "test",
+    source: str = "scheduler",
     msg_id: str | None = None,
 ) -> None:
     """Hand one raw event to the ingest stream, as the scheduler's outbox does."""
@@ -86,9 +86,12 @@ async def publish_raw(
 
 
 @asynccontextmanager
-async def jetstream(url: str) -> AsyncIterator[JetStreamContext]:
-    """A separate NATS connection (a producer or consumer that is not the service)."""
-    nc = await nats.connect(url)
+async def jetstream(url: str, identity: Identity = SCHEDULER) -> AsyncIterator[JetStreamContext]:
+    """A separate NATS connection (a producer or consumer that is not the service).
+
+    As the scheduler by default: the one producer of raw events NATS lets in.
+    """
+    nc = await nats_client(url, identity)
     try:
         yield nc.jetstream()
     finally:
