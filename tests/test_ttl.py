@@ -40,7 +40,8 @@ async def test_stalled_minion_turns_polls_unknown_at_ttl(
     assert stack.scheduler is not None
     # A minion that is alive (session, heartbeats, subscribed) but never answers.
     swallowed: list[bytes] = []
-    nc = await nats_client(nats_server.url, test_pki.minion_cert("Default", "stalled"))
+    stalled = test_pki.minion_cert("Default", "stalled")
+    nc = await nats_client(nats_server.url, stalled)
 
     async def swallow(msg: object) -> None:
         swallowed.append(msg.data)  # type: ignore[attr-defined]
@@ -49,7 +50,10 @@ async def test_stalled_minion_turns_polls_unknown_at_ttl(
     await nc.flush()
     hello = sink_pb2.MinionHello(system_id="stalled", location="Default", version="test")
     sink = SinkClient(
-        stack.scheduler.grpc_address, hello, lambda: sink_pb2.Heartbeat(nats_connected=True)
+        stack.scheduler.grpc_address,
+        hello,
+        lambda: sink_pb2.Heartbeat(nats_connected=True),
+        credentials=test_pki.material(stalled).channel_credentials,
     )
     session = asyncio.create_task(sink.run())
     try:
@@ -94,7 +98,12 @@ async def test_late_result_is_counted_and_ignored(tmp_path: Path, nats_server: N
 
         hello = sink_pb2.MinionHello(system_id="late", location="Default", version="test")
         sink = SinkClient(
-            stack.scheduler.grpc_address, hello, lambda: sink_pb2.Heartbeat(nats_connected=True)
+            stack.scheduler.grpc_address,
+            hello,
+            lambda: sink_pb2.Heartbeat(nats_connected=True),
+            credentials=test_pki.material(
+                test_pki.minion_cert("Default", "late")
+            ).channel_credentials,
         )
         session = asyncio.create_task(sink.run())
         await wait_for(lambda: sink.connected.is_set(), what="session")

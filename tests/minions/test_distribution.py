@@ -14,6 +14,7 @@ from minion.sink_client import SinkClient
 from services.core.natsserver import NatsServer
 from services.core.timeutil import set_timestamp
 from services.scheduler.model import ServiceKey
+from tests import pki as test_pki
 from tests.helpers import (
     SCHEDULER,
     EventCollector,
@@ -268,7 +269,14 @@ async def test_results_whose_request_expired_while_buffered_are_dropped_and_coun
     """Results wait for the scheduler; those past their request's expires_at are not sent."""
     port = free_port()
     hello = sink_pb2.MinionHello(system_id="buffered", location="Default", version="test")
-    sink = SinkClient(f"127.0.0.1:{port}", hello, lambda: sink_pb2.Heartbeat(nats_connected=True))
+    sink = SinkClient(
+        f"127.0.0.1:{port}",
+        hello,
+        lambda: sink_pb2.Heartbeat(nats_connected=True),
+        credentials=test_pki.material(
+            test_pki.minion_cert("Default", "buffered")
+        ).channel_credentials,
+    )
     session = asyncio.create_task(sink.run())
     cfg = make_config(tmp_path, nats_server.url, scheduler={"listen": f"127.0.0.1:{port}"})
     stack = Stack(cfg, nats_server.url)

@@ -208,7 +208,8 @@ async def test_last_minion_gone_ends_pending_polls_unknown_at_once(
     stack = await Stack(cfg, nats_server.url).start(minion_locations=())
     assert stack.scheduler is not None
     # A minion that takes requests and never answers them, then vanishes.
-    nc = await nats_client(nats_server.url, test_pki.minion_cert("rome", "silent"))
+    silent = test_pki.minion_cert("rome", "silent")
+    nc = await nats_client(nats_server.url, silent)
     swallowed: list[bytes] = []
 
     async def swallow(msg: object) -> None:
@@ -218,7 +219,10 @@ async def test_last_minion_gone_ends_pending_polls_unknown_at_once(
     await nc.flush()
     hello = sink_pb2.MinionHello(system_id="silent", location="rome", version="test")
     sink = SinkClient(
-        stack.scheduler.grpc_address, hello, lambda: sink_pb2.Heartbeat(nats_connected=True)
+        stack.scheduler.grpc_address,
+        hello,
+        lambda: sink_pb2.Heartbeat(nats_connected=True),
+        credentials=test_pki.material(silent).channel_credentials,
     )
     session = asyncio.create_task(sink.run())
     try:
