@@ -19,6 +19,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.errors import APIError
 
+from services.cli.sniff import run_sniff
 from services.core import natsconn
 from services.core.natsauth import SENTINEL_USER, permissions, server_config
 from services.core.natsserver import NatsServer
@@ -292,3 +293,12 @@ async def test_an_embedded_server_waits_for_reload_to_take_effect(tmp_path: Path
         srv.reload()
         nc = await natsconn.connect(srv.url, "o1", transport=material, first_attempt_timeout=2)
         await nc.close()
+
+
+async def test_sniff_says_when_a_subject_is_not_the_operators(
+    server: NatsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As the operator, from the run's PKI (VIGIL_PKI_DIR), like `vigil sniff` without flags.
+    code = await run_sniff(server.url, "vigil.poll.>", pretty=False, count=1)
+    assert code == 2
+    assert 'permissions violation for subscription to "vigil.poll.>"' in capsys.readouterr().err
