@@ -42,7 +42,7 @@ from services.core.events import (
     INGEST_SUBJECT_PREFIX,
     REJECTED_SUBJECT_PREFIX,
 )
-from services.core.pki import Identity, Pki
+from services.core.pki import Identity, Pki, PkiError
 from services.core.wire import POLL_SUBJECT_PREFIX, poll_queue_group, poll_subject
 
 #: What no identity may ever do, whatever it is otherwise allowed.
@@ -166,9 +166,17 @@ def server_config(
     TLS with the ``nats`` identity's certificate, client certificates required
     and mapped to users (``verify_and_map``), JetStream storing in
     ``store_dir``. Regenerate and reload it (:meth:`NatsServer.reload`) when
-    identities are issued or revoked.
+    identities are issued or revoked. Raises :class:`PkiError` when the CA or
+    the ``nats`` certificate is missing (the server would not start).
     """
     nats = Identity("nats", "nats")
+    for path, hint in (
+        (pki.ca_cert_path, "vigil ca init"),
+        (pki.cert_path(nats), "vigil ca issue nats"),
+        (pki.key_path(nats), "vigil ca issue nats"),
+    ):
+        if not path.exists():
+            raise PkiError(f"{path}: missing; nats-server needs it (`{hint}`)")
     config = {
         "server_name": server_name,
         "host": host,

@@ -23,7 +23,7 @@ from services.cli.sniff import run_sniff
 from services.core import natsconn
 from services.core.natsauth import SENTINEL_USER, permissions, server_config
 from services.core.natsserver import NatsServer
-from services.core.pki import Identity, Pki
+from services.core.pki import Identity, Pki, PkiError
 from services.core.streams import ensure_stream, events_stream_config, ingest_stream_config
 from services.core.tls import PLAINTEXT, TlsMaterial
 from tests import pki as test_pki
@@ -302,3 +302,10 @@ async def test_sniff_says_when_a_subject_is_not_the_operators(
     code = await run_sniff(server.url, "vigil.poll.>", pretty=False, count=1)
     assert code == 2
     assert 'permissions violation for subscription to "vigil.poll.>"' in capsys.readouterr().err
+
+
+def test_the_configuration_needs_the_servers_certificate(tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki")
+    pki.init()
+    with pytest.raises(PkiError, match="vigil ca issue nats"):
+        server_config(pki, host="127.0.0.1", port=4222, store_dir=tmp_path / "js")
