@@ -1,12 +1,19 @@
-"""Shared bench plumbing: processes, histogram quantiles, printing."""
+"""Shared bench plumbing: processes, histogram quantiles, printing, the bench's PKI.
+
+The bench runs like production: mutual TLS on gRPC and TLS with per-identity
+permissions on NATS, from one CA per bench run (:func:`bench_pki`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +22,8 @@ import psutil
 from prometheus_client import Histogram
 
 from services.core.config import VigilConfig
+from services.core.natsserver import NatsServer
+from services.core.pki import Identity, Pki
 from services.scheduler.config import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,10 +54,33 @@ async def tcp_peer() -> AsyncIterator[int]:
             await listener.wait()
 
 
+_PKI: Pki | None = None
+
+
+def bench_pki() -> Pki:
+    """The run's CA with the service identities (created once, removed at exit)."""
+    global _PKI
+    if _PKI is None:
+        directory = Path(tempfile.mkdtemp(prefix="vigil-bench-pki-"))
+        atexit.register(shutil.rmtree, directory, True)
+        pki = Pki(directory)
+        pki.init()
+        for role in ("scheduler", "events", "nats", "operator"):
+            pki.issue(Identity(role, role))
+        _PKI = pki
+    return _PKI
+
+
+def bench_nats(data_dir: Path) -> NatsServer:
+    """A nats-server (not started) with TLS and the bench PKI's identities as users."""
+    return NatsServer(data_dir, pki=bench_pki())
+
+
 def python_env() -> dict[str, str]:
     """Environment for child processes that import the project from the checkout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "protos")])
+    env["VIGIL_PKI_DIR"] = str(bench_pki().dir)
     return env
 
 
@@ -169,9 +201,11 @@ def scheduler_config(
     """A scheduler polling ``nodes`` every ``interval`` s, first polls spread over one interval."""
     return parse_config(
         {
+            "pki": {"dir": str(bench_pki().dir)},
             "nats": {"url": nats_url},
             "scheduler": {
                 "listen": "127.0.0.1:0",
+                "probe_listen": None,
                 "metrics_listen": None,
                 "store_url": f"sqlite:///{db}",
                 "start_splay": f"{interval}s",
@@ -186,16 +220,21 @@ def scheduler_config(
 
 
 def spawn_minion(
-    nats_url: str, scheduler: str, location: str, system_id: str, log: Path
+    nats: NatsServer, scheduler: str, location: str, system_id: str, log: Path
 ) -> subprocess.Popen[bytes]:
-    """``vigil minion`` as a child process (quiet)."""
+    """``vigil minion`` as a child process (quiet), with its certificate issued first."""
+    pki = bench_pki()
+    identity = Identity.minion(location, system_id)
+    if pki.load(identity) is None:
+        pki.issue(identity)
+        nats.reload()  # the new identity is a NATS user from now on
     return spawn(
         [
             "-m",
             "services.cli",
             "minion",
             "--nats",
-            nats_url,
+            nats.url,
             "--scheduler",
             scheduler,
             "--location",

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    bench_nats,
     counter_total,
     poll_nodes,
     rss_mb,
@@ -35,7 +36,6 @@ from bench.common import (
     table,
     tcp_peer,
 )
-from services.core.natsserver import NatsServer
 from services.scheduler import metrics
 from services.scheduler.app import Scheduler
 
@@ -61,14 +61,14 @@ async def run_scenario(
 ) -> dict[str, object]:
     """One measured run with ``minions`` minions at the location; returns a table row."""
     tag = f"{name}-{services}-{minions}"
-    nats = NatsServer(work / f"nats-{tag}").start()
+    nats = bench_nats(work / f"nats-{tag}").start()
     nodes = poll_nodes(services, monitor, params, location=LOCATION, prefix="m")
     cfg = scheduler_config(nats.url, work / f"{tag}.db", interval, nodes)
     sched = Scheduler(cfg, nats_url=nats.url)
     await sched.start()
     procs = [
         spawn_minion(
-            nats.url,
+            nats,
             sched.grpc_address,
             LOCATION,
             f"bench-{tag}-{i}",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    bench_nats,
     counter_total,
     histogram_snapshot,
     poll_nodes,
@@ -25,7 +26,6 @@ from bench.common import (
     stop,
     tcp_peer,
 )
-from services.core.natsserver import NatsServer
 from services.scheduler import metrics
 from services.scheduler.app import Scheduler
 
@@ -40,14 +40,14 @@ async def run_scenario(
     work: Path,
 ) -> dict[str, object]:
     """One measured run; returns a table row."""
-    nats = NatsServer(work / f"nats-{name}").start()
+    nats = bench_nats(work / f"nats-{name}").start()
     cfg = scheduler_config(
         nats.url, work / f"{name}.db", interval, poll_nodes(services, monitor, params)
     )
     sched = Scheduler(cfg, nats_url=nats.url)
     await sched.start()
     minion = spawn_minion(
-        nats.url, sched.grpc_address, "Default", f"bench-{name}", work / f"minion-{name}.log"
+        nats, sched.grpc_address, "Default", f"bench-{name}", work / f"minion-{name}.log"
     )
     try:
         keeper = sched.keeper

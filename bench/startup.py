@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import rss_mb, spawn_minion, stop
-from services.core.natsserver import NatsServer
+from bench.common import bench_nats, bench_pki, rss_mb, spawn_minion, stop
 from services.scheduler.app import Scheduler
 from services.scheduler.config import parse_config
 
@@ -42,11 +41,13 @@ async def run(services: int = 100_000, splay: float = 10.0) -> dict[str, object]
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="vigil-bench-startup-") as tmp:
         work = Path(tmp)
-        nats = NatsServer(work / "nats").start()
+        nats = bench_nats(work / "nats").start()
         raw = {
+            "pki": {"dir": str(bench_pki().dir)},
             "nats": {"url": nats.url},
             "scheduler": {
                 "listen": "127.0.0.1:0",
+                "probe_listen": None,
                 "metrics_listen": None,
                 "store_url": f"sqlite:///{work}/s.db",
                 "start_splay": f"{splay}s",
@@ -68,7 +69,7 @@ async def run(services: int = 100_000, splay: float = 10.0) -> dict[str, object]
         await sched.start()
         t_ready = time.perf_counter() - t0
         minion = spawn_minion(
-            nats.url, sched.grpc_address, "Default", "bench-startup", work / "minion.log"
+            nats, sched.grpc_address, "Default", "bench-startup", work / "minion.log"
         )
         try:
             assert sched.dispatcher is not None
