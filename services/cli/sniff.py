@@ -144,7 +144,9 @@ async def run_sniff(
         try:
             await nc.subscribe(subject, cb=on_msg)
             await nc.flush(timeout=5)
-            await asyncio.sleep(0)  # the error callback runs as a task of its own
+            # nats-py hands the server's refusal (sent before the first PONG) to
+            # the error callback in a task of its own: a second round trip lets it run.
+            await nc.flush(timeout=5)
             if refused:
                 print(
                     f"vigil sniff: {refused[0]} (an operator may read vigil.events.> "

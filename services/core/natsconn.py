@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from nats.aio.client import Client as NATS
 
 from services.core.backoff import Backoff
 from services.core.natsauth import inbox_prefix
-from services.core.tls import TlsMaterial, Transport
+from services.core.tls import TlsError, TlsMaterial, Transport
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,30 @@ def tls_options(transport: Transport) -> dict[str, Any]:
     return options
 
 
+def refreshed_context(material: TlsMaterial, name: str) -> ssl.SSLContext:
+    """A client context from ``material``'s files as they are now.
+
+    The loaded one when they no longer hold a usable certificate for the same
+    identity (a half-copied bundle, another identity's certificate).
+    """
+    try:
+        fresh = TlsMaterial.load(
+            material.ca_path, material.cert_path, material.key_path, material.revoked_path
+        )
+        if fresh.identity == material.identity:
+            return fresh.client_context()
+        log.warning(
+            "NATS (%s): %s now names %s, not %s; keeping the certificate loaded at start",
+            name,
+            material.cert_path,
+            fresh.identity,
+            material.identity,
+        )
+    except (TlsError, OSError, ssl.SSLError) as exc:
+        log.warning("NATS (%s): cannot re-read the TLS material (%s); keeping it", name, exc)
+    return material.client_context()
+
+
 async def connect(
     url: str,
     name: str,
@@ -74,7 +99,8 @@ async def connect(
 
     ``first_attempt_timeout`` bounds the whole first-connect phase (``None``:
     keep trying until cancelled). Once connected, the client reconnects for
-    ever with jittered back-off. A refused certificate (unknown, revoked,
+    ever with jittered back-off, presenting the certificate as it is on disk
+    then (renewal needs no restart). A refused certificate (unknown, revoked,
     another CA) is retried like an unreachable server: an operator may fix
     the server's configuration meanwhile. ``on_error`` is told of every error
     the client reports (a permissions violation, for one), after it is logged.
@@ -91,6 +117,10 @@ async def connect(
 
     async def on_disconnected() -> None:
         log.warning("NATS (%s): disconnected", name)
+        if isinstance(transport, TlsMaterial) and nc.options.get("tls") is not None:
+            # nats-py takes the context anew for every connection: a certificate
+            # renewed on disk is presented from the next one on, without a restart.
+            nc.options["tls"] = refreshed_context(transport, name)
 
     async def on_reconnected() -> None:
         log.info(

@@ -309,3 +309,30 @@ def test_the_configuration_needs_the_servers_certificate(tmp_path: Path) -> None
     pki.init()
     with pytest.raises(PkiError, match="vigil ca issue nats"):
         server_config(pki, host="127.0.0.1", port=4222, store_dir=tmp_path / "js")
+
+
+async def test_a_renewed_certificate_is_presented_on_the_next_connection(
+    server: NatsServer,
+) -> None:
+    identity = test_pki.minion_cert("paris", "paris-renewed")
+    nc = await natsconn.connect(
+        server.url, "renewed", transport=test_pki.material(identity), first_attempt_timeout=10
+    )
+    try:
+        first = nc.options["tls"]
+        test_pki.current().issue(identity)  # renewed on disk: a new key, the same identity
+        test_pki.changed()
+        port = server.port
+        server.stop()  # the connection is lost ...
+        server.port = port
+        server.start()  # ... and made again, on the same address
+        await wait_for(
+            lambda: nc.stats["reconnects"] >= 1 and nc.is_connected,
+            timeout=20,
+            what="the client reconnected",
+        )
+        await nc.subscribe("vigil.poll.paris.paris-renewed")
+        await nc.flush(timeout=5)
+        assert nc.options["tls"] is not first  # the context was built from the new files
+    finally:
+        await nc.close()
