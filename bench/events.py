@@ -23,15 +23,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import nats
 from aiohttp import web
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from services.core.natsserver import NatsServer
+from bench.common import bench_nats, bench_pki
+from services.core import natsconn
+from services.core.pki import Identity
+from services.core.tls import TlsMaterial
 from services.events.app import EventService
 from services.scheduler.config import parse_config
 
-SOURCE_SUBJECT = "vigil.ingest.bench"
+#: Raw events as the scheduler sends them (the one raw-event producer NATS lets in).
+SOURCE_SUBJECT = "vigil.ingest.scheduler"
 
 
 def _raw(i: int) -> bytes:
@@ -64,15 +68,30 @@ async def _produce(js: JetStreamContext, count: int, start: int = 0) -> None:
         await asyncio.gather(*batch)
 
 
+async def _producer(url: str) -> NATS:
+    """A NATS client as the scheduler (TLS with its certificate from the bench PKI)."""
+    pki = bench_pki()
+    scheduler = Identity("scheduler", "scheduler")
+    material = TlsMaterial.load(pki.ca_cert_path, pki.cert_path(scheduler), pki.key_path(scheduler))
+    return await natsconn.connect(
+        url, "bench-producer", transport=material, first_attempt_timeout=10.0
+    )
+
+
 def _config(work: Path, nats_url: str, store_url: str | None, **events: Any) -> Any:
     section: dict[str, Any] = {
         "listen": "127.0.0.1:0",
+        "probe_listen": None,
         "metrics_listen": None,
         "store_url": store_url or f"sqlite:///{work}/events.db",
         "summary_interval": None,
     }
     section.update(events)
-    return parse_config({"nats": {"url": nats_url}, "events": section}, "<bench>", env={})
+    return parse_config(
+        {"pki": {"dir": str(bench_pki().dir)}, "nats": {"url": nats_url}, "events": section},
+        "<bench>",
+        env={},
+    )
 
 
 async def _wait(predicate: Any, limit: float, what: str) -> None:
@@ -95,9 +114,9 @@ def _row(scenario: str, count: int, seconds: float, unit: str) -> dict[str, obje
 async def ingest(work: Path, count: int, store_url: str | None) -> list[dict[str, object]]:
     """Backlog drain and live ingestion rates."""
     rows = []
-    with NatsServer(work / "nats-ingest") as server:
+    with bench_nats(work / "nats-ingest") as server:
         cfg = _config(work, server.url, store_url)
-        nc = await nats.connect(server.url)
+        nc = await _producer(server.url)
         js = nc.jetstream()
         try:
             svc = EventService(cfg, nats_url=server.url)
@@ -158,14 +177,14 @@ async def webhooks(work: Path, count: int, hooks: int, store_url: str | None) ->
     """Deliveries/s to local receivers (one per hook), events produced as fast as ingest allows."""
     from services.events.filters import Interest
 
-    with NatsServer(work / f"nats-hooks-{hooks}") as server:
+    with bench_nats(work / f"nats-hooks-{hooks}") as server:
         cfg = _config(work / f"h{hooks}", server.url, store_url)
         receivers = [_Receiver() for _ in range(hooks)]
         for r in receivers:
             await r.start()
         svc = EventService(cfg, nats_url=server.url)
         await svc.start()
-        nc = await nats.connect(server.url)
+        nc = await _producer(server.url)
         try:
             for i, r in enumerate(receivers):
                 await svc.hooks.create(
