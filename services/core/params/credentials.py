@@ -10,27 +10,12 @@ site. Inline secrets in a service's parameters remain allowed (they are
 
 from __future__ import annotations
 
-import re
-from typing import Annotated
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
-
+from services.core.params.fields import CredentialName, check_credential_name
 from services.core.params.snmp import AuthProtocol, PrivProtocol
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def check_credential_name(value: str) -> str:
-    """Validator: a credential name (letters, digits, ``_ . -``; up to 64)."""
-    if not _NAME.match(value):
-        raise ValueError(
-            f"{value!r} is not a credential name (letters, digits, '_', '.', '-'; up to 64)"
-        )
-    return value
-
-
-#: The name of an entry in ``minion.credentials``.
-CredentialName = Annotated[str, AfterValidator(check_credential_name)]
+__all__ = ["Credential", "CredentialName", "check_credential_name", "unknown_credential"]
 
 
 class Credential(BaseModel):

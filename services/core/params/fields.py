@@ -72,3 +72,19 @@ HostName = Annotated[str, AfterValidator(check_hostname)]
 
 #: How a TLS client verifies its peer: nothing, chain and name, or the chain only.
 TlsMode = Literal["none", "full", "chain"]
+
+
+_CREDENTIAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_credential_name(value: str) -> str:
+    """Validator: a credential name (letters, digits, ``_ . -``; up to 64)."""
+    if not _CREDENTIAL.match(value):
+        raise ValueError(
+            f"{value!r} is not a credential name (letters, digits, '_', '.', '-'; up to 64)"
+        )
+    return value
+
+
+#: The name of an entry in the minion's ``minion.credentials``.
+CredentialName = Annotated[str, AfterValidator(check_credential_name)]

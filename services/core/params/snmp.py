@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from services.core.params.base import MonitorParams
+from services.core.params.fields import CredentialName
 
 SnmpVersion = Literal["v1", "v2c", "v3"]
 AuthProtocol = Literal["MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512"]
@@ -163,7 +164,7 @@ class SnmpParams(SnmpCredentials, MonitorParams):
 
     #: A credential of the minion's ``minion.credentials`` (community or v3 user
     #: and keys), resolved on the minion; the fields above still override it.
-    credential: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    credential: CredentialName | None = None
 
     #: The object to GET, or the subtree to WALK. Default: sysObjectID.0.
     oid: str = "1.3.6.1.2.1.1.2.0"
