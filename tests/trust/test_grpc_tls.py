@@ -338,6 +338,12 @@ async def test_the_cli_finds_the_operator_certificate_without_flags(
     )
     assert result.exit_code == 2
     assert "operator.pem" in result.output or "ca.pem" in result.output
+    # The CLI's plaintext mode is for a loopback server only.
+    result = await asyncio.to_thread(
+        CliRunner().invoke, app, ["hooks", "list", "--events", "192.0.2.1:50052", "--plaintext"]
+    )
+    assert result.exit_code == 2
+    assert "not a loopback address" in result.output
 
 
 async def test_plaintext_development_mode_is_loopback_only(
