@@ -21,6 +21,7 @@ from services.core.config import (
     MinionSettings,
     NatsSettings,
     NodeConfig,
+    PkiSettings,
     SchedulerSettings,
     ServiceConfig,
     VigilConfig,
@@ -39,6 +40,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 #: Heading (``## `x` `` or ``**X**``) → the model its table documents.
 TABLES: dict[str, type[BaseModel]] = {
+    "pki": PkiSettings,
     "nats": NatsSettings,
     "scheduler": SchedulerSettings,
     "events": EventsSettings,
