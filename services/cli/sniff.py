@@ -1,14 +1,16 @@
 """``vigil sniff``: print what is published on a subject (like RackHD's sniff.js).
 
 JSON lines by default (pipe them to ``jq``); ``--pretty`` prints one readable
-line per event instead. Any subject works: ``vigil.events.>`` (the default),
-``vigil.events.service.>``, ``vigil.events.*.*.critical.>``, or the raw side
-(``vigil.ingest.>``) and the rejection notices (``vigil.rejected.>``).
+line per event instead. Any subject under ``vigil.events.>`` (the default)
+works: ``vigil.events.service.>``, ``vigil.events.*.*.critical.>``, and the
+rejection notices (``vigil.rejected.>``).
 
 It connects as the operator, with the certificate in ``.vigil/pki`` (or
 ``--pki-dir`` / ``VIGIL_PKI_DIR``): NATS lets an operator read
-``vigil.events.>`` and ``vigil.rejected.>`` only, so other subjects are
-refused by the server (and said so).
+``vigil.events.>`` and ``vigil.rejected.>`` only, so other subjects (the raw
+``vigil.ingest.>``, the poll requests) are refused by the server, and sniff
+exits 2 saying so. ``--plaintext`` is for a server in the loopback-only
+development mode.
 """
 
 from __future__ import annotations
