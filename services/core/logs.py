@@ -20,7 +20,7 @@ def setup_logging(level: str = "INFO", component: str = "vigil") -> None:
     # Libraries that are chatty at INFO.
     for noisy in ("nats", "aiohttp.access", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # At DEBUG these print SQL parameters, which hold node configurations with
-    # inline secrets: never below INFO, whatever --log-level says.
-    for leaky in ("aiosqlite", "sqlalchemy.engine", "asyncpg"):
-        logging.getLogger(leaky).setLevel(max(logging.INFO, root.level))
+    # Below WARNING these print SQL statements and their parameters, which hold
+    # node configurations with inline secrets: never, whatever --log-level says.
+    for leaky in ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "asyncpg"):
+        logging.getLogger(leaky).setLevel(logging.WARNING)
