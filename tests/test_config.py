@@ -222,3 +222,21 @@ def test_a_file_that_is_not_utf8_is_an_invalid_configuration(
     assert proc.returncode == 2
     assert "invalid configuration" in proc.stderr and "not UTF-8" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_repeated_key_is_an_error_naming_both_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, "defaults:\n  interval: 10s\n  retries: 2\n  interval: 20s\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    text = str(err.value)
+    assert "vigil.yaml" in text and "'interval' twice" in text
+    assert "first on line 2" in text and "line 4" in text
+    # the same check where a minion reads only its own sections
+    path = write(tmp_path, "minion:\n  location: a\n  location: b\n")
+    with pytest.raises(ConfigError, match="'location' twice"):
+        load_document(MinionConfig, path, env={})
+
+
+def test_keys_brought_in_by_a_merge_may_be_overridden(tmp_path: Path) -> None:
+    path = write(tmp_path, "defaults:\n  <<: {interval: 10s, retries: 2}\n  retries: 3\n")
+    assert load_config(path, env={}).defaults.retries == 3

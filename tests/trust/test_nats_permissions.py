@@ -9,6 +9,7 @@ revoked one is refused.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -155,10 +156,21 @@ async def test_an_operator_only_reads_events(connect: Any) -> None:
     await operator.nc.subscribe("vigil.events.>", cb=keep)
     await operator.nc.subscribe("vigil.rejected.>", cb=keep)
     await operator.nc.flush(timeout=5)
-    await events.nc.publish("vigil.events.node.down.major.n1", b"e")
-    await events.nc.publish("vigil.rejected.scheduler", b"r")
-    await events.nc.flush(timeout=5)
-    await wait_for(lambda: sorted(got) == [b"e", b"r"], what="an event and a notice")
+
+    async def both_arrived() -> bool:
+        # Published again until seen: what is asserted is that the operator may
+        # read both, not how fast a loaded machine delivers one message.
+        if {b"e", b"r"} <= set(got):
+            return True
+        await events.nc.publish("vigil.events.node.down.major.n1", b"e")
+        await events.nc.publish("vigil.rejected.scheduler", b"r")
+        await events.nc.flush(timeout=5)
+        await asyncio.sleep(0.2)
+        return {b"e", b"r"} <= set(got)
+
+    await wait_for(both_arrived, timeout=20, what="an event and a notice")
+    assert set(got) == {b"e", b"r"}
+    assert not operator.errors, operator.errors
 
     await operator.nc.publish("vigil.ingest.scheduler", b"{}")
     await operator.refused('publish to "vigil.ingest.scheduler"')
