@@ -80,7 +80,14 @@ class OutboxRelay:
         await finish_writing(self.store.outbox_done(done), "outbox")
         self.published += len(done)
         failed = [a for a in acks if isinstance(a, BaseException)]
+        # The gauge before any raise: a batch JetStream refused is exactly when an
+        # operator needs to see the backlog (it used to stay at its last value).
         if failed:
+            try:
+                metrics.OUTBOX.set(await self.store.outbox_size())
+            except Exception:
+                # The store cannot count: what we know is what is still unsent here.
+                metrics.OUTBOX.set(len(rows) - len(done))
             raise ConnectionError(
                 f"{len(failed)} of {len(rows)} event(s) not acknowledged: {failed[0]!r}"
             )
