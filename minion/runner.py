@@ -70,6 +70,10 @@ def attempt_cutoff(deadline: float, timeout: float, expires: float) -> float:
     Monitors that explain a timeout themselves ("no SNMP response from ...")
     report right at their deadline; a short grace lets them, under load too,
     before the runner's generic "timed out". Never past the TTL (``expires``).
+
+    The grace is 20 % of ``timeout``, at least 0.2 s and at most 1 s; a monitor
+    without a deadline of its own (``http``) may run that long past ``timeout``
+    (documented in docs/monitors.md, "Rules every monitor keeps").
     """
     return min(deadline + min(1.0, max(0.2, 0.2 * timeout)), expires)
 

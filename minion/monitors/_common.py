@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import ipaddress
+import os
 import re
 import ssl
 import time
@@ -281,3 +283,46 @@ async def tls_peer_certificate(
     if not der:
         raise ssl.SSLError("the server sent no certificate")
     return der, version
+
+
+#: errno → what an operator reads. asyncio's own text for these is
+#: "Connect call failed ('127.0.0.1', 51299)", which says nothing of what went
+#: wrong; the errno does.
+_CONNECT_ERRNO: dict[int, str] = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.ETIMEDOUT: "connect timed out",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTDOWN: "host down",
+    errno.ENETDOWN: "network down",
+    errno.EADDRNOTAVAIL: "address not available",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "not permitted (firewall?)",
+}
+
+
+def connect_failure(exc: BaseException, port: int | None) -> str:
+    """The reason text for a failed TCP connect to ``port``: what happened, by errno.
+
+    ``exc`` is what ``asyncio.open_connection`` (or aiohttp's connector, via
+    its ``os_error``) raised. asyncio joins the errors of several addresses
+    into one ``OSError`` without an errno; the first errno found in its text
+    is used then.
+    """
+    what: str | None = None
+    if isinstance(exc, TimeoutError):
+        what = "connect timed out"
+    elif isinstance(exc, OSError):
+        code = exc.errno
+        if code is None:
+            # "Multiple exceptions: [Errno 111] Connect call failed …, [Errno 101] …"
+            found = re.search(r"\[Errno (\d+)\]", str(exc))
+            code = int(found.group(1)) if found else None
+        if code is not None:
+            what = _CONNECT_ERRNO.get(code) or (os.strerror(code).lower() or None)
+        if what is None:
+            what = str(exc.strerror or exc) or None
+    if what is None:
+        what = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+    return f"{what} on port {port}" if port is not None else what

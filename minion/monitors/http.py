@@ -26,6 +26,7 @@ import yarl
 
 from minion.monitors._common import (
     cert_info,
+    connect_failure,
     host_literal,
     tls_context,
     tls_peer_certificate,
@@ -136,8 +137,11 @@ class HttpMonitor(Monitor[HttpParams]):
             except aiohttp.ClientConnectorSSLError as exc:
                 return PollOutcome.down(f"TLS handshake failed: {exc}", elapsed_ms(start))
             except aiohttp.ClientConnectorError as exc:
+                # asyncio's strerror is "Connect call failed ('127.0.0.1', 80)";
+                # the errno says what happened ("connection refused on port 80").
                 return PollOutcome.down(
-                    f"connect failed: {exc.os_error.strerror or exc}", elapsed_ms(start)
+                    f"connect failed: {connect_failure(exc.os_error, exc.port)}",
+                    elapsed_ms(start),
                 )
             except aiohttp.TooManyRedirects:
                 return PollOutcome.down(

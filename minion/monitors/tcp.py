@@ -17,6 +17,7 @@ from typing import ClassVar
 
 from minion.monitors._common import (
     close_writer,
+    connect_failure,
     plan,
     read_until_match,
     shorten,
@@ -63,8 +64,6 @@ class TcpMonitor(Monitor[TcpParams]):
                 ssl_handshake_timeout=max(when.remaining(), 0.1) if ssl_ctx else None,
                 limit=params.max_bytes + 1024,
             )
-        except ConnectionRefusedError:
-            return PollOutcome.down(f"connection refused on port {params.port}", elapsed_ms(start))
         except ssl.SSLCertVerificationError as exc:
             return PollOutcome.down(
                 f"TLS certificate not accepted: {exc.verify_message or exc.reason}",
@@ -73,11 +72,8 @@ class TcpMonitor(Monitor[TcpParams]):
         except ssl.SSLError as exc:
             return PollOutcome.down(f"TLS handshake failed: {exc.reason or exc}", elapsed_ms(start))
         except (TimeoutError, OSError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            return PollOutcome.down(
-                f"connect to port {params.port} failed: {reason or 'timed out'}",
-                elapsed_ms(start),
-            )
+            # ECONNREFUSED → "connection refused on port N", and so on by errno.
+            return PollOutcome.down(connect_failure(exc, params.port), elapsed_ms(start))
         connect_ms = elapsed_ms(start)
         try:
             return await self._exchange(reader, writer, params, start, connect_ms, when.report_by)

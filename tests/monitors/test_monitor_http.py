@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from minion.monitors.base import Status
 from tests.monitors.conftest import BIG_BODY_BYTES, free_port
 
@@ -143,7 +145,7 @@ async def test_connection_refused(poll):
     port = free_port()
     out = await poll("http", "127.0.0.1", {"port": port})
     assert out.status is Status.DOWN
-    assert out.reason.startswith("connect failed")
+    assert out.reason == f"connect failed: connection refused on port {port}"
 
 
 async def test_connections_are_reused(poll, http_server, monitors):
@@ -291,3 +293,38 @@ async def test_https_ipv6(poll, https_server, tls_material):
             {"scheme": "https", "port": port, "path": "/ok", "ca_file": tls_material["ca_file"]},
         )
     assert out.status is Status.UP, out.reason
+
+
+async def test_grace_past_the_timeout_is_what_the_docs_say(poll):
+    """docs/monitors.md: an HTTP request may run 20 % (0.2-1 s) past ``timeout``;
+    a response within that grace is judged, a later one is "timed out after …"."""
+    import asyncio
+
+    from aiohttp import web
+
+    from minion.runner import attempt_cutoff
+    from tests.monitors.conftest import serve_app
+
+    assert attempt_cutoff(100.0, 5.0, 1000.0) == 101.0
+    assert attempt_cutoff(100.0, 0.5, 1000.0) == pytest.approx(100.2)
+    assert attempt_cutoff(100.0, 30.0, 1000.0) == 101.0
+    assert attempt_cutoff(100.0, 5.0, 100.5) == 100.5  # never past the TTL
+
+    async def late(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query["s"]))
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_get("/late", late)
+    async with serve_app(app) as port:
+        # timeout 2 s → grace 0.4 s: 2.15 s is within it, 3 s is not.
+        within = await poll(
+            "http", "127.0.0.1", {"port": port, "path": "/late?s=2.15"}, timeout=2, ttl=30
+        )
+        beyond = await poll(
+            "http", "127.0.0.1", {"port": port, "path": "/late?s=3"}, timeout=2, ttl=30
+        )
+    assert within.status is Status.UP, within.reason
+    assert within.response_time_ms > 2000
+    assert beyond.status is Status.DOWN
+    assert beyond.reason == "timed out after 2s"

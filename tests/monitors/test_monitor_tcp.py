@@ -171,3 +171,23 @@ async def test_tls_against_plain_server(poll, tcp_server):
         out = await poll("tcp", "127.0.0.1", {"port": port, "tls": True})
     assert out.status is Status.DOWN
     assert "TLS" in out.reason or "failed" in out.reason
+
+
+def test_connect_failure_reads_the_errno_not_asyncio_text():
+    """asyncio says "Connect call failed ('127.0.0.1', 1)"; the reason says what happened."""
+    import errno
+
+    from minion.monitors._common import connect_failure
+
+    refused = OSError(errno.ECONNREFUSED, "Connect call failed ('127.0.0.1', 51299)")
+    assert connect_failure(refused, 51299) == "connection refused on port 51299"
+    # Several addresses tried: asyncio joins them into one OSError without an errno.
+    joined = OSError(
+        "Multiple exceptions: [Errno 111] Connect call failed ('::1', 80, 0, 0), "
+        "[Errno 111] Connect call failed ('127.0.0.1', 80)"
+    )
+    assert connect_failure(joined, 80) == "connection refused on port 80"
+    unreachable = OSError(errno.EHOSTUNREACH, "Connect call failed ('10.0.0.1', 22)")
+    assert connect_failure(unreachable, 22) == "host unreachable on port 22"
+    assert connect_failure(OSError(errno.ECONNRESET, "x"), 22) == "connection reset on port 22"
+    assert connect_failure(TimeoutError(), 22) == "connect timed out on port 22"

@@ -211,3 +211,24 @@ async def test_stale_service_emits_poller_stale_once(tmp_path: Path) -> None:
     ]
     assert len(stale) == 1 and stale[0]["typeId"] == str(KEY)
     await keeper.persister.store.close()
+
+
+async def test_regained_and_closed_say_how_long_the_outage_lasted(tmp_path: Path) -> None:
+    """Issue 10, defect 16: ``service regained`` and ``outage closed`` carry the duration."""
+    keeper = await make_keeper(f"sqlite:///{tmp_path}/s.db", [KEY], policy(critical=None))
+    await keeper.apply([obs(KEY, Status.UP, T0), obs(KEY, Status.DOWN, T0 + 10)])
+    await keeper.apply([obs(KEY, Status.UP, T0 + 10 + 312)])
+    events = await outbox_events(keeper)
+    by_action = {(e["type"], e["action"]): e for e in events}
+    [outage] = await all_outages(keeper)
+    expected = outage.closed_at - outage.opened_at
+    assert expected == 312
+    regained = by_action[("service", "regained")]["data"]
+    closed = by_action[("outage", "closed")]["data"]
+    for data in (regained, closed):
+        assert data["durationSeconds"] == 312
+        assert data["duration"] == "5m12s"
+    assert regained["text"] == "service regained after 5m12s"
+    assert closed["text"] == "outage closed: service regained after 5m12s"
+    assert closed["reason"] == "service regained"  # consumers match on it: unchanged
+    await keeper.persister.store.close()

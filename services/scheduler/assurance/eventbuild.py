@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.core.durations import format_duration
 from services.core.events import Event, make_event
 from services.scheduler.model import InterfaceState, ServiceKey, ServiceRuntime
 from services.scheduler.policy import DEFAULT_POLICY
@@ -60,6 +61,20 @@ def element_event(
         ip=None if node else itf.ip,
         **data,
     )
+
+
+def outage_duration(since: float | None, at: float, what: str) -> dict[str, Any]:
+    """How long an outage from ``since`` to ``at`` lasted, as event data.
+
+    ``durationSeconds`` (a number, for consumers that compute), ``duration``
+    (``"5m12s"``) and ``text`` (``"<what> after 5m12s"``, for the operator who
+    reads). Nothing but ``text`` = ``what`` when the start is not known.
+    """
+    if since is None or since > at:
+        return {"text": what}
+    seconds = round(at - since, 3)
+    human = format_duration(seconds)
+    return {"durationSeconds": seconds, "duration": human, "text": f"{what} after {human}"}
 
 
 def suppression(rt: ServiceRuntime, at: float) -> str | None:

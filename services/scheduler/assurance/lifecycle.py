@@ -12,7 +12,11 @@ import logging
 from collections.abc import Callable
 
 from services.core.status import Status
-from services.scheduler.assurance.eventbuild import service_event, unconfigured_event
+from services.scheduler.assurance.eventbuild import (
+    outage_duration,
+    service_event,
+    unconfigured_event,
+)
 from services.scheduler.assurance.node_outage import Topology
 from services.scheduler.assurance.persist import Persister
 from services.scheduler.model import OutageRef, ServiceKey, ServiceRuntime
@@ -72,7 +76,13 @@ async def close_unmanaged(
                 await tx.enqueue(
                     [
                         unconfigured_event(
-                            "outage", "closed", o.key, at, outageId=o.id, reason=reason
+                            "outage",
+                            "closed",
+                            o.key,
+                            at,
+                            outageId=o.id,
+                            reason=reason,
+                            **outage_duration(o.opened_at, at, f"outage closed: {reason}"),
                         )
                     ]
                 )

@@ -24,7 +24,7 @@ from collections import deque
 
 from services.core.status import Status
 from services.scheduler.assurance import node_outage
-from services.scheduler.assurance.eventbuild import service_event, suppression
+from services.scheduler.assurance.eventbuild import outage_duration, service_event, suppression
 from services.scheduler.assurance.node_outage import Topology
 from services.scheduler.assurance.transitions import OutageClosed, OutageOpened, Outcome
 from services.scheduler.model import Observation, OutageRef, ServiceRuntime
@@ -104,12 +104,14 @@ def declare_down(rt: ServiceRuntime, since: float, reason: str, topo: Topology) 
 
 def declare_up(rt: ServiceRuntime, since: float, topo: Topology) -> Outcome:
     """``rt`` is UP since ``since``: regained, or its interface/node is back."""
+    # Kept for the outage's duration in ``service regained``/``outage closed``.
+    down_since = rt.status_since if rt.status is Status.DOWN else None
     rt.status, rt.status_since = Status.UP, since
     if rt.awaiting_critical:
         rt.awaiting_critical = False  # recovered before anything was reported
         out = Outcome()
     else:
-        out = node_outage.declared_up(rt, since, topo) or regained(rt, since)
+        out = node_outage.declared_up(rt, since, topo) or regained(rt, since, down_since)
     out.resumed.add(rt.key)
     return out
 
@@ -169,12 +171,22 @@ def lost(rt: ServiceRuntime, at: float, reason: str) -> Outcome:
     return out
 
 
-def regained(rt: ServiceRuntime, at: float) -> Outcome:
-    """``rt`` is regained: its outage, if any, closes (``service regained`` + ``outage closed``)."""
+def regained(rt: ServiceRuntime, at: float, down_since: float | None = None) -> Outcome:
+    """``rt`` is regained: its outage, if any, closes (``service regained`` + ``outage closed``).
+
+    ``down_since``, when known, gives both events the outage's duration.
+    """
     out = Outcome()
     ref, rt.outage, rt.outage_cause = rt.outage, None, ""
     sup = suppression(rt, at)
-    regained_event = service_event("service", "regained", rt, at, suppressed=sup)
+    regained_event = service_event(
+        "service",
+        "regained",
+        rt,
+        at,
+        suppressed=sup,
+        **outage_duration(down_since, at, "service regained"),
+    )
     events = [] if rt.flapping else [regained_event]
     if ref is not None:
         out.transitions.append(OutageClosed(ref, at, "service regained", regained_event.id))
@@ -187,6 +199,7 @@ def regained(rt: ServiceRuntime, at: float) -> Outcome:
                 regainedEventId=regained_event.id,
                 reason="service regained",
                 suppressed=sup or ("flapping" if rt.flapping else None),
+                **outage_duration(down_since, at, "outage closed: service regained"),
             )
         )
     out.events(
