@@ -6,13 +6,18 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from services.core.tasks import Supervisor
 from services.core.tls import TlsError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How long a command's work may take to wind down after the first signal.
+WIND_DOWN = 1.5
 
 
 class Component(Protocol):
@@ -67,3 +72,36 @@ async def serve(
         loop.add_signal_handler(sig, os._exit, 130)
     await component.stop()
     return code
+
+
+async def until_signal(work: Coroutine[Any, Any, T], *, wind_down: float = WIND_DOWN) -> T | None:
+    """Run ``work`` until it returns or the first SIGINT/SIGTERM; ``None`` after a signal.
+
+    For a command (``vigil sniff``) rather than a component: whatever ``work``
+    awaits (a connection attempt, a subscription), the first signal cancels it,
+    and its clean-up gets ``wind_down`` seconds before it is abandoned, so the
+    command ends within that bound. A second signal ends the process at once.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    signalled = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, signalled.set)
+    waiter = asyncio.ensure_future(signalled.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        for sig in signals:
+            loop.add_signal_handler(sig, os._exit, 130)
+        task.cancel()
+        # The work's finally blocks (closing a connection) run now, bounded.
+        await asyncio.wait({task}, timeout=wind_down)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.debug("interrupted work failed while stopping: %r", task.exception())
+        return None
+    finally:
+        waiter.cancel()
+        for sig in signals:
+            loop.remove_signal_handler(sig)

@@ -17,20 +17,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
-import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from services.cli.runtime import until_signal
 from services.core import natsconn
 from services.core.pki import Identity, Pki
 from services.core.tls import PLAINTEXT, TlsError, TlsMaterial, Transport, require_loopback
 
 DEFAULT_PKI_DIR = Path(".vigil/pki")
 OPERATOR = Identity("operator", "operator")
+log = logging.getLogger(__name__)
 
 
 def operator_transport(url: str, pki_dir: Path | None, *, plaintext: bool = False) -> Transport:
@@ -82,6 +87,13 @@ def pretty_line(subject: str, data: bytes) -> str:
     return f"{head} {what}{where}" + (f"  {detail}" if detail else "")
 
 
+#: How long sniff tries to reach NATS before it gives up (docs/operations.md).
+CONNECT_TIMEOUT = 10.0
+#: Bounds on the subscription's round trips and on closing the connection.
+ROUND_TRIP_TIMEOUT = 5
+CLOSE_TIMEOUT = 1.0
+
+
 async def run_sniff(
     url: str,
     subject: str,
@@ -91,7 +103,13 @@ async def run_sniff(
     pki_dir: Path | None = None,
     plaintext: bool = False,
 ) -> int:
-    """Subscribe as the operator and print until interrupted (or ``count`` messages)."""
+    """Subscribe as the operator and print until interrupted (or ``count`` messages).
+
+    Exit codes: 0 after ``count`` messages or the first SIGINT/SIGTERM (even
+    while still connecting), 1 when NATS cannot be reached within
+    :data:`CONNECT_TIMEOUT` (one line saying why), 2 for a refused subject or
+    missing certificates.
+    """
     try:
         transport = operator_transport(url, pki_dir, plaintext=plaintext)
     except TlsError as exc:
@@ -101,11 +119,33 @@ async def run_sniff(
             file=sys.stderr,
         )
         return 2
-    loop = asyncio.get_running_loop()
+    code = await until_signal(
+        _sniff(url, subject, transport, pretty=pretty, count=count), wind_down=CLOSE_TIMEOUT + 0.5
+    )
+    return 0 if code is None else code
+
+
+async def _connect_quietly(
+    url: str, transport: Transport, on_error: Callable[[Exception], Awaitable[None]]
+) -> NATS:
+    """The first connection, without a warning per failed attempt (the caller says it once)."""
+    quiet = logging.getLogger(natsconn.__name__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return await natsconn.connect(
+            url,
+            "vigil-sniff",
+            transport=transport,
+            first_attempt_timeout=CONNECT_TIMEOUT,
+            on_error=on_error,
+        )
+    finally:
+        quiet.setLevel(level)
+
+
+async def _sniff(url: str, subject: str, transport: Transport, *, pretty: bool, count: int) -> int:
     stop = asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
     seen = 0
 
     async def on_msg(msg: Msg) -> None:
@@ -132,35 +172,33 @@ async def run_sniff(
             stop.set()
 
     try:
-        try:
-            nc = await natsconn.connect(
-                url,
-                "vigil-sniff",
-                transport=transport,
-                first_attempt_timeout=10.0,
-                on_error=on_error,
+        nc = await _connect_quietly(url, transport, on_error)
+    except ConnectionError as exc:
+        print(f"vigil sniff: {exc} (gave up after {CONNECT_TIMEOUT:.0f}s)", file=sys.stderr)
+        return 1
+    try:
+        await nc.subscribe(subject, cb=on_msg)
+        await nc.flush(timeout=ROUND_TRIP_TIMEOUT)
+        # nats-py hands the server's refusal (sent before the first PONG) to
+        # the error callback in a task of its own: a second round trip lets it run.
+        await nc.flush(timeout=ROUND_TRIP_TIMEOUT)
+        if refused:
+            print(
+                f"vigil sniff: {refused[0]} (an operator may read vigil.events.> "
+                "and vigil.rejected.>)",
+                file=sys.stderr,
             )
-        except ConnectionError as exc:
-            print(f"vigil sniff: {exc}", file=sys.stderr)
-            return 1
-        try:
-            await nc.subscribe(subject, cb=on_msg)
-            await nc.flush(timeout=5)
-            # nats-py hands the server's refusal (sent before the first PONG) to
-            # the error callback in a task of its own: a second round trip lets it run.
-            await nc.flush(timeout=5)
-            if refused:
-                print(
-                    f"vigil sniff: {refused[0]} (an operator may read vigil.events.> "
-                    "and vigil.rejected.>)",
-                    file=sys.stderr,
-                )
-                return 2
-            print(f"vigil sniff: watching {subject} on {url}", file=sys.stderr, flush=True)
-            await stop.wait()
-        finally:
-            await nc.close()
+            return 2
+        print(f"vigil sniff: watching {subject} on {url}", file=sys.stderr, flush=True)
+        await stop.wait()
+    except (nats.errors.Error, TimeoutError) as exc:
+        print(f"vigil sniff: NATS at {url} stopped answering: {exc!r}", file=sys.stderr)
+        return 1
     finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+        # Bounded: a connection that went dead must not hold the exit up.
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await nc.close()
+        except Exception as exc:
+            log.debug("closing NATS: %r", exc)
     return 0
