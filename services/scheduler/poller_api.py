@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -77,12 +78,26 @@ def _key_token(key: ServiceKey, filters: Any) -> str:
     return paging.encode_token([key.node_id, key.ip, key.service], filters)
 
 
+def canonical_ip(text: str, field: str) -> str:
+    """``text`` as the inventory spells addresses (``str(ip_address)``), or INVALID_ARGUMENT.
+
+    An address that cannot exist is the caller's mistake, not an unknown
+    service: NOT_FOUND (or an empty page) would hide the typo. The canonical
+    form lets ``0:0::1`` find the service kept under ``::1``.
+    """
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        shown = text if len(text) <= 64 else text[:64] + "…"
+        raise InvalidArgumentError(field, f"{shown!r} is not an IP address") from None
+
+
 def require_key(ref: common_pb2.ServiceRef, field: str = "service") -> ServiceKey:
-    """A complete service key from a request, or INVALID_ARGUMENT naming the missing part."""
+    """A complete service key from a request, or INVALID_ARGUMENT naming the wrong part."""
     for name in ("node_id", "ip", "service"):
         if not getattr(ref, name):
             raise InvalidArgumentError(f"{field}.{name}", "is required")
-    return ServiceKey(ref.node_id, ref.ip, ref.service)
+    return ServiceKey(ref.node_id, canonical_ip(ref.ip, f"{field}.ip"), ref.service)
 
 
 class PollerServicer(poller_pb2_grpc.PollerServicer):
@@ -166,12 +181,13 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         until = from_timestamp(request.until) if request.HasField("until") else None
         if since is not None and until is not None and until <= since:
             raise InvalidArgumentError("until", "must be after since")
+        ip = canonical_ip(request.ip, "ip") if request.ip else None
         filters = [request.node_id, request.ip, request.service, since, until]
         size = paging.page_size(request.page_size)
         before = paging.decode_int(request.page_token, filters)
         rows, total = await self.store.list_results(
             node_id=request.node_id or None,
-            ip=request.ip or None,
+            ip=ip,
             service=request.service or None,
             since=since,
             until=until,

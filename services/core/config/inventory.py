@@ -10,21 +10,21 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from services.core.config.fields import PositiveDuration, Strict
+from services.core.config.fields import PollInterval, PositiveDuration, Strict
 from services.core.config.packages import MaintenanceWindow
 from services.core.ids import DEFAULT_LOCATION, Location, NodeId, ServiceName
 
 
 class Defaults(Strict):
-    interval: PositiveDuration = 300.0
+    interval: PollInterval = 300.0
     timeout: PositiveDuration = 3.0
     retries: int = Field(default=1, ge=0, le=10)
     #: ``null``: a request lives as long as its service's interval.
-    ttl: PositiveDuration | None = None
+    ttl: PollInterval | None = None
 
 
 class LocationSettings(Strict):
-    ttl: PositiveDuration | None = None
+    ttl: PollInterval | None = None
     #: Issue 6: minions of this location fetch its schedule and keep polling on
     #: their own while the central site is unreachable, replaying results later.
     store_and_forward: bool = False
@@ -35,10 +35,10 @@ class ServiceConfig(Strict):
     #: Optional when a poller package defines the service.
     monitor: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    interval: PositiveDuration | None = None
+    interval: PollInterval | None = None
     timeout: PositiveDuration | None = None
     retries: int | None = Field(default=None, ge=0, le=10)
-    ttl: PositiveDuration | None = None
+    ttl: PollInterval | None = None
 
 
 class InterfaceConfig(Strict):

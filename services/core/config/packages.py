@@ -25,9 +25,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.core.durations import Duration
+from services.core.durations import Duration, PollInterval, PositiveDuration
 
-PositiveDuration = Annotated[Duration, Field(gt=0)]
 WEEK = 7 * 86400.0
 
 
@@ -39,7 +38,7 @@ class DowntimeStep(_Strict):
     """From ``begin`` (time since the service went down) on, poll every ``interval`` — or ``stop``."""
 
     begin: Annotated[Duration, Field(ge=0)]
-    interval: PositiveDuration | None = None
+    interval: PollInterval | None = None
     stop: bool = False
 
     @model_validator(mode="after")
@@ -202,10 +201,10 @@ class PackageService(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     monitor: str
     params: dict[str, Any] = Field(default_factory=dict)
-    interval: PositiveDuration | None = None
+    interval: PollInterval | None = None
     timeout: PositiveDuration | None = None
     retries: int | None = Field(default=None, ge=0, le=10)
-    ttl: PositiveDuration | None = None
+    ttl: PollInterval | None = None
 
 
 class Package(_Strict):
@@ -220,11 +219,11 @@ class Package(_Strict):
     confirm_down: int = Field(default=1, ge=1, le=20)
     confirm_up: int = Field(default=1, ge=1, le=20)
     #: Re-poll interval while a change is being confirmed.
-    retry_interval: PositiveDuration = 10.0
+    retry_interval: PollInterval = 10.0
     flapping: Flapping | None = None
     maintenance: tuple[MaintenanceWindow, ...] = ()
     #: Defaults for this package's services.
-    interval: PositiveDuration | None = None
+    interval: PollInterval | None = None
     timeout: PositiveDuration | None = None
     retries: int | None = Field(default=None, ge=0, le=10)
     services: tuple[PackageService, ...] = ()
