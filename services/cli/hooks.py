@@ -1,4 +1,4 @@
-"""``vigil hooks add|list|rm|failures``: manage the event service's webhooks."""
+"""``vigil hooks add|list|update|rm|failures``: manage the event service's webhooks."""
 
 from __future__ import annotations
 
@@ -220,6 +220,77 @@ def list_hooks(
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+
+
+@app.command("update")
+def update(
+    hook: Annotated[str, typer.Argument(help="Id or name of the hook.")],
+    url: Annotated[str | None, typer.Option("--url", help="The new URL.")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="The new name.")] = None,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            "-f",
+            help="Replace the filters (as for add; several --filter OR).",
+        ),
+    ] = None,
+    all_events: Annotated[
+        bool, typer.Option("--all-events", help="Remove every filter: every event.")
+    ] = False,
+    secret: Annotated[
+        str | None,
+        typer.Option(
+            "--secret", help="The new HMAC-SHA256 key (8-256 chars); see also --new-secret."
+        ),
+    ] = None,
+    new_secret: Annotated[
+        bool, typer.Option("--new-secret", help="Generate a new key and print it once.")
+    ] = False,
+    events: AddressOpt = DEFAULT_ADDRESS,
+    pki_dir: PkiDirOpt = None,
+    plaintext: PlaintextOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a webhook: only what is given changes (an UpdateHook field mask)."""
+    from google.protobuf.field_mask_pb2 import FieldMask
+    from vigil.v1 import events_pb2
+
+    if filters and all_events:
+        raise typer.BadParameter("give --filter or --all-events, not both", param_hint="--filter")
+    if secret is not None and new_secret:
+        raise typer.BadParameter("give --secret or --new-secret, not both", param_hint="--secret")
+    paths: list[str] = []
+    request = events_pb2.UpdateHookRequest()
+    if url is not None:
+        paths.append("url")
+        request.url = url
+    if name is not None:
+        paths.append("name")
+        request.name = name
+    if filters or all_events:
+        paths.append("filters")
+        request.filters.extend(parse_filter(f) for f in filters or [])
+    key = secrets.token_urlsafe(24) if new_secret else secret
+    if key is not None:
+        paths.append("secret")
+        request.secret = key
+    if not paths:
+        raise typer.BadParameter(
+            "nothing to change: give --url, --name, --filter, --all-events, --secret or "
+            "--new-secret"
+        )
+    request.update_mask.CopyFrom(FieldMask(paths=paths))
+    with _stub(events, pki_dir, plaintext) as stub:
+        request.id = _resolve(stub, hook).id
+        updated = stub.UpdateHook(request, timeout=15)
+    if new_secret:
+        # The only time it is shown: the service never returns it.
+        typer.echo(f"secret (store it now, it is not shown again): {key}", err=True)
+    if as_json:
+        typer.echo(_as_json(updated))
+    else:
+        typer.echo(f"hook {updated.name} updated ({', '.join(paths)})")
 
 
 @app.command("rm")

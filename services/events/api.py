@@ -25,7 +25,7 @@ from services.core.tls import peer_identity
 from services.events import filters, metrics
 from services.events.convert import event_pb, failure_pb, hook_pb, raw_from_pb
 from services.events.hooks.manager import HookManager
-from services.events.normalize import InvalidEvent, normalize
+from services.events.normalize import InvalidEvent, check_published, normalize
 from services.events.store.history import EventFilter, HistoryStore
 from services.events.subscribe import Subscription, TooSlow, cut_off, start_position
 
@@ -86,7 +86,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
                 "event.sequence", "is assigned by the event service; leave it 0"
             )
         try:
-            event = normalize(raw_from_pb(request.event), default_source="api")
+            event = check_published(normalize(raw_from_pb(request.event), default_source="api"))
         except InvalidEvent as exc:
             where = "event" if exc.field == "event" else f"event.{exc.field}"
             raise InvalidArgumentError(where, exc.problem) from None
@@ -94,14 +94,25 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
         # claims (an operator cannot pass an event off as the scheduler's).
         event = event.model_copy(update={"source": caller_source(context)})
         try:
+            # An id already in the history is a duplicate even past the ingest stream's
+            # de-duplication window: the ingestor would drop it, so say so.
+            stored = bool(await self.history.known_ids([event.id]))
+        except Exception as exc:
+            log.warning("Publish: cannot read the history: %s", exc)
+            raise UnavailableError(f"cannot read the event history: {exc}") from exc
+        if stored:
+            return events_pb2.PublishResponse(event=event_pb(event), duplicate=True)
+        try:
             # The same durable path as every producer: the ingestor publishes and stores it.
-            await self.js.publish(
+            ack = await self.js.publish(
                 PUBLISH_SUBJECT, event.to_json(), timeout=5.0, headers={"Nats-Msg-Id": event.id}
             )
         except Exception as exc:
             log.warning("Publish: cannot hand the event to JetStream: %s", exc)
             raise UnavailableError(f"cannot reach the event stream: {exc}") from exc
-        return events_pb2.PublishResponse(event=event_pb(event))
+        # Within the de-duplication window JetStream recognises the id itself (the first
+        # copy may still be on its way to the history).
+        return events_pb2.PublishResponse(event=event_pb(event), duplicate=bool(ack.duplicate))
 
     # -- history ---------------------------------------------------------------------------
 
@@ -223,6 +234,31 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             next_page_token=paging.encode_token(rows[-1].name, ["hooks"]) if more else "",
             total_size=total,
         )
+
+    @handle_errors
+    async def UpdateHook(
+        self, request: events_pb2.UpdateHookRequest, context: Ctx
+    ) -> events_pb2.Hook:
+        if not request.id:
+            raise InvalidArgumentError("id", "is required")
+        paths = list(request.update_mask.paths)
+        interests = filters.validate(request.filters) if "filters" in paths else []
+        try:
+            row = await self.hooks.update(
+                request.id,
+                paths,
+                name=request.name,
+                url=request.url,
+                interests=interests,
+                secret=request.secret,
+            )
+        except DomainError:
+            raise
+        except Exception as exc:  # the store: the old definition stands
+            log.warning("UpdateHook failed: %s", exc)
+            raise UnavailableError(f"cannot update the hook now: {exc}") from exc
+        live, backlog, in_flight = await self.hooks.status(row)
+        return hook_pb(live, backlog=backlog, in_flight=in_flight)
 
     @handle_errors
     async def DeleteHook(

@@ -38,6 +38,31 @@ def is_glob(value: str) -> bool:
     return bool(_GLOB.search(value))
 
 
+def pattern_problem(value: str) -> str | None:
+    """Why ``value`` is not a well-formed glob, or ``None``.
+
+    fnmatch reads an unclosed ``[`` as a literal character, so ``[unclosed``
+    would be a filter that silently never matches what its author meant:
+    refuse it. Classes are read as fnmatch reads them (``[!...]`` negates, a
+    ``]`` right after the opening is a member).
+    """
+    i, n = 0, len(value)
+    while i < n:
+        if value[i] == "[":
+            j = i + 1
+            if j < n and value[j] == "!":
+                j += 1
+            if j < n and value[j] == "]":
+                j += 1
+            while j < n and value[j] != "]":
+                j += 1
+            if j >= n:
+                return f"{value[:80]!r} has an unclosed '[' at position {i}"
+            i = j
+        i += 1
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Interest:
     """One filter: every set field must match."""
@@ -93,6 +118,9 @@ def validate(raw: Iterable[Any], field: str = "filters") -> list[Interest]:
                 raise InvalidArgumentError(f"{where}.{name}", f"longer than {MAX_VALUE} characters")
             if any(ord(c) < 32 for c in value):
                 raise InvalidArgumentError(f"{where}.{name}", "contains control characters")
+            problem = pattern_problem(value)
+            if problem is not None:
+                raise InvalidArgumentError(f"{where}.{name}", f"not a valid pattern: {problem}")
         t, a, s = values["type"], values["action"], values["severity"]
         known_types = {kt for kt, _ in CATALOGUE}
         if t and not is_glob(t) and t not in known_types:

@@ -13,6 +13,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from services.core.errors import InvalidArgumentError
@@ -23,6 +24,7 @@ from services.core.events import (
     Event,
     reduction_key,
 )
+from services.core.ids import NODE_ID_RE
 from services.core.timeutil import iso, now, parse_iso
 
 #: The largest raw event accepted (the JSON document, all fields included).
@@ -171,3 +173,44 @@ def normalize(
         reduction_key=text("reductionKey") or reduction_key(etype, action, type_id, node_id),
         data=payload,
     )
+
+
+UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+#: The createdAt range a Publish caller may claim: nothing before this year ...
+PUBLISH_EARLIEST_YEAR = 2000
+#: ... and nothing further ahead of this service's clock (room for clock skew).
+PUBLISH_MAX_AHEAD = 86_400.0
+
+
+def check_published(event: Event) -> Event:
+    """The stricter checks of an event an API caller publishes (after :func:`normalize`).
+
+    Producers inside Vigil derive their ids and subject tokens from validated
+    data; a caller of ``Publish`` can type anything, so its event must have a
+    UUID id, a ``createdAt`` between 2000-01-01 and a day ahead of now, and a
+    ``nodeId`` that is one NATS subject token (the node-id pattern of
+    :mod:`services.core.ids`). Raises :class:`InvalidEvent` naming the field.
+    """
+    # The canonical form only: uuid.UUID() also takes "urn:uuid:…", braces and bare hex,
+    # which consumers de-duplicating on the id would see as other ids.
+    if not UUID_RE.fullmatch(event.id):
+        raise InvalidEvent(
+            "id", f"{event.id[:80]!r} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
+        )
+    created = parse_iso(event.created_at)
+    earliest = datetime(PUBLISH_EARLIEST_YEAR, 1, 1, tzinfo=UTC).timestamp()
+    if created < earliest:
+        raise InvalidEvent(
+            "createdAt", f"{event.created_at} is before {PUBLISH_EARLIEST_YEAR}-01-01"
+        )
+    if created > now() + PUBLISH_MAX_AHEAD:
+        raise InvalidEvent("createdAt", f"{event.created_at} is more than a day in the future")
+    if event.node_id is not None and not NODE_ID_RE.fullmatch(event.node_id):
+        raise InvalidEvent(
+            "nodeId",
+            f"{event.node_id[:80]!r} is not a valid node id "
+            "(letters, digits, '-', '_'; one NATS subject token)",
+        )
+    return event

@@ -142,3 +142,53 @@ def test_pretty_line_forms() -> None:
         "rejected from x: type: unknown event type 'v'"
     )
     assert pretty_line("s", b"\x00junk") == "s: b'\\x00junk'"
+
+
+async def test_hooks_update_changes_only_what_is_given(service: EventService) -> None:
+    """``vigil hooks update`` sends a field mask: the URL moves, the filters stay."""
+    old, new = await Receiver().start(), await Receiver().start()
+    addr = ["--events", service.grpc_address]
+    try:
+        code, _, err = await vigil(
+            "hooks",
+            "add",
+            old.url,
+            "--name",
+            "upd",
+            "-f",
+            "type=node",
+            "--secret",
+            "s3cret-key",
+            *addr,
+        )
+        assert code == 0, err
+        code, out, err = await vigil("hooks", "update", "upd", "--url", new.url, *addr)
+        assert code == 0, err
+        assert out.strip() == "hook upd updated (url)"
+        code, out, _ = await vigil("hooks", "list", "--json", *addr)
+        listed = json.loads(out.splitlines()[0])
+        assert listed["url"] == new.url
+        assert listed["filters"] == [{"type": "node"}]
+        async with jetstream(service.nats_url) as js:
+            await publish_raw(js, raw_event("node", "down", "n1"))
+        await wait_for(lambda: new.requests, what="delivery to the new URL")
+        assert not old.requests
+
+        code, _, err = await vigil("hooks", "update", "upd", "--new-secret", *addr)
+        assert code == 0, err
+        secret = err.split("not shown again): ", 1)[1].strip()
+        code, out, _ = await vigil("hooks", "list", *addr)
+        assert secret not in out
+
+        code, _, err = await vigil("hooks", "update", "upd", *addr)
+        assert code == 2
+        assert "nothing to change" in err
+        code, _, err = await vigil("hooks", "update", "upd", "-f", "node=[x", *addr)
+        assert code == 1
+        assert "INVALID_ARGUMENT: filters[0].node_id:" in err
+        code, _, err = await vigil("hooks", "update", "nosuch", "--url", new.url, *addr)
+        assert code == 1
+        assert "no hook" in err
+    finally:
+        await old.stop()
+        await new.stop()

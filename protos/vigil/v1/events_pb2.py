@@ -22,55 +22,58 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vigil/v1/events.proto\x12\x08vigil.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x02\n\x05\x45vent\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08severity\x18\x05 \x01(\t\x12\x0f\n\x07type_id\x18\x06 \x01(\t\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x10\n\x08location\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\n \x01(\t\x12%\n\x04\x64\x61ta\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08sequence\x18\x0c \x01(\x04\x12\x15\n\rreduction_key\x18\r \x01(\t\"`\n\x0b\x45ventFilter\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x10\n\x08location\x18\x05 \x01(\t\"0\n\x0ePublishRequest\x12\x1e\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x0f.vigil.v1.Event\"1\n\x0fPublishResponse\x12\x1e\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x0f.vigil.v1.Event\"j\n\x10SubscribeRequest\x12&\n\x07\x66ilters\x18\x01 \x03(\x0b\x32\x15.vigil.v1.EventFilter\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"h\n\x11SubscribeResponse\x12 \n\x05\x65vent\x18\x01 \x01(\x0b\x32\x0f.vigil.v1.EventH\x00\x12)\n\nkeep_alive\x18\x02 \x01(\x0b\x32\x13.vigil.v1.KeepAliveH\x00\x42\x06\n\x04kind\"G\n\tKeepAlive\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe3\x01\n\x11ListEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08severity\x18\x05 \x01(\t\x12\x0f\n\x07node_id\x18\x06 \x01(\t\x12\x10\n\x08location\x18\x07 \x01(\t\x12)\n\x05since\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x12ListEventsResponse\x12\x1f\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0f.vigil.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\xab\x01\n\x04Hook\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12&\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x15.vigil.v1.EventFilter\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06status\x18\x06 \x01(\x0b\x32\x14.vigil.v1.HookStatus\"\xcf\x01\n\nHookStatus\x12\x33\n\x0flast_success_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_error_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\x04\x12\x11\n\tdelivered\x18\x05 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x04\x12\x11\n\tin_flight\x18\x07 \x01(\r\"f\n\x11\x43reateHookRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12&\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x15.vigil.v1.EventFilter\x12\x0e\n\x06secret\x18\x04 \x01(\t\"9\n\x10ListHooksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x11ListHooksResponse\x12\x1d\n\x05hooks\x18\x01 \x03(\x0b\x32\x0e.vigil.v1.Hook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\x1f\n\x11\x44\x65leteHookRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteHookResponse\"\xd5\x01\n\x0bHookFailure\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07hook_id\x18\x02 \x01(\t\x12\x1e\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x0f.vigil.v1.Event\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x34\n\x10\x66irst_attempt_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tfailed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x07 \x01(\t\"Q\n\x17ListHookFailuresRequest\x12\x0f\n\x07hook_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"p\n\x18ListHookFailuresResponse\x12\'\n\x08\x66\x61ilures\x18\x01 \x03(\x0b\x32\x15.vigil.v1.HookFailure\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\x32\xfe\x03\n\x06\x45vents\x12>\n\x07Publish\x12\x18.vigil.v1.PublishRequest\x1a\x19.vigil.v1.PublishResponse\x12\x46\n\tSubscribe\x12\x1a.vigil.v1.SubscribeRequest\x1a\x1b.vigil.v1.SubscribeResponse0\x01\x12G\n\nListEvents\x12\x1b.vigil.v1.ListEventsRequest\x1a\x1c.vigil.v1.ListEventsResponse\x12\x39\n\nCreateHook\x12\x1b.vigil.v1.CreateHookRequest\x1a\x0e.vigil.v1.Hook\x12\x44\n\tListHooks\x12\x1a.vigil.v1.ListHooksRequest\x1a\x1b.vigil.v1.ListHooksResponse\x12G\n\nDeleteHook\x12\x1b.vigil.v1.DeleteHookRequest\x1a\x1c.vigil.v1.DeleteHookResponse\x12Y\n\x10ListHookFailures\x12!.vigil.v1.ListHookFailuresRequest\x1a\".vigil.v1.ListHookFailuresResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vigil/v1/events.proto\x12\x08vigil.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x02\n\x05\x45vent\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08severity\x18\x05 \x01(\t\x12\x0f\n\x07type_id\x18\x06 \x01(\t\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x10\n\x08location\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\n \x01(\t\x12%\n\x04\x64\x61ta\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08sequence\x18\x0c \x01(\x04\x12\x15\n\rreduction_key\x18\r \x01(\t\"`\n\x0b\x45ventFilter\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x10\n\x08location\x18\x05 \x01(\t\"0\n\x0ePublishRequest\x12\x1e\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x0f.vigil.v1.Event\"D\n\x0fPublishResponse\x12\x1e\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x0f.vigil.v1.Event\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"j\n\x10SubscribeRequest\x12&\n\x07\x66ilters\x18\x01 \x03(\x0b\x32\x15.vigil.v1.EventFilter\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"h\n\x11SubscribeResponse\x12 \n\x05\x65vent\x18\x01 \x01(\x0b\x32\x0f.vigil.v1.EventH\x00\x12)\n\nkeep_alive\x18\x02 \x01(\x0b\x32\x13.vigil.v1.KeepAliveH\x00\x42\x06\n\x04kind\"G\n\tKeepAlive\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe3\x01\n\x11ListEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08severity\x18\x05 \x01(\t\x12\x0f\n\x07node_id\x18\x06 \x01(\t\x12\x10\n\x08location\x18\x07 \x01(\t\x12)\n\x05since\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x12ListEventsResponse\x12\x1f\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0f.vigil.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\xab\x01\n\x04Hook\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12&\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x15.vigil.v1.EventFilter\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06status\x18\x06 \x01(\x0b\x32\x14.vigil.v1.HookStatus\"\xcf\x01\n\nHookStatus\x12\x33\n\x0flast_success_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_error_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\x04\x12\x11\n\tdelivered\x18\x05 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x04\x12\x11\n\tin_flight\x18\x07 \x01(\r\"f\n\x11\x43reateHookRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12&\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x15.vigil.v1.EventFilter\x12\x0e\n\x06secret\x18\x04 \x01(\t\"9\n\x10ListHooksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x11ListHooksResponse\x12\x1d\n\x05hooks\x18\x01 \x03(\x0b\x32\x0e.vigil.v1.Hook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\x1f\n\x11\x44\x65leteHookRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteHookResponse\"\xa3\x01\n\x11UpdateHookRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12&\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x15.vigil.v1.EventFilter\x12\x0e\n\x06secret\x18\x05 \x01(\t\x12/\n\x0bupdate_mask\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\xd5\x01\n\x0bHookFailure\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07hook_id\x18\x02 \x01(\t\x12\x1e\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x0f.vigil.v1.Event\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x34\n\x10\x66irst_attempt_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tfailed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x07 \x01(\t\"Q\n\x17ListHookFailuresRequest\x12\x0f\n\x07hook_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"p\n\x18ListHookFailuresResponse\x12\'\n\x08\x66\x61ilures\x18\x01 \x03(\x0b\x32\x15.vigil.v1.HookFailure\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\x32\xb9\x04\n\x06\x45vents\x12>\n\x07Publish\x12\x18.vigil.v1.PublishRequest\x1a\x19.vigil.v1.PublishResponse\x12\x46\n\tSubscribe\x12\x1a.vigil.v1.SubscribeRequest\x1a\x1b.vigil.v1.SubscribeResponse0\x01\x12G\n\nListEvents\x12\x1b.vigil.v1.ListEventsRequest\x1a\x1c.vigil.v1.ListEventsResponse\x12\x39\n\nCreateHook\x12\x1b.vigil.v1.CreateHookRequest\x1a\x0e.vigil.v1.Hook\x12\x44\n\tListHooks\x12\x1a.vigil.v1.ListHooksRequest\x1a\x1b.vigil.v1.ListHooksResponse\x12G\n\nDeleteHook\x12\x1b.vigil.v1.DeleteHookRequest\x1a\x1c.vigil.v1.DeleteHookResponse\x12\x39\n\nUpdateHook\x12\x1b.vigil.v1.UpdateHookRequest\x1a\x0e.vigil.v1.Hook\x12Y\n\x10ListHookFailures\x12!.vigil.v1.ListHookFailuresRequest\x1a\".vigil.v1.ListHookFailuresResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vigil.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENT']._serialized_start=99
-  _globals['_EVENT']._serialized_end=379
-  _globals['_EVENTFILTER']._serialized_start=381
-  _globals['_EVENTFILTER']._serialized_end=477
-  _globals['_PUBLISHREQUEST']._serialized_start=479
-  _globals['_PUBLISHREQUEST']._serialized_end=527
-  _globals['_PUBLISHRESPONSE']._serialized_start=529
-  _globals['_PUBLISHRESPONSE']._serialized_end=578
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=580
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=686
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=688
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=792
-  _globals['_KEEPALIVE']._serialized_start=794
-  _globals['_KEEPALIVE']._serialized_end=865
-  _globals['_LISTEVENTSREQUEST']._serialized_start=868
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1095
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1097
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1195
-  _globals['_HOOK']._serialized_start=1198
-  _globals['_HOOK']._serialized_end=1369
-  _globals['_HOOKSTATUS']._serialized_start=1372
-  _globals['_HOOKSTATUS']._serialized_end=1579
-  _globals['_CREATEHOOKREQUEST']._serialized_start=1581
-  _globals['_CREATEHOOKREQUEST']._serialized_end=1683
-  _globals['_LISTHOOKSREQUEST']._serialized_start=1685
-  _globals['_LISTHOOKSREQUEST']._serialized_end=1742
-  _globals['_LISTHOOKSRESPONSE']._serialized_start=1744
-  _globals['_LISTHOOKSRESPONSE']._serialized_end=1839
-  _globals['_DELETEHOOKREQUEST']._serialized_start=1841
-  _globals['_DELETEHOOKREQUEST']._serialized_end=1872
-  _globals['_DELETEHOOKRESPONSE']._serialized_start=1874
-  _globals['_DELETEHOOKRESPONSE']._serialized_end=1894
-  _globals['_HOOKFAILURE']._serialized_start=1897
-  _globals['_HOOKFAILURE']._serialized_end=2110
-  _globals['_LISTHOOKFAILURESREQUEST']._serialized_start=2112
-  _globals['_LISTHOOKFAILURESREQUEST']._serialized_end=2193
-  _globals['_LISTHOOKFAILURESRESPONSE']._serialized_start=2195
-  _globals['_LISTHOOKFAILURESRESPONSE']._serialized_end=2307
-  _globals['_EVENTS']._serialized_start=2310
-  _globals['_EVENTS']._serialized_end=2820
+  _globals['_EVENT']._serialized_start=133
+  _globals['_EVENT']._serialized_end=413
+  _globals['_EVENTFILTER']._serialized_start=415
+  _globals['_EVENTFILTER']._serialized_end=511
+  _globals['_PUBLISHREQUEST']._serialized_start=513
+  _globals['_PUBLISHREQUEST']._serialized_end=561
+  _globals['_PUBLISHRESPONSE']._serialized_start=563
+  _globals['_PUBLISHRESPONSE']._serialized_end=631
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=633
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=739
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=741
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=845
+  _globals['_KEEPALIVE']._serialized_start=847
+  _globals['_KEEPALIVE']._serialized_end=918
+  _globals['_LISTEVENTSREQUEST']._serialized_start=921
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1148
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1150
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1248
+  _globals['_HOOK']._serialized_start=1251
+  _globals['_HOOK']._serialized_end=1422
+  _globals['_HOOKSTATUS']._serialized_start=1425
+  _globals['_HOOKSTATUS']._serialized_end=1632
+  _globals['_CREATEHOOKREQUEST']._serialized_start=1634
+  _globals['_CREATEHOOKREQUEST']._serialized_end=1736
+  _globals['_LISTHOOKSREQUEST']._serialized_start=1738
+  _globals['_LISTHOOKSREQUEST']._serialized_end=1795
+  _globals['_LISTHOOKSRESPONSE']._serialized_start=1797
+  _globals['_LISTHOOKSRESPONSE']._serialized_end=1892
+  _globals['_DELETEHOOKREQUEST']._serialized_start=1894
+  _globals['_DELETEHOOKREQUEST']._serialized_end=1925
+  _globals['_DELETEHOOKRESPONSE']._serialized_start=1927
+  _globals['_DELETEHOOKRESPONSE']._serialized_end=1947
+  _globals['_UPDATEHOOKREQUEST']._serialized_start=1950
+  _globals['_UPDATEHOOKREQUEST']._serialized_end=2113
+  _globals['_HOOKFAILURE']._serialized_start=2116
+  _globals['_HOOKFAILURE']._serialized_end=2329
+  _globals['_LISTHOOKFAILURESREQUEST']._serialized_start=2331
+  _globals['_LISTHOOKFAILURESREQUEST']._serialized_end=2412
+  _globals['_LISTHOOKFAILURESRESPONSE']._serialized_start=2414
+  _globals['_LISTHOOKFAILURESRESPONSE']._serialized_end=2526
+  _globals['_EVENTS']._serialized_start=2529
+  _globals['_EVENTS']._serialized_end=3098
 # @@protoc_insertion_point(module_scope)

@@ -65,6 +65,11 @@ class EventsStub:
                 request_serializer=vigil_dot_v1_dot_events__pb2.DeleteHookRequest.SerializeToString,
                 response_deserializer=vigil_dot_v1_dot_events__pb2.DeleteHookResponse.FromString,
                 _registered_method=True)
+        self.UpdateHook = channel.unary_unary(
+                '/vigil.v1.Events/UpdateHook',
+                request_serializer=vigil_dot_v1_dot_events__pb2.UpdateHookRequest.SerializeToString,
+                response_deserializer=vigil_dot_v1_dot_events__pb2.Hook.FromString,
+                _registered_method=True)
         self.ListHookFailures = channel.unary_unary(
                 '/vigil.v1.Events/ListHookFailures',
                 request_serializer=vigil_dot_v1_dot_events__pb2.ListHookFailuresRequest.SerializeToString,
@@ -120,6 +125,16 @@ class EventsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateHook(self, request, context):
+        """Changes the fields of a hook named by update_mask (name, url, filters,
+        secret), validated as CreateHook validates them. NOT_FOUND for an unknown
+        id; INVALID_ARGUMENT for an unknown or empty mask. Deliveries continue from
+        the hook's cursor with the new definition.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListHookFailures(self, request, context):
         """Deliveries given up after retrying for the configured maximum age.
         """
@@ -159,6 +174,11 @@ def add_EventsServicer_to_server(servicer, server):
                     servicer.DeleteHook,
                     request_deserializer=vigil_dot_v1_dot_events__pb2.DeleteHookRequest.FromString,
                     response_serializer=vigil_dot_v1_dot_events__pb2.DeleteHookResponse.SerializeToString,
+            ),
+            'UpdateHook': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateHook,
+                    request_deserializer=vigil_dot_v1_dot_events__pb2.UpdateHookRequest.FromString,
+                    response_serializer=vigil_dot_v1_dot_events__pb2.Hook.SerializeToString,
             ),
             'ListHookFailures': grpc.unary_unary_rpc_method_handler(
                     servicer.ListHookFailures,
@@ -329,6 +349,33 @@ class Events:
             '/vigil.v1.Events/DeleteHook',
             vigil_dot_v1_dot_events__pb2.DeleteHookRequest.SerializeToString,
             vigil_dot_v1_dot_events__pb2.DeleteHookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateHook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vigil.v1.Events/UpdateHook',
+            vigil_dot_v1_dot_events__pb2.UpdateHookRequest.SerializeToString,
+            vigil_dot_v1_dot_events__pb2.Hook.FromString,
             options,
             channel_credentials,
             insecure,

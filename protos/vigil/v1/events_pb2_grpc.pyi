@@ -49,6 +49,12 @@ class EventsStub:
     """Webhooks: every matching event is POSTed (signed) at least once."""
     ListHooks: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListHooksRequest, _events_pb2.ListHooksResponse]
     DeleteHook: _grpc.UnaryUnaryMultiCallable[_events_pb2.DeleteHookRequest, _events_pb2.DeleteHookResponse]
+    UpdateHook: _grpc.UnaryUnaryMultiCallable[_events_pb2.UpdateHookRequest, _events_pb2.Hook]
+    """Changes the fields of a hook named by update_mask (name, url, filters,
+    secret), validated as CreateHook validates them. NOT_FOUND for an unknown
+    id; INVALID_ARGUMENT for an unknown or empty mask. Deliveries continue from
+    the hook's cursor with the new definition.
+    """
     ListHookFailures: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListHookFailuresRequest, _events_pb2.ListHookFailuresResponse]
     """Deliveries given up after retrying for the configured maximum age."""
 
@@ -73,6 +79,12 @@ class EventsAsyncStub(EventsStub):
     """Webhooks: every matching event is POSTed (signed) at least once."""
     ListHooks: _aio.UnaryUnaryMultiCallable[_events_pb2.ListHooksRequest, _events_pb2.ListHooksResponse]  # type: ignore[assignment]
     DeleteHook: _aio.UnaryUnaryMultiCallable[_events_pb2.DeleteHookRequest, _events_pb2.DeleteHookResponse]  # type: ignore[assignment]
+    UpdateHook: _aio.UnaryUnaryMultiCallable[_events_pb2.UpdateHookRequest, _events_pb2.Hook]  # type: ignore[assignment]
+    """Changes the fields of a hook named by update_mask (name, url, filters,
+    secret), validated as CreateHook validates them. NOT_FOUND for an unknown
+    id; INVALID_ARGUMENT for an unknown or empty mask. Deliveries continue from
+    the hook's cursor with the new definition.
+    """
     ListHookFailures: _aio.UnaryUnaryMultiCallable[_events_pb2.ListHookFailuresRequest, _events_pb2.ListHookFailuresResponse]  # type: ignore[assignment]
     """Deliveries given up after retrying for the configured maximum age."""
 
@@ -130,6 +142,18 @@ class EventsServicer(metaclass=_abc_1.ABCMeta):
         request: _events_pb2.DeleteHookRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_events_pb2.DeleteHookResponse, _abc.Awaitable[_events_pb2.DeleteHookResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateHook(
+        self,
+        request: _events_pb2.UpdateHookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.Hook, _abc.Awaitable[_events_pb2.Hook]]:
+        """Changes the fields of a hook named by update_mask (name, url, filters,
+        secret), validated as CreateHook validates them. NOT_FOUND for an unknown
+        id; INVALID_ARGUMENT for an unknown or empty mask. Deliveries continue from
+        the hook's cursor with the new definition.
+        """
 
     @_abc_1.abstractmethod
     def ListHookFailures(

@@ -14,7 +14,12 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from services.core.config import EventsSettings
-from services.core.errors import AlreadyExistsError, ResourceExhaustedError
+from services.core.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+)
+from services.core.errors import NotFoundError as UnknownHook
 from services.core.events import EVENTS_STREAM
 from services.core.tasks import Supervisor, finish_writing
 from services.core.timeutil import now
@@ -34,8 +39,16 @@ class NameTaken(AlreadyExistsError):
     """A hook with this name exists."""
 
 
+class UrlTaken(AlreadyExistsError):
+    """Another hook POSTs to this URL (RackHD answers 409 for this too)."""
+
+
 class TooManyHooks(ResourceExhaustedError):
     """The configured maximum number of hooks is reached."""
+
+
+#: The fields UpdateHook may change (its ``update_mask`` paths).
+UPDATABLE = ("name", "url", "filters", "secret")
 
 
 class HookManager:
@@ -86,6 +99,7 @@ class HookManager:
         async with self._lock:
             if len(self.runners) >= self.settings.max_hooks:
                 raise TooManyHooks(f"the limit of {self.settings.max_hooks} hooks is reached")
+            await self._url_free(url, None)
             row = HookRow(
                 id=uuid.uuid4().hex,
                 name=name,
@@ -106,6 +120,82 @@ class HookManager:
             self._start(runner)
         log.info("hook %s created (%s)", name, row.id)
         return replace(row)
+
+    async def _url_free(self, url: str, hook_id: str | None) -> None:
+        # Two hooks on one URL would POST every matching event twice to the same
+        # receiver; like RackHD (409), refuse and name the hook that has it.
+        other = await self.store.hook_with_url(url, other_than=hook_id)
+        if other is not None:
+            raise UrlTaken(f"url: already the URL of hook {other!r}")
+
+    async def update(
+        self,
+        hook_id: str,
+        paths: Sequence[str],
+        *,
+        name: str = "",
+        url: str = "",
+        interests: Sequence[Interest] = (),
+        secret: str = "",
+    ) -> HookRow:
+        """Change the fields named by ``paths`` (see :data:`UPDATABLE`), validated as
+        :meth:`create` validates them; the hook's runner restarts on the new
+        definition and continues from its cursor (nothing delivered twice on purpose,
+        nothing skipped)."""
+        if not paths:
+            raise InvalidArgumentError(
+                "update_mask", f"is required (paths: {', '.join(UPDATABLE)})"
+            )
+        for path in paths:
+            if path not in UPDATABLE:
+                raise InvalidArgumentError(
+                    "update_mask", f"unknown path {path[:80]!r} (known: {', '.join(UPDATABLE)})"
+                )
+        if "name" in paths:
+            validate_name(name)
+        if "url" in paths:
+            validate_url(url)
+        if "secret" in paths:
+            validate_secret(secret)
+        async with self._lock:
+            row = await self.store.get_hook(hook_id)
+            if row is None:
+                raise UnknownHook(f"id: no hook {hook_id!r}")
+            old = self.runners.get(hook_id)
+            if old is not None:
+                # The live counters and cursor are newer than the stored ones.
+                row = replace(old.row)
+            changes: dict[str, Any] = {}
+            if "name" in paths:
+                changes["name"] = name
+            if "url" in paths:
+                await self._url_free(url, hook_id)
+                changes["url"] = url
+            if "filters" in paths:
+                changes["filters"] = [i.as_dict() for i in interests]
+            if "secret" in paths:
+                changes["secret"] = secret
+            updated = replace(row, **changes)
+            if not await self.store.update_hook(updated):
+                if await self.store.get_hook(hook_id) is None:
+                    raise UnknownHook(f"id: no hook {hook_id!r}")
+                raise NameTaken(f"name: a hook named {name!r} exists")
+            await self._stop(hook_id)
+            self._start(HookRunner(updated, self.js, self.store, self.settings))
+        log.info("hook %s updated (%s)", updated.name, ", ".join(sorted(paths)))
+        return replace(updated)
+
+    async def _stop(self, hook_id: str) -> None:
+        runner = self.runners.pop(hook_id, None)
+        task = self._tasks.pop(hook_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task], timeout=10.0)
+        if runner is not None and runner.dirty:
+            # Its status would otherwise be lost with it (the flush loop no longer sees it).
+            await finish_writing(
+                self.store.save_hook_status(runner.row), f"hook {runner.row.name}: status"
+            )
 
     async def delete(self, hook_id: str) -> bool:
         """Stop delivering, forget the cursor and the definition."""

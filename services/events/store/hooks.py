@@ -264,6 +264,38 @@ class HookStore:
             )
         return True
 
+    async def hook_with_url(self, url: str, *, other_than: str | None = None) -> str | None:
+        """The name of a hook (other than ``other_than``) that POSTs to ``url``, or ``None``."""
+        conds = [hooks.c.url == url]
+        if other_than is not None:
+            conds.append(hooks.c.id != other_than)
+        async with self.engine.connect() as conn:
+            name = (await conn.execute(sa.select(hooks.c.name).where(*conds).limit(1))).scalar()
+        return None if name is None else str(name)
+
+    async def update_hook(self, hook: HookRow) -> bool:
+        """Rewrite a hook's definition (name, URL, filters, secret, sealed again);
+        ``False`` when the hook is gone or the new name belongs to another hook."""
+        async with self.engine.begin() as conn:
+            taken = (
+                await conn.execute(
+                    sa.select(hooks.c.id).where(hooks.c.name == hook.name, hooks.c.id != hook.id)
+                )
+            ).first()
+            if taken is not None:
+                return False
+            result = await conn.execute(
+                sa.update(hooks)
+                .where(hooks.c.id == hook.id)
+                .values(
+                    name=hook.name,
+                    url=hook.url,
+                    secret=self._secret_box().seal(hook.secret, hook.id),
+                    filters=json.dumps(hook.filters, separators=(",", ":")),
+                )
+            )
+        return bool(result.rowcount)
+
     async def _failure_counts(self, conn: AsyncConnection, ids: list[str]) -> dict[str, int]:
         if not ids:
             return {}
