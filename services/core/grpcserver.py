@@ -77,6 +77,7 @@ class GrpcServer:
             [*self._names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         self._watcher: asyncio.Task[None] | None = None
+        self._started = False
         self.port = 0
         self.probe_port = 0
 
@@ -102,9 +103,26 @@ class GrpcServer:
         await self._server.start()
         for name in ["", *self._names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._started = True
         if self.access is not None:
             self._watcher = asyncio.create_task(self.access.watch(), name="grpc-revocation-watch")
         return self.port
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report every service SERVING or NOT_SERVING (e.g. while a store or stream is down).
+
+        Before :meth:`start` and after :meth:`stop` this does nothing: those set
+        the status themselves.
+        """
+        if not self._started:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self._names]:
+            await self._health.set(name, status)
 
     @property
     def address(self) -> str:
@@ -121,6 +139,7 @@ class GrpcServer:
 
     async def stop(self, grace: float = 2.0) -> None:
         """Report NOT_SERVING, then stop, letting calls finish for ``grace`` seconds."""
+        self._started = False
         for name in ["", *self._names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._watcher is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -72,6 +73,9 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
         self.settings = settings
         self.subscribers = 0
         self.subscribers_cut = 0
+        #: Called when JetStream refused a publish (a stream may be gone): the
+        #: service's stream keeper checks and re-creates at once.
+        self.on_stream_trouble: Callable[[], None] | None = None
 
     # -- intake ----------------------------------------------------------------------------
 
@@ -109,6 +113,8 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             )
         except Exception as exc:
             log.warning("Publish: cannot hand the event to JetStream: %s", exc)
+            if self.on_stream_trouble is not None:
+                self.on_stream_trouble()
             raise UnavailableError(f"cannot reach the event stream: {exc}") from exc
         # Within the de-duplication window JetStream recognises the id itself (the first
         # copy may still be on its way to the history).

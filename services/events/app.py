@@ -27,9 +27,14 @@ from services.core import natsconn
 from services.core.config import EventsConfig
 from services.core.events import EVENTS_STREAM
 from services.core.grpcserver import GrpcServer
-from services.core.httpstatus import StatusServer
+from services.core.httpstatus import HealthState, StatusServer
 from services.core.pki import Identity
-from services.core.streams import ensure_stream, events_stream_config, ingest_stream_config
+from services.core.streams import (
+    StreamKeeper,
+    ensure_stream,
+    events_stream_config,
+    ingest_stream_config,
+)
 from services.core.tasks import Supervisor
 from services.core.tls import Transport, transport_for
 from services.events.api import EventsServicer
@@ -85,6 +90,9 @@ class EventService:
         )
         self.store = EventStore(self.settings.store_url)
         self.tasks = Supervisor("events")
+        #: Why the service cannot do its work now (e.g. a stream gone): /healthz and gRPC health.
+        self.health = HealthState()
+        self.streams: StreamKeeper | None = None
         self.grpc: GrpcServer | None = None
         self.status_server: StatusServer | None = None
         self.ingestor: Ingestor | None = None
@@ -123,12 +131,29 @@ class EventService:
             js, events_stream_config(self.settings.stream_max_age, self.settings.stream_max_bytes)
         )
         await align_stream(js, self.store)
+
+        async def realign(name: str) -> None:
+            # A VIGIL_EVENTS created again counts from 1: continue past the history.
+            if name == EVENTS_STREAM:
+                await align_stream(js, self.store)
+
+        self.streams = StreamKeeper(
+            js,
+            [
+                ingest_stream_config(),
+                events_stream_config(self.settings.stream_max_age, self.settings.stream_max_bytes),
+            ],
+            self.health,
+            after_create=realign,
+        )
         self.summary = SummaryTracker(self.store, self.store, js, self.settings.summary_interval)
         await self.summary.load()
         self.ingestor = Ingestor(nc, js, self.store, self.summary.apply)
         self._hooks = HookManager(js, self.store, self.settings, self.tasks)
         await self._hooks.start()
         self.servicer = EventsServicer(js, self.store, self._hooks, self.settings)
+        self.servicer.on_stream_trouble = self.streams.wake
+        self.ingestor.on_stream_trouble = self.streams.wake
         self.grpc = GrpcServer(
             self.settings.listen,
             [(events_pb2_grpc.add_EventsServicer_to_server, self.servicer, "vigil.v1.Events")],
@@ -138,9 +163,13 @@ class EventService:
         await self.grpc.start()
         if self.settings.metrics_listen:
             self.status_server = StatusServer(
-                self.settings.metrics_listen, lambda: not self.tasks.failed.is_set()
+                self.settings.metrics_listen,
+                lambda: not self.tasks.failed.is_set(),
+                state=self.health,
             )
             await self.status_server.start()
+        self.tasks.spawn("streams", self.streams.run())
+        self.tasks.spawn("health", self.health.follow(self.grpc.set_serving))
         self.tasks.spawn("ingest", self.ingestor.run())
         if self.settings.summary_interval:
             self.tasks.spawn("summary", self.summary.run())

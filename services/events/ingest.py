@@ -87,10 +87,20 @@ class Ingestor:
         self.on_states = on_states
         self.processed = 0
         self.duplicates = 0
+        #: Called when fetching fails (a stream may be gone): the stream keeper checks now.
+        self.on_stream_trouble: Callable[[], None] | None = None
         self.rejected = 0
 
     async def run(self) -> None:
-        """Consume for ever; back off while NATS or the store is unavailable."""
+        """Consume for ever; back off while NATS or the store is unavailable.
+
+        When fetching fails (the stream and its consumer gone with a fresh NATS)
+        the consumer is bound again, which creates it anew once the stream is back.
+        """
+        while True:
+            await self._bind_and_consume()
+
+    async def _bind_and_consume(self) -> None:
         backoff = Backoff()
         while True:
             try:
@@ -128,9 +138,12 @@ class Ingestor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("fetching raw events failed: %s", exc)
+                log.warning("fetching raw events failed: %s; binding the consumer again", exc)
+                if self.on_stream_trouble is not None:
+                    self.on_stream_trouble()
+                # Back to binding: a consumer that no longer exists would fail for ever.
                 await backoff.sleep()
-                continue
+                return
             try:
                 await self.process(msgs)
                 backoff.reset()

@@ -22,9 +22,9 @@ from vigil.v1 import inventory_pb2_grpc, poller_pb2_grpc, sink_pb2_grpc
 from services.core import natsconn
 from services.core.config import VigilConfig
 from services.core.grpcserver import GrpcServer, Registration
-from services.core.httpstatus import StatusServer
+from services.core.httpstatus import HealthState, StatusServer
 from services.core.pki import Identity
-from services.core.streams import ensure_stream, ingest_stream_config
+from services.core.streams import StreamKeeper, ensure_stream, ingest_stream_config
 from services.core.tasks import Supervisor
 from services.core.timeutil import now
 from services.core.tls import Transport, transport_for
@@ -80,7 +80,12 @@ class Scheduler:
             },
         )
         self.id = secrets.token_hex(4)
+        #: Why the scheduler cannot do its work now (a store refusing writes, the
+        #: ingest stream gone): /healthz and gRPC health report from it.
+        self.health = HealthState()
         self.store = SchedulerStore(self.settings.store_url)
+        self.store.health = self.health
+        self.streams: StreamKeeper | None = None
         self.inventory = Inventory(cfg, self.store)
         inv = self.inventory
         self.services: Mapping[ServiceKey, ServiceRuntime] = inv.services
@@ -110,6 +115,8 @@ class Scheduler:
         js = nc.jetstream()
         await ensure_stream(js, ingest_stream_config())
         self.relay = OutboxRelay(self.store, js)
+        self.streams = StreamKeeper(js, [ingest_stream_config()], self.health)
+        self.relay.on_stream_trouble = self.streams.wake
         persister = Persister(self.store, self.relay.wake)
         await self._restore(persister)
 
@@ -139,10 +146,14 @@ class Scheduler:
         await self.grpc.start()
         if self.settings.metrics_listen:
             self.status_server = StatusServer(
-                self.settings.metrics_listen, lambda: not self.tasks.failed.is_set()
+                self.settings.metrics_listen,
+                lambda: not self.tasks.failed.is_set(),
+                state=self.health,
             )
             await self.status_server.start()
 
+        self.tasks.spawn("streams", self.streams.run())
+        self.tasks.spawn("health", self.health.follow(self.grpc.set_serving))
         self._spawn(keeper, dispatcher, persister)
         log.info(
             "scheduler %s: %d node(s), %d service(s), gRPC on %s, NATS %s",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from nats.js import JetStreamContext
 
@@ -34,6 +35,8 @@ class OutboxRelay:
         self.subject = f"{INGEST_SUBJECT_PREFIX}.{source}"
         self._wake = asyncio.Event()
         self.published = 0
+        #: Called when JetStream refused events (the ingest stream may be gone).
+        self.on_stream_trouble: Callable[[], None] | None = None
 
     def wake(self) -> None:
         """New events are in the outbox."""
@@ -83,6 +86,8 @@ class OutboxRelay:
         # The gauge before any raise: a batch JetStream refused is exactly when an
         # operator needs to see the backlog (it used to stay at its last value).
         if failed:
+            if self.on_stream_trouble is not None:
+                self.on_stream_trouble()
             try:
                 metrics.OUTBOX.set(await self.store.outbox_size())
             except Exception:

@@ -135,7 +135,12 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
             and not rt.polling_stopped
             and not self.keeper.topology.polled(rt)
         )
-        return service_status(rt, held)
+        msg = service_status(rt, held)
+        # A store refusing writes holds results back: say this state may be stale.
+        if self.store.degraded_since is not None:
+            set_timestamp(msg.store_degraded_since, self.store.degraded_since)
+            msg.store_degraded_reason = self.store.degraded_reason
+        return msg
 
     def _service(self, ref: common_pb2.ServiceRef, has: bool) -> ServiceRuntime:
         if not has:

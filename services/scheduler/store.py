@@ -16,15 +16,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.core import db
 from services.core.events import Event
+from services.core.httpstatus import HealthState
 from services.core.timeutil import now
 from services.core.wire import clip_reason
 from services.scheduler.model import ServiceKey
 
 log = logging.getLogger(__name__)
+
+#: Every write transaction the store refused (disk full, read-only database, ...).
+WRITE_FAILURES = Counter(
+    "vigil_scheduler_store_write_failures", "Scheduler store writes that failed (each attempt)"
+)
+
+#: The :class:`~services.core.httpstatus.HealthState` key of a store refusing writes.
+STORE_HEALTH_KEY = "store"
 
 MIGRATIONS = "services.scheduler:migrations"
 VERSION_TABLE = "scheduler_schema_version"
@@ -268,6 +278,48 @@ class SchedulerStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine: AsyncEngine = db.create_engine(url)
+        #: When writes began to fail (``None`` while they succeed): what the API
+        #: shows as ``store_degraded_since``, since state is in memory only then.
+        self.degraded_since: float | None = None
+        self.degraded_reason = ""
+        #: Where a failing store is reported (``/healthz``, gRPC health), if anywhere.
+        self.health: HealthState | None = None
+
+    @asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        """``engine.begin()`` that records whether the store accepts writes.
+
+        Every write goes through here, so one failed commit marks the store
+        degraded (health, metric, the API's ``store_degraded_since``) and the
+        next successful one clears it; the callers keep retrying as before.
+        """
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except Exception as exc:
+            self._write_failed(exc)
+            raise
+        self._write_ok()
+
+    def _write_failed(self, exc: Exception) -> None:
+        WRITE_FAILURES.inc()
+        # The driver's first line says what happened ("database or disk is full").
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
+        if self.degraded_since is None:
+            self.degraded_since = now()
+            log.error("scheduler store refuses writes: %s", reason)
+        self.degraded_reason = reason
+        if self.health is not None:
+            self.health.set(STORE_HEALTH_KEY, f"scheduler store refuses writes: {reason}")
+
+    def _write_ok(self) -> None:
+        if self.degraded_since is None:
+            return
+        log.warning("scheduler store accepts writes again")
+        self.degraded_since = None
+        self.degraded_reason = ""
+        if self.health is not None:
+            self.health.clear(STORE_HEALTH_KEY)
 
     async def open(self) -> None:
         """Apply migrations."""
@@ -281,7 +333,7 @@ class SchedulerStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """One atomic unit of outage/outbox writes."""
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             yield Transaction(conn)
 
     # -- inventory (nodes managed through the API) -----------------------------------
@@ -294,7 +346,7 @@ class SchedulerStore:
 
     async def put_node(self, node_id: str, document: dict[str, Any]) -> None:
         """Create or replace a node document."""
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await db.upsert(
                 conn,
                 nodes,
@@ -310,7 +362,7 @@ class SchedulerStore:
 
     async def delete_node(self, node_id: str) -> bool:
         """Remove a node document; ``False`` when there was none."""
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             result = await conn.execute(nodes.delete().where(nodes.c.id == node_id))
         return bool(result.rowcount)
 
@@ -357,7 +409,7 @@ class SchedulerStore:
             }
             for r in rows
         ]
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             for i in range(0, len(values), 1000):
                 await db.upsert(
                     conn, service_state, values[i : i + 1000], ("node_id", "ip", "service")
@@ -365,7 +417,7 @@ class SchedulerStore:
 
     async def delete_states(self, keys: Iterable[ServiceKey]) -> None:
         """Forget the state of services that are no longer configured."""
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             for k in keys:
                 await conn.execute(service_state.delete().where(_key_cond(service_state, k)))
 
@@ -427,7 +479,7 @@ class SchedulerStore:
         if not rows:
             return
         values = [r | {"at": db.utc(r["at"]), "values": json.dumps(r["values"])} for r in rows]
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             for i in range(0, len(values), 2000):
                 await conn.execute(results.insert(), values[i : i + 2000])
 
@@ -482,7 +534,7 @@ class SchedulerStore:
         """Delete results older than ``older_than`` (epoch), in bounded batches."""
         removed = 0
         while True:
-            async with self.engine.begin() as conn:
+            async with self._begin() as conn:
                 ids = (
                     (
                         await conn.execute(
@@ -517,7 +569,7 @@ class SchedulerStore:
         """Remove published events from the outbox."""
         if not seqs:
             return
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(event_outbox.delete().where(event_outbox.c.seq.in_(list(seqs))))
 
     async def outbox_size(self) -> int:

@@ -104,6 +104,8 @@ class ServiceStatus(_message.Message):
     CONFIRMING_FIELD_NUMBER: _builtins.int
     PACKAGE_FIELD_NUMBER: _builtins.int
     HELD_BY_OUTAGE_FIELD_NUMBER: _builtins.int
+    STORE_DEGRADED_SINCE_FIELD_NUMBER: _builtins.int
+    STORE_DEGRADED_REASON_FIELD_NUMBER: _builtins.int
     location: _builtins.str
     monitor: _builtins.str
     status: _common_pb2.PollStatus.ValueType
@@ -129,6 +131,8 @@ class ServiceStatus(_message.Message):
     package: _builtins.str
     held_by_outage: _builtins.bool
     """Not polled because its interface (or node) is down; only the critical service is."""
+    store_degraded_reason: _builtins.str
+    """Why the store refuses writes (the database's message), empty when it does not."""
     @_builtins.property
     def service(self) -> _common_pb2.ServiceRef: ...
     @_builtins.property
@@ -139,6 +143,13 @@ class ServiceStatus(_message.Message):
     def values(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
     def interval(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def store_degraded_since(self) -> _timestamp_pb2.Timestamp:
+        """Set while the scheduler's store refuses writes (disk full, read-only database):
+        since then this state may be stale (results wait until the store takes them) and
+        is not durable. Unset when the store writes again.
+        """
+
     def __init__(
         self,
         *,
@@ -162,10 +173,12 @@ class ServiceStatus(_message.Message):
         confirming: _builtins.bool = ...,
         package: _builtins.str = ...,
         held_by_outage: _builtins.bool = ...,
+        store_degraded_since: _timestamp_pb2.Timestamp | None = ...,
+        store_degraded_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "last_poll_at", b"last_poll_at", "service", b"service", "status_since", b"status_since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "last_poll_at", b"last_poll_at", "service", b"service", "status_since", b"status_since", "store_degraded_since", b"store_degraded_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirming", b"confirming", "flapping", b"flapping", "held_by_outage", b"held_by_outage", "interval", b"interval", "last_poll_at", b"last_poll_at", "last_poll_status", b"last_poll_status", "last_reason", b"last_reason", "location", b"location", "monitor", b"monitor", "open_outage_id", b"open_outage_id", "outage_cause", b"outage_cause", "package", b"package", "paused", b"paused", "polling_stopped", b"polling_stopped", "response_time_ms", b"response_time_ms", "service", b"service", "stale", b"stale", "status", b"status", "status_since", b"status_since", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirming", b"confirming", "flapping", b"flapping", "held_by_outage", b"held_by_outage", "interval", b"interval", "last_poll_at", b"last_poll_at", "last_poll_status", b"last_poll_status", "last_reason", b"last_reason", "location", b"location", "monitor", b"monitor", "open_outage_id", b"open_outage_id", "outage_cause", b"outage_cause", "package", b"package", "paused", b"paused", "polling_stopped", b"polling_stopped", "response_time_ms", b"response_time_ms", "service", b"service", "stale", b"stale", "status", b"status", "status_since", b"status_since", "store_degraded_reason", b"store_degraded_reason", "store_degraded_since", b"store_degraded_since", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
