@@ -297,6 +297,11 @@ def test_vigil_check_never_repeats_the_password_of_a_rejected_nats_url(tmp_path:
             "events.store_url: 'oracle://vigil:***@db:1521/x'",
         ),
         ({}, "nats:\n  url: 'http://u:pa/s3cr3t@h'\n", "nats.url: 'http://u:***@h'"),
+        (
+            {"VIGIL_SCHEDULER_ADDRESS": "admin:s3cr3t@sched:50051"},
+            "",
+            "minion.scheduler: 'admin:***@sched:50051': 'admin:***@sched' is not a host name",
+        ),
     ],
 )
 def test_the_loader_masks_the_password_of_every_rejected_url(

@@ -43,17 +43,21 @@ def mask_url(url: str) -> str:
 
 
 def _host_port(v: str) -> str:
+    # Someone may paste a URL with credentials here (``user:secret@host:1``).
+    shown = mask_url(v)
     host, sep, port = v.rpartition(":")
     if not sep or not host:
-        raise ValueError(f"{v!r} is not host:port")
+        raise ValueError(f"{shown!r} is not host:port")
     if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{v!r}: port must be 0-65535")
+        raise ValueError(f"{shown!r}: port must be 0-65535")
     bare = host.strip("[]")
     if bare not in ("localhost", "*") and not re.fullmatch(r"[A-Za-z0-9.-]+", bare):
         try:
             ipaddress.ip_address(bare)
         except ValueError:
-            raise ValueError(f"{v!r}: {host!r} is not a host name or IP address") from None
+            raise ValueError(
+                f"{shown!r}: {mask_url(host)!r} is not a host name or IP address"
+            ) from None
     return v
 
 
