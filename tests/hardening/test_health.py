@@ -34,7 +34,8 @@ from services.scheduler import metrics
 from services.scheduler.outbox import OutboxRelay
 from services.scheduler.store import SchedulerStore
 from tests import pki as test_pki
-from tests.events.util import events_config, events_stub
+from tests.events.test_hooks import create_hook
+from tests.events.util import Receiver, events_config, events_stub
 from tests.helpers import (
     SCHEDULER,
     EventCollector,
@@ -218,7 +219,7 @@ async def test_healthz_names_each_problem(tmp_path: Path) -> None:
 async def test_event_service_recreates_streams_of_a_fresh_nats(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    """Streams gone: health goes NOT_SERVING, the streams come back, Publish and ingest work."""
+    """Streams gone: health goes NOT_SERVING, the streams come back, Publish, ingest, hooks work."""
     svc = EventService(
         events_config(tmp_path, nats_server.url, metrics_listen="127.0.0.1:0"),
         nats_url=nats_server.url,
@@ -226,10 +227,13 @@ async def test_event_service_recreates_streams_of_a_fresh_nats(
     await svc.start()
     seen: list[int] = []
     watcher = asyncio.create_task(_watch_health(svc.grpc_address, seen))
+    receiver = await Receiver().start()
     try:
         assert svc.status_server is not None
         port = svc.status_server.port
         await wait_for(lambda: SERVING in seen, 10, what="gRPC health SERVING")
+        async with events_stub(svc.grpc_address) as stub:
+            await create_hook(stub, "ops", receiver.url)
         _fresh_nats(nats_server)
         async with events_stub(svc.grpc_address) as stub:
             # Publish fails (UNAVAILABLE) only until the streams are back.
@@ -261,6 +265,13 @@ async def test_event_service_recreates_streams_of_a_fresh_nats(
             await wait_for(
                 stored, 20, interval=0.2, what="the event published after in the history"
             )
+        # The hook's cursor was made again on the new VIGIL_EVENTS: it is delivered.
+        await wait_for(
+            lambda: any(b.get("id") == event_id for b in receiver.bodies()),
+            20,
+            interval=0.2,
+            what="the hook delivering the event published after",
+        )
         assert NOT_SERVING in seen, f"gRPC health never said NOT_SERVING: {seen}"
         await wait_for(lambda: seen[-1] == SERVING, 10, what="gRPC health SERVING again")
         assert (await _healthz(port))[0] == 200
@@ -269,6 +280,7 @@ async def test_event_service_recreates_streams_of_a_fresh_nats(
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         await svc.stop()
+        await receiver.stop()
 
 
 def _outbox_gauge() -> float:
