@@ -73,6 +73,12 @@ MAX_RECORDS = 10_000
 MAX_PENDING_EVENTS = 10_000
 
 
+#: ``location unreachable`` when its last minion stopped on purpose (said goodbye).
+PLANNED_STOP_REASON = "minions stopped"
+#: ... at this severity rather than the catalogue's critical.
+PLANNED_STOP_SEVERITY = "warning"
+
+
 def unreachable_reason(location: str) -> str:
     """The UNKNOWN reason of a location's polls when its last minion went."""
     return f"location {location} unreachable: no live minion"
@@ -233,7 +239,11 @@ class MinionRegistry:
     def goodbye(self, session: MinionSession, reason: str) -> None:
         """The minion is stopping on purpose: DOWN now, not after missed heartbeats."""
         if self._minions.get(session.system_id) is session and session.up:
-            self._mark_down(session, f"minion stopped: {reason}" if reason else "minion stopped")
+            self._mark_down(
+                session,
+                f"minion stopped: {reason}" if reason else "minion stopped",
+                planned=True,
+            )
             self._update_gauge()
 
     # -- queries -------------------------------------------------------------------------
@@ -322,7 +332,8 @@ class MinionRegistry:
             )
         self._locations[loc] = True
 
-    def _mark_down(self, session: MinionSession, reason: str) -> None:
+    def _mark_down(self, session: MinionSession, reason: str, planned: bool = False) -> None:
+        """``session`` is DOWN for ``reason``; ``planned``: it said goodbye (a clean stop)."""
         session.up = False
         session.down_since = now()
         session.down_reason = reason
@@ -338,23 +349,29 @@ class MinionRegistry:
                 reason=reason,
             )
         )
-        self._after_down(session.location, session.system_id)
+        self._after_down(session.location, session.system_id, planned)
 
-    def _after_down(self, location: str, system_id: str) -> None:
+    def _after_down(self, location: str, system_id: str, planned: bool = False) -> None:
         if any(
             s.up and s.location == location
             for s in self._minions.values()
             if s.system_id != system_id
         ):
             return
-        self._location_down(location)
+        self._location_down(location, planned)
 
-    def _location_down(self, location: str) -> None:
+    def _location_down(self, location: str, planned: bool = False) -> None:
         if self._locations.get(location) is False:
             return
         self._locations[location] = False
-        reason = unreachable_reason(location)
-        log.warning("%s", reason)
+        # The last minion said goodbye (``vigil up`` stopping, a planned restart):
+        # the location cannot be polled, but nothing failed; a critical here is
+        # noise an operator learns to ignore on every clean stop.
+        reason = PLANNED_STOP_REASON if planned else unreachable_reason(location)
+        if planned:
+            log.info("location %s unreachable: %s", location, reason)
+        else:
+            log.warning("%s", reason)
         self._queue_event(
             make_event(
                 "location",
@@ -362,6 +379,7 @@ class MinionRegistry:
                 source=SOURCE,
                 type_id=location,
                 location=location,
+                severity=PLANNED_STOP_SEVERITY if planned else None,
                 reason=reason,
             )
         )

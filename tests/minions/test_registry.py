@@ -80,10 +80,13 @@ async def test_list_minions_and_minion_events(
         )
         assert down[0]["data"]["systemId"] == "paris-1"
         assert "no heartbeat" in down[0]["data"]["reason"]
-        await wait_for(
+        lost = await wait_for(
             lambda: events_seen.find(type="location", action="unreachable"),
             what="location unreachable",
         )
+        # A crash, unlike a goodbye, is the critical the catalogue gives it.
+        assert lost[0]["severity"] == "critical"
+        assert lost[0]["data"]["reason"] == "location paris unreachable: no live minion"
         (listed,) = await list_minions(stack, "paris")
         assert listed.status == poller_pb2.MINION_STATUS_DOWN  # still known, now DOWN
 
@@ -131,7 +134,10 @@ async def test_goodbye_marks_the_minion_down_at_once(
             what="location unreachable",
         )
         assert unreachable[0]["location"] == "lyon"
-        assert unreachable[0]["data"]["reason"] == "location lyon unreachable: no live minion"
+        # Issue 10, defect 15: the last minion said goodbye (a clean stop): the
+        # location is unreachable, but nothing failed — not a critical.
+        assert unreachable[0]["data"]["reason"] == "minions stopped"
+        assert unreachable[0]["severity"] == "warning"
         assert m.sink.backlog == 0
     finally:
         await stack.stop()

@@ -232,3 +232,24 @@ async def test_regained_and_closed_say_how_long_the_outage_lasted(tmp_path: Path
     assert closed["text"] == "outage closed: service regained after 5m12s"
     assert closed["reason"] == "service regained"  # consumers match on it: unchanged
     await keeper.persister.store.close()
+
+
+async def test_after_a_restart_staleness_counts_from_the_startup_grace(tmp_path: Path) -> None:
+    """Issue 10, defect 15: the scheduler's absence is not a ``poller stale`` per service."""
+    from services.scheduler.assurance.housekeeping import STARTUP_GRACE
+
+    keeper = await make_keeper(f"sqlite:///{tmp_path}/s.db", [KEY], policy(critical=None))
+    rt = keeper.topology.services[KEY]
+    await keeper.apply([obs(KEY, Status.UP, T0 - 3600)])  # the last poll before a long stop
+    rt.added = T0  # the scheduler started again and scheduled it
+    sweeper = stale_sweeper(keeper)
+    # Two intervals (120 s here) after the restart, plus the grace minions have to reconnect.
+    assert await sweeper.sweep(T0 + 121) == 0
+    assert await sweeper.sweep(T0 + STARTUP_GRACE + 119) == 0
+    # Still nothing long after that: now it is stale, and says when it was last polled.
+    assert await sweeper.sweep(T0 + STARTUP_GRACE + 121) == 1
+    [stale] = [
+        e for e in await outbox_events(keeper) if (e["type"], e["action"]) == ("poller", "stale")
+    ]
+    assert stale["data"]["lastPollAt"] == T0 - 3600
+    await keeper.persister.store.close()

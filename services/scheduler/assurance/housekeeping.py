@@ -3,7 +3,8 @@
 Service state rows and the poll history are not written with each result:
 the :class:`Journal` collects them and the flusher writes them every few
 seconds (an upsert, so a flush may be repeated). A service without any result
-for two intervals emits ``poller stale`` once.
+for two intervals emits ``poller stale`` once; after a (re)start the intervals
+count from the end of a start-up grace (:data:`STARTUP_GRACE`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ from services.scheduler.timing import effective_interval
 log = logging.getLogger(__name__)
 
 MAX_HISTORY_BUFFER = 200_000
+
+#: After the scheduler (re)starts, or a service is added, its first results
+#: need the minions to (re)connect and the first polls to go out: the default
+#: minion grace (``heartbeat_interval`` 5 s times ``heartbeat_misses`` 3). The
+#: two intervals of staleness count from its end, so that the scheduler's own
+#: absence is not reported as a ``poller stale`` of every service.
+STARTUP_GRACE = 15.0
 
 
 def state_row(rt: ServiceRuntime) -> StateRow:
@@ -138,12 +146,18 @@ async def run_flusher(journal: Journal, interval: float) -> None:
             log.warning("flushing service state failed: %s", exc)
 
 
-def stale_event(rt: ServiceRuntime, now: float) -> Event | None:
-    """``poller stale`` if ``rt`` has just become stale (no result for 2 intervals)."""
+def stale_event(rt: ServiceRuntime, now: float, startup_grace: float = 0.0) -> Event | None:
+    """``poller stale`` if ``rt`` has just become stale (no result for 2 intervals).
+
+    The intervals count from the last result, or from ``startup_grace`` after
+    this process scheduled the service, whichever is later.
+    """
     interval = effective_interval(rt, now)
-    # Since the last result, or since this process scheduled the service
-    # (a restart after a long stop is not staleness).
-    reference = max(rt.last_poll_at or 0.0, rt.added)
+    # Since the last result, or since this process scheduled the service and
+    # its minions had time to reconnect: a restart after a long stop, and the
+    # reconnects that follow it, are the scheduler's absence, not staleness.
+    scheduled = rt.added + startup_grace if rt.added else 0.0
+    reference = max(rt.last_poll_at or 0.0, scheduled)
     if interval is None or reference == 0.0:
         return None
     late = now - reference > 2 * interval
@@ -155,7 +169,7 @@ def stale_event(rt: ServiceRuntime, now: float) -> Event | None:
         "stale",
         rt,
         now,
-        lastPollAt=reference if rt.last_poll_at is not None else None,
+        lastPollAt=rt.last_poll_at,
         interval=interval,
     )
 
@@ -168,10 +182,14 @@ class StaleSweeper:
         services: Mapping[ServiceKey, ServiceRuntime],
         polled: Callable[[ServiceRuntime], bool],
         emit: Callable[[list[Event]], Awaitable[None]],
+        *,
+        startup_grace: float = STARTUP_GRACE,
     ) -> None:
         self.services = services
         self._polled = polled
         self._emit = emit
+        #: See :data:`STARTUP_GRACE`; the scheduler may pass its own minion grace.
+        self.startup_grace = startup_grace
         self._keys: list[ServiceKey] = []
 
     async def sweep(self, now: float, limit: int | None = None) -> int:
@@ -194,7 +212,7 @@ class StaleSweeper:
         for rt in batch:
             if not self._polled(rt):
                 rt.stale = False
-            elif (event := stale_event(rt, now)) is not None:
+            elif (event := stale_event(rt, now, self.startup_grace)) is not None:
                 events.append(event)
         if events:
             await self._emit(events)
