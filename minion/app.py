@@ -184,6 +184,7 @@ class Minion:
             state=self.state,
             autonomous_after=settings.autonomous_after,
             cut_off=self._cut_off,
+            last_contact=self._last_contact,
             on_change=self._intake_changed.set,
         )
         self.sink = SinkClient(
@@ -243,6 +244,17 @@ class Minion:
         """No scheduler session, or no NATS connection: the central site is unreachable."""
         nats_ok = self._nc is not None and self._nc.is_connected
         return not self.sink.connected.is_set() or not nats_ok
+
+    def _last_contact(self) -> float | None:
+        """Loop-clock time of the last word from the central site, when a cut is seen.
+
+        Without a scheduler session: its last message (the session ends only
+        once its silence is noticed, seconds after the cut). A NATS loss alone
+        is dated when noticed (``None``).
+        """
+        if self.sink.connected.is_set():
+            return None
+        return self.sink.last_heard
 
     def _heartbeat(self) -> sink_pb2.Heartbeat:
         hb = sink_pb2.Heartbeat(

@@ -42,6 +42,8 @@ BATCH_MAX = 500
 LINGER = 0.02
 #: A replayed batch not acknowledged within this long ends the session (it is sent again).
 REPLAY_ACK_TIMEOUT = 30.0
+#: The shortest silence that ends a session (see :func:`silence_limit`).
+MIN_SILENCE = 3.0
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -95,6 +97,9 @@ class SinkClient:
         self._silence_limit = 15.0
         self._heard_heartbeat_ack = False
         self._last_read = 0.0
+        #: Loop-clock time of the last message from the scheduler (``None``: never heard):
+        #: a cut began no later than this, whenever the session's end is noticed.
+        self.last_heard: float | None = None
         self.connected = asyncio.Event()
         #: Set when a session ends (cleared when one starts).
         self._ended = asyncio.Event()
@@ -201,11 +206,10 @@ class SinkClient:
             if not isinstance(first, sink_pb2.SinkMessage) or first.WhichOneof("kind") != "welcome":
                 raise ConnectionError("scheduler did not welcome this minion")
             interval = from_duration(first.welcome.heartbeat_interval) or 5.0
-            # Twice the silence after which the scheduler declares us down: longer
-            # means a dead link (heartbeats are answered), not a busy scheduler.
-            self._silence_limit = 2 * interval * (first.welcome.heartbeat_misses or 3)
+            self._silence_limit = silence_limit(interval)
             self._heard_heartbeat_ack = False
             self._last_read = asyncio.get_running_loop().time()
+            self.last_heard = self._last_read
             log.info("connected to scheduler %s at %s", first.welcome.scheduler_id, self.address)
             if self._on_welcome is not None:
                 self._on_welcome(first.welcome)
@@ -228,7 +232,7 @@ class SinkClient:
             if msg is grpc.aio.EOF:
                 return
             self.last_contact = time.time()
-            self._last_read = asyncio.get_running_loop().time()
+            self._last_read = self.last_heard = asyncio.get_running_loop().time()
             kind = msg.WhichOneof("kind")
             if kind == "ack":
                 await self._on_ack(msg.ack)
@@ -277,7 +281,8 @@ class SinkClient:
             if self._replay is not None and now - replay_sent > REPLAY_ACK_TIMEOUT:
                 raise ConnectionError("the scheduler did not acknowledge a replayed batch")
             if self._heard_heartbeat_ack and now - self._last_read > self._silence_limit:
-                # A silent partition: TCP would take minutes to notice.
+                # A silent partition: TCP (and gRPC keepalive) would take far longer to
+                # notice, and store-and-forward waits for this session to end.
                 raise ConnectionError(
                     f"no word from the scheduler for {now - self._last_read:.1f}s: the link is down"
                 )
@@ -384,6 +389,17 @@ class SinkClient:
             return False
         await wait_set(self._ended, timeout)
         return not self.connected.is_set()
+
+
+def silence_limit(heartbeat_interval: float) -> float:
+    """How long a session may go without a word from the scheduler before it is ended.
+
+    The scheduler answers every heartbeat: two in a row unanswered (plus a
+    second for the round trip) mean a dead link, not a busy scheduler. This
+    bounds how late a cut is noticed (11 s at the default 5 s interval),
+    well within the default ``autonomous_after`` of 15 s.
+    """
+    return max(MIN_SILENCE, 2 * heartbeat_interval + 1.0)
 
 
 def _loop_time() -> float:

@@ -6,8 +6,9 @@ session; it is kept on disk (``schedule.pb`` in the minion's spool
 directory) so that a minion restarted during a partition still has it.
 
 When the minion has been cut off from the central site for
-``autonomous_after`` (no scheduler session, or no NATS connection), it goes
-*autonomous*: it polls every service of the schedule at its interval (a
+``autonomous_after`` (no scheduler session, or no NATS connection), counted
+from the last word heard from the scheduler rather than from the moment the
+loss was noticed, it goes *autonomous*: it polls every service of the schedule at its interval (a
 fixed-rate grid with a stable per-service phase, at most one poll of a
 service at a time, each bounded by its TTL like any request), and the results
 go to the on-disk spool instead of the live queue. The minion also stops
@@ -68,6 +69,7 @@ class SitePoller:
         state: MinionState,
         autonomous_after: float,
         cut_off: Callable[[], bool],
+        last_contact: Callable[[], float | None] | None = None,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.system_id = system_id
@@ -79,6 +81,8 @@ class SitePoller:
         self.state = state
         self.autonomous_after = autonomous_after
         self._cut_off = cut_off
+        #: Loop-clock time of the last word from the central site (``None``: unknown).
+        self._last_contact = last_contact
         self._on_change = on_change
         self.schedule: sink_pb2.LocationSchedule | None = None
         self._parts: dict[int, sink_pb2.LocationSchedule] = {}
@@ -91,6 +95,8 @@ class SitePoller:
         self._ids = itertools.count(1)
         self.polls = 0
         self.skipped = 0
+        #: Results of our own polls spooled in the current (or last) autonomous period.
+        self.spooled = 0
         #: Complete schedules received from the scheduler.
         self.schedules_received = 0
         self._load()
@@ -212,16 +218,22 @@ class SitePoller:
             return
         self.state.autonomous = on
         if on:
+            self.spooled = 0
+            since = self._cut_since
             log.warning(
-                "central site unreachable for %.0fs: polling %d service(s) of %s on our own",
-                self.autonomous_after,
+                "central site unreachable for %.1fs: polling %d service(s) of %s on our own",
+                asyncio.get_running_loop().time() - since if since is not None else 0.0,
                 len(self.schedule.services) if self.schedule else 0,
                 self.location,
             )
         else:
+            # What this period spooled (the spool's backlog may already be replayed);
+            # the polls still running spool their results when they end.
             log.info(
-                "central site reachable: autonomous polling ends (%d result(s) spooled)",
-                self.spool.pending,
+                "central site reachable: autonomous polling ends "
+                "(%d result(s) spooled, %d poll(s) still running)",
+                self.spooled,
+                len(self._busy),
             )
         self._rebuild()
         if self._on_change is not None:
@@ -234,7 +246,9 @@ class SitePoller:
             now = loop.time()
             if self._cut_off() and not self.state.stopping:
                 if self._cut_since is None:
-                    self._cut_since = now
+                    # The cut began at the last word heard, not when its loss was noticed.
+                    heard = self._last_contact() if self._last_contact is not None else None
+                    self._cut_since = now if heard is None else min(now, heard)
             else:
                 self._cut_since = None
             want = (
@@ -286,6 +300,7 @@ class SitePoller:
         def spool_result(result: poll_pb2.PollResult, _expires_at: float) -> None:
             self._busy.pop(sid, None)
             self.spool.submit(result)  # written off the event loop by the spool's writer
+            self.spooled += 1
 
         if self.runner.submit(req, emit=spool_result):
             self.polls += 1

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ class Central:
     events: EventCollector
 
     @property
-    def services(self) -> dict[ServiceKey, ServiceRuntime]:
+    def services(self) -> Mapping[ServiceKey, ServiceRuntime]:
         assert self.stack.scheduler is not None
         return self.stack.scheduler.services
 
@@ -189,6 +190,49 @@ def peek_spool(directory: Path) -> list[poll_pb2.PollResult]:
     return [poll_pb2.PollResult.FromString(payload) for (payload,) in rows]
 
 
+async def outage_during_cut(
+    c: Central,
+    site: Site,
+    target: subprocess.Popen[bytes],
+    port: int,
+    spool: Path,
+    cut_at: float,
+    rt: ServiceRuntime,
+) -> Any:
+    """Kill ``site``'s target during its cut and bring it back, heal the link; the closed outage.
+
+    The minion polls on its own already. Its open and close times must be
+    those the site saw, inside the cut.
+    """
+    log = spool.parent.parent / f"target-{site.name}.log"
+    target.kill()  # the target dies during the cut...
+    target.wait(10)
+    died_at = time.time()
+    await wait_for(
+        lambda: peek_spool(spool)[-1].status == common_pb2.POLL_STATUS_DOWN,
+        timeout=SLOW,
+        what="DOWN spooled",
+    )
+    site.start_target(port, log)  # ...and comes back, still during the cut
+    back_at = time.time()
+    await wait_for(
+        lambda: peek_spool(spool)[-1].status == common_pb2.POLL_STATUS_UP,
+        timeout=SLOW,
+        what="UP spooled",
+    )
+    assert rt.open_outage_id is None  # centrally, nothing could be known meanwhile
+    restored_at = time.time()
+    site.restore()
+
+    async def closed() -> list[Any]:
+        return [o for o in await list_outages(c.stack) if o.closed_at.seconds]
+
+    (outage,) = await wait_for(closed, timeout=SLOW, what="the outage of the cut, closed")
+    opened_at, closed_at = from_timestamp(outage.opened_at), from_timestamp(outage.closed_at)
+    assert cut_at < died_at <= opened_at < back_at <= closed_at < restored_at
+    return outage
+
+
 async def test_a_sites_target_is_up_only_through_its_own_minion(
     tmp_path: Path, sites: Sites, minion_processes: list[MinionProcess]
 ) -> None:
@@ -328,34 +372,7 @@ async def test_store_and_forward_records_an_outage_during_the_cut_with_its_real_
             timeout=SLOW,
             what="site B polls on its own",
         )
-        target_b.kill()  # the target dies during the cut...
-        target_b.wait(10)
-        died_at = time.time()
-        await wait_for(
-            lambda: peek_spool(spool)[-1].status == common_pb2.POLL_STATUS_DOWN,
-            timeout=SLOW,
-            what="DOWN spooled",
-        )
-        sites.b.start_target(
-            port, tmp_path / "target-b.log"
-        )  # ...and comes back, still during the cut
-        back_at = time.time()
-        await wait_for(
-            lambda: peek_spool(spool)[-1].status == common_pb2.POLL_STATUS_UP,
-            timeout=SLOW,
-            what="UP spooled",
-        )
-        assert b_rt.open_outage_id is None  # centrally, nothing could be known meanwhile
-
-        restored_at = time.time()
-        sites.b.restore()
-
-        async def closed() -> list[Any]:
-            return [o for o in await list_outages(c.stack) if o.closed_at.seconds]
-
-        (outage,) = await wait_for(closed, timeout=SLOW, what="the outage of the cut, closed")
-        opened_at, closed_at = from_timestamp(outage.opened_at), from_timestamp(outage.closed_at)
-        assert cut_at < died_at <= opened_at < back_at <= closed_at < restored_at
+        outage = await outage_during_cut(c, sites.b, target_b, port, spool, cut_at, b_rt)
         assert outage.service.node_id == "b"
         await wait_for(
             lambda: ("location", "reachable", LOC_B) in c.of("location", after=before),
@@ -385,9 +402,9 @@ async def test_store_and_forward_records_an_outage_during_the_cut_with_its_real_
         lost = c.events.find(type="service", action="lost")[0]
         assert lost["data"]["outageId"] == outage.id
         # The events carry the real times too.
-        assert abs(parse_iso(lost["createdAt"]) - opened_at) < 0.002
+        assert abs(parse_iso(lost["createdAt"]) - from_timestamp(outage.opened_at)) < 0.002
         regained = c.events.find(type="service", action="regained")[0]
-        assert abs(parse_iso(regained["createdAt"]) - closed_at) < 0.002
+        assert abs(parse_iso(regained["createdAt"]) - from_timestamp(outage.closed_at)) < 0.002
 
 
 async def test_two_minions_share_a_site_and_one_takes_over_when_the_other_dies(
