@@ -240,3 +240,23 @@ def test_a_repeated_key_is_an_error_naming_both_lines(tmp_path: Path) -> None:
 def test_keys_brought_in_by_a_merge_may_be_overridden(tmp_path: Path) -> None:
     path = write(tmp_path, "defaults:\n  <<: {interval: 10s, retries: 2}\n  retries: 3\n")
     assert load_config(path, env={}).defaults.retries == 3
+
+
+@pytest.mark.parametrize(
+    ("node", "key"),
+    [
+        ("{id: n, label: " + "x" * 1_000_000 + "}", "nodes[0].label"),
+        ("{id: n, label: " + "x" * 257 + "}", "nodes[0].label"),
+        ("{id: n, foreign_id: " + "f" * 129 + "}", "nodes[0].foreign_id"),
+    ],
+)
+def test_text_that_flows_into_events_is_bounded(tmp_path: Path, node: str, key: str) -> None:
+    """Issue 10, defect 1: a label too long for an event is refused naming the key."""
+    path = write(tmp_path, f"nodes:\n  - {node}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and key in message
+    assert len(message) < 1000  # without the refused value
+    write(tmp_path, "nodes:\n  - {id: n, label: " + "x" * 256 + "}\n")
+    assert load_config(path, env={}).nodes[0].label == "x" * 256

@@ -13,6 +13,7 @@ step) and :data:`CATALOGUE` is its (type, action) → severity view.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -31,6 +32,15 @@ INGEST_STREAM = "VIGIL_INGEST"
 EVENTS_STREAM = "VIGIL_EVENTS"
 
 SEVERITIES = ("critical", "major", "minor", "warning", "normal", "information")
+
+#: The largest raw event the event service takes as it is (the JSON document).
+MAX_EVENT_BYTES = 64 << 10
+#: What an oversized event is cut down to: below :data:`MAX_EVENT_BYTES` by enough
+#: for what is added after the cut (the outage ids the scheduler patches in, the
+#: fields normalization fills in), so the published event stays within the limit.
+FIT_EVENT_BYTES = MAX_EVENT_BYTES - 1024
+#: Appended to a ``data`` value that was cut to make its event fit.
+TRUNCATED = "…[truncated]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +167,6 @@ KINDS: tuple[EventKind, ...] = (
         (*_SERVICE_FIELDS, "lastPollAt", "interval"),
     ),
     EventKind(
-        "heartbeat",
-        "updated",
-        "information",
-        "A component reports that it is alive.",
-        ("component",),
-    ),
-    EventKind(
         "summary",
         "updated",
         "information",
@@ -201,6 +204,94 @@ def reduction_key(event_type: str, action: str, type_id: str, node_id: str | Non
     return f"{event_type}:{action}:{subject}"[:256]
 
 
+def _json(value: Any) -> str:
+    # The same compact, non-ASCII-preserving form as Event.to_json (pydantic's).
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _size(value: Any) -> int:
+    return len(_json(value).encode())
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    """The longest beginning of ``text`` whose JSON string form is at most ``max_bytes``."""
+    if _size(text) <= max_bytes:
+        return text
+    lo, hi = 0, min(len(text), max(max_bytes, 0))  # a character takes at least one byte
+    while lo < hi:  # binary search: escapes and multi-byte characters vary the cost
+        mid = (lo + hi + 1) // 2
+        if _size(text[:mid]) <= max_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo]
+
+
+def fit_document(doc: dict[str, Any], limit: int = FIT_EVENT_BYTES) -> dict[str, Any]:
+    """An event document (wire form) whose JSON is at most ``limit`` bytes.
+
+    Nothing is dropped silently: the largest ``data`` values are cut to one
+    common size, each keeping its beginning followed by :data:`TRUNCATED` (a
+    value that is not a string becomes its JSON text, cut the same way). If the number
+    of data fields itself is the problem, the fields that do not fit are replaced
+    by one ``"…[truncated]": "<n> more field(s)"``. The other fields (id, type,
+    node, …) are kept as they are; they have bounds of their own. A document
+    already within ``limit`` is returned unchanged.
+    """
+    total = _size(doc)
+    if total <= limit:
+        return doc
+    data = doc.get("data")
+    if not isinstance(data, dict) or not data:
+        return doc
+    data = dict(data)
+    out = {**doc, "data": data}
+    marker = _size(TRUNCATED)
+    sizes = {k: _size(v) for k, v in data.items()}
+    for _ in range(4):  # one round is exact but for rounding; a few more at most
+        over = total - limit
+        if over <= 0:
+            return out
+        # Water-filling: the largest cap every value can keep so the whole fits;
+        # several large values share the cut instead of one losing everything.
+        budget = sum(sizes.values()) - over
+        ascending = sorted(sizes.values())
+        cap = budget
+        for i, size in enumerate(ascending):
+            left = len(ascending) - i
+            if size * left > budget:
+                cap = budget // left
+                break
+            budget -= size
+        if cap <= 2 * marker:
+            break  # too many fields for their values to be cut: see below
+        for key, size in sizes.items():
+            if size <= cap:
+                continue
+            value = data[key]
+            text = value if isinstance(value, str) else _json(value)
+            if text.endswith(TRUNCATED):
+                text = text[: -len(TRUNCATED)]
+            data[key] = _cut(text, cap - marker) + TRUNCATED
+            sizes[key] = _size(data[key])
+        total = _size(out)
+    total = _size(out)
+    if total <= limit:
+        return out
+    # Too many (or too long) keys: keep the fields that fit, in order, and say how many not.
+    kept: dict[str, Any] = {}
+    out["data"] = kept
+    room = limit - _size(out) - _size(TRUNCATED) - len('"x more field(s)"') - 24
+    for k, v in data.items():
+        share = _size(k) + 2 + sizes[k]
+        if share > room:
+            break
+        kept[k] = v
+        room -= share
+    kept[TRUNCATED] = f"{len(data) - len(kept)} more field(s)"
+    return out
+
+
 class Event(BaseModel):
     """One event in the common format; serializes with camelCase keys."""
 
@@ -224,6 +315,13 @@ class Event(BaseModel):
         """The wire form (camelCase keys, no nulls dropped: consumers see every field)."""
         return self.model_dump_json(by_alias=True).encode()
 
+    def fitted(self, limit: int = FIT_EVENT_BYTES) -> Event:
+        """This event, or a copy whose wire form fits ``limit`` (see :func:`fit_document`)."""
+        wire = self.to_json()
+        if len(wire) <= limit:
+            return self
+        return Event.model_validate(fit_document(json.loads(wire), limit))
+
     @property
     def subject(self) -> str:
         """Where the event service publishes this event."""
@@ -242,8 +340,13 @@ def make_event(
     severity: str | None = None,
     **data: Any,
 ) -> Event:
-    """A producer-side event with a fresh id and the catalogue's default severity."""
-    return Event(
+    """A producer-side event with a fresh id and the catalogue's default severity.
+
+    Its wire form is never larger than :data:`FIT_EVENT_BYTES`: an oversized
+    data value is cut with :data:`TRUNCATED` here, at the producer, so the event
+    service never has to reject it (and the outage it announces never goes unseen).
+    """
+    event = Event(
         type=event_type,
         action=action,
         severity=severity or CATALOGUE.get((event_type, action), "information"),
@@ -254,3 +357,4 @@ def make_event(
         source=source,
         data={k: v for k, v in data.items() if v is not None},
     )
+    return event.fitted()

@@ -171,6 +171,8 @@ class Ingestor:
                             m.data,
                             default_source=source,
                             default_id=functools.partial(_default_id, m),
+                            # oversized data is cut with a marker: published, not lost
+                            truncate=True,
                         ),
                     )
                 )

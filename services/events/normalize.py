@@ -19,16 +19,23 @@ from typing import Any
 from services.core.errors import InvalidArgumentError
 from services.core.events import (
     CATALOGUE,
+    FIT_EVENT_BYTES,
     FORMAT_VERSION,
+    MAX_EVENT_BYTES,
     SEVERITIES,
     Event,
+    fit_document,
     reduction_key,
 )
 from services.core.ids import NODE_ID_RE
 from services.core.timeutil import iso, now, parse_iso
 
-#: The largest raw event accepted (the JSON document, all fields included).
-MAX_RAW_BYTES = 64 << 10
+#: The largest raw event taken as it is (the JSON document, all fields included).
+MAX_RAW_BYTES = MAX_EVENT_BYTES
+#: The largest raw event read at all. Between the two, ``data`` is cut with the
+#: marker (:func:`services.core.events.fit_document`) rather than the event
+#: rejected; NATS's own max_payload (1 MiB by default) is below this.
+MAX_PARSE_BYTES = 8 << 20
 MAX_FIELD = {
     "id": 64,
     "type": 32,
@@ -58,25 +65,48 @@ class InvalidEvent(InvalidArgumentError):
     """A raw event that cannot be normalized; ``field`` names the offending field."""
 
 
-def parse_raw(raw: bytes | bytearray) -> dict[str, Any]:
-    """Decode a raw event's JSON, enforcing the size limit first."""
-    if len(raw) > MAX_RAW_BYTES:
-        raise InvalidEvent("event", f"{len(raw)} bytes exceeds the {MAX_RAW_BYTES}-byte limit")
+def parse_raw(raw: bytes | bytearray, truncate: bool = False) -> dict[str, Any]:
+    """Decode a raw event's JSON, enforcing the size limit first.
+
+    With ``truncate``, a document above :data:`MAX_RAW_BYTES` (up to
+    :data:`MAX_PARSE_BYTES`) has its ``data`` values cut with the marker instead
+    of being rejected; it is rejected only if that cannot bring it within the limit.
+    """
+    ceiling = MAX_PARSE_BYTES if truncate else MAX_RAW_BYTES
+    if len(raw) > ceiling:
+        raise InvalidEvent("event", f"{len(raw)} bytes exceeds the {ceiling}-byte limit")
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEvent("event", f"not JSON ({exc})") from None
+        data: Any = json.loads(raw)
+    # ValueError as well: an integer of more than 4300 digits; RecursionError:
+    # nesting too deep. Either is a bad event, not a failure to retry for ever.
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidEvent("event", f"not JSON ({str(exc)[:200]})") from None
     if not isinstance(data, dict):
         raise InvalidEvent("event", "must be a JSON object")
-    return data
+    if len(raw) > MAX_RAW_BYTES:
+        data = fit_document(data, FIT_EVENT_BYTES)
+        size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > MAX_RAW_BYTES:
+            raise InvalidEvent(
+                "event",
+                f"{len(raw)} bytes exceeds the {MAX_RAW_BYTES}-byte limit "
+                f"({size} bytes with data cut)",
+            )
+    return dict(data)
 
 
 def normalize(
     raw: bytes | bytearray | dict[str, Any],
     default_source: str = "",
     default_id: str | Callable[[], str] | None = None,
+    truncate: bool = False,
 ) -> Event:
     """Validate and complete a raw event.
+
+    ``truncate`` (the ingest path, where a rejection could only be announced,
+    not answered) cuts an oversized raw event's ``data`` with the marker
+    instead of rejecting it (:func:`parse_raw`); an API caller is answered
+    with the error instead.
 
     ``default_id`` (a value, or a function computing it) is used when the raw
     event has no id; the ingest path passes one derived from the raw message so
@@ -84,7 +114,7 @@ def normalize(
     rather than a fresh one.
     """
     if isinstance(raw, bytes | bytearray):
-        data = parse_raw(raw)
+        data = parse_raw(raw, truncate=truncate)
     else:
         data = dict(raw)
         # A dict (gRPC Publish) gets the same size limit as bytes on the wire.

@@ -8,13 +8,19 @@ window (``Nats-Msg-Id`` = event id) and by the event service's id check.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 
 from nats.js import JetStreamContext
 
 from services.core.backoff import Backoff
-from services.core.events import INGEST_SUBJECT_PREFIX
+from services.core.events import (
+    FIT_EVENT_BYTES,
+    INGEST_SUBJECT_PREFIX,
+    MAX_EVENT_BYTES,
+    fit_document,
+)
 from services.core.tasks import finish_writing, wait_set
 from services.scheduler import metrics
 from services.scheduler.store import SchedulerStore
@@ -22,6 +28,25 @@ from services.scheduler.store import SchedulerStore
 log = logging.getLogger(__name__)
 
 BATCH = 256
+
+
+def fit(payload: bytes) -> bytes:
+    """``payload`` within the event service's size limit, its data cut with the marker.
+
+    Events are cut when they are made (``make_event``); this catches rows written
+    before that, so no outbox row is ever published only to be rejected.
+    """
+    if len(payload) <= MAX_EVENT_BYTES:
+        return payload
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return payload  # not ours to judge: the event service rejects it, announced
+    if not isinstance(doc, dict):
+        return payload
+    log.warning("outbox event %s is %d bytes; its data is cut to fit", doc.get("id"), len(payload))
+    out = fit_document(doc, FIT_EVENT_BYTES)
+    return json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class OutboxRelay:
@@ -69,7 +94,7 @@ class OutboxRelay:
         acks = await asyncio.gather(
             *(
                 self.js.publish(
-                    self.subject, payload, timeout=5.0, headers={"Nats-Msg-Id": event_id}
+                    self.subject, fit(payload), timeout=5.0, headers={"Nats-Msg-Id": event_id}
                 )
                 for _, event_id, payload in rows
             ),

@@ -10,7 +10,17 @@ from types import SimpleNamespace
 import pytest
 
 from services.core.errors import InvalidArgumentError
-from services.core.events import CATALOGUE, KINDS, Event, event_subject, make_event, subject_token
+from services.core.events import (
+    CATALOGUE,
+    FIT_EVENT_BYTES,
+    KINDS,
+    TRUNCATED,
+    Event,
+    event_subject,
+    fit_document,
+    make_event,
+    subject_token,
+)
 from services.events import filters
 from services.events.hooks.signing import sign, verify
 from services.events.hooks.validation import validate_url
@@ -215,3 +225,65 @@ def test_signature() -> None:
     assert re.fullmatch(r"sha256=[0-9a-f]{64}", sig)
     assert verify("s3cret-key", b'{"a":1}', sig)
     assert not verify("other-key", b'{"a":1}', sig)
+
+
+# --- issue 10 ---------------------------------------------------------------------------
+
+
+def test_heartbeat_updated_is_not_in_the_catalogue_nor_the_docs() -> None:
+    """Defect 14: nothing emitted it; minion liveness is minion up/down and ListMinions."""
+    assert ("heartbeat", "updated") not in CATALOGUE
+    with pytest.raises(InvalidEvent) as info:
+        normalize({"type": "heartbeat", "action": "updated"})
+    assert info.value.field == "type"
+    # Every row of the documented catalogue is a kind of the code's catalogue.
+    text = DOCS.read_text()
+    section = text[text.index("## Catalogue") : text.index("Examples:")]
+    rows = re.findall(r"^\|\s*`(\w+)`\s*\|\s*`(\w+)`\s*\|", section, re.M)
+    assert rows and set(rows) == set(CATALOGUE)
+
+
+def test_ingest_path_cuts_oversized_data_with_the_marker() -> None:
+    raw = json.dumps(
+        {"type": "service", "action": "lost", "data": {"ip": "10.0.0.1", "reason": "é" * 100_000}}
+    ).encode()
+    assert len(raw) > MAX_RAW_BYTES
+    with pytest.raises(InvalidEvent, match="exceeds"):
+        normalize(raw)  # an API caller is answered with the error instead
+    event = normalize(raw, truncate=True)
+    assert event.data["ip"] == "10.0.0.1"
+    assert event.data["reason"].endswith(TRUNCATED)
+    assert event.data["reason"].startswith("é" * 1000)
+    assert len(event.to_json()) <= MAX_RAW_BYTES
+
+
+def test_fit_document_cuts_every_large_value_and_counts_fields_that_do_not_fit() -> None:
+    doc = {"type": "node", "action": "up", "data": {"a": "a" * 50_000, "b": list(range(50_000))}}
+    fitted = fit_document(doc)
+    assert (
+        len(json.dumps(fitted, separators=(",", ":"), ensure_ascii=False).encode())
+        <= FIT_EVENT_BYTES
+    )
+    # Both large values share the cut (neither loses everything).
+    assert fitted["data"]["a"].startswith("a" * 10_000) and fitted["data"]["a"].endswith(TRUNCATED)
+    assert fitted["data"]["b"].startswith("[0,1,2,") and fitted["data"]["b"].endswith(TRUNCATED)
+    many = {"type": "node", "action": "up", "data": {f"k{i}": "v" for i in range(30_000)}}
+    fitted = fit_document(many)
+    assert (
+        len(json.dumps(fitted, separators=(",", ":"), ensure_ascii=False).encode())
+        <= FIT_EVENT_BYTES
+    )
+    left = fitted["data"][TRUNCATED]
+    assert left == f"{30_000 - len(fitted['data']) + 1} more field(s)"
+    small = {"type": "node", "action": "up", "data": {"x": 1}}
+    assert fit_document(small) is small
+
+
+@pytest.mark.parametrize(
+    "raw", [b'{"type": "node", "action": "up", "n": 1' + b"0" * 5000 + b"}", b"[" * 100_000]
+)
+def test_json_the_parser_refuses_is_an_invalid_event(raw: bytes) -> None:
+    """A 5000-digit integer (ValueError) or deep nesting (RecursionError), not a crash."""
+    with pytest.raises(InvalidEvent) as info:
+        normalize(raw, truncate=True)
+    assert info.value.field == "event"

@@ -217,3 +217,29 @@ async def test_api_nodes_survive_a_restart(
         assert ServiceKey("api-9", "127.0.0.1", "Echo") in stack.scheduler.services  # type: ignore[union-attr]
     finally:
         await stack.stop()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda n: setattr(n, "label", "x" * 1_000_000), "node.label"),
+        (lambda n: setattr(n, "foreign_id", "f" * 129), "node.foreign_id"),
+        (
+            lambda n: setattr(n.interfaces[0].services[0], "monitor", "m" * 65),
+            "node.interfaces[0].services[0].monitor",
+        ),
+        (lambda n: n.maintenance.add(name="w" * 65, weekly=False), "node.maintenance[0].name"),
+    ],
+)
+async def test_text_that_flows_into_events_is_bounded(
+    channel: grpc.aio.Channel, mutate: object, field: str
+) -> None:
+    """Issue 10, defect 1: each is INVALID_ARGUMENT naming the field, not an event too large."""
+    inv = inventory_pb2_grpc.InventoryStub(channel)
+    n = node("long-1", 9)
+    mutate(n)  # type: ignore[operator]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await inv.PutNode(inventory_pb2.PutNodeRequest(node=n))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (err.value.details() or "")
+    assert len(err.value.details() or "") < 1000

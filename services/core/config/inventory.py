@@ -30,10 +30,18 @@ class LocationSettings(Strict):
     store_and_forward: bool = False
 
 
+#: Bounds of the inventory's text that flows into every event of a node
+#: (docs/configuration.md): an event must stay within the event service's size
+#: limit, and a megabyte label would otherwise make each one too large.
+MAX_LABEL_CHARS = 256
+MAX_MONITOR_CHARS = 64
+MAX_FOREIGN_ID_CHARS = 128
+
+
 class ServiceConfig(Strict):
     name: ServiceName
     #: Optional when a poller package defines the service.
-    monitor: str | None = None
+    monitor: str | None = Field(default=None, min_length=1, max_length=MAX_MONITOR_CHARS)
     params: dict[str, Any] = Field(default_factory=dict)
     interval: PollInterval | None = None
     timeout: PositiveDuration | None = None
@@ -77,9 +85,9 @@ class InterfaceConfig(Strict):
 
 class NodeConfig(Strict):
     id: NodeId
-    label: str = ""
+    label: str = Field(default="", max_length=MAX_LABEL_CHARS)
     location: Location = DEFAULT_LOCATION
-    foreign_id: str | None = Field(default=None, max_length=128)
+    foreign_id: str | None = Field(default=None, max_length=MAX_FOREIGN_ID_CHARS)
     interfaces: list[InterfaceConfig] = Field(default_factory=list)
     maintenance: tuple[MaintenanceWindow, ...] = ()
 
