@@ -8,6 +8,13 @@ from datetime import UTC, datetime
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.core.errors import InvalidArgumentError
+
+#: The range google.protobuf.Timestamp defines (0001-01-01T00:00:00Z … 9999-12-31T23:59:59Z),
+#: which is also what Python's datetime can hold.
+TIMESTAMP_MIN_SECONDS = -62_135_596_800
+TIMESTAMP_MAX_SECONDS = 253_402_300_799
+
 
 def now() -> float:
     """Wall-clock seconds since the epoch."""
@@ -26,6 +33,23 @@ def set_timestamp(ts: Timestamp, epoch: float | None) -> None:
 def from_timestamp(ts: Timestamp) -> float:
     """Protobuf Timestamp → epoch seconds."""
     return ts.seconds + ts.nanos / 1e9
+
+
+def request_timestamp(ts: Timestamp, field: str) -> float:
+    """A Timestamp from a request → epoch seconds; :class:`InvalidArgumentError` naming ``field``.
+
+    Unlike :func:`from_timestamp`, it refuses what the Timestamp type itself
+    refuses (seconds outside years 1…9999, nanos outside 0…999,999,999):
+    such a value would fail later in a datetime conversion as an UNKNOWN.
+    """
+    if not TIMESTAMP_MIN_SECONDS <= ts.seconds <= TIMESTAMP_MAX_SECONDS:
+        raise InvalidArgumentError(
+            field, f"seconds {ts.seconds} is outside the years 0001 to 9999 (RFC 3339)"
+        )
+    if not 0 <= ts.nanos <= 999_999_999:
+        raise InvalidArgumentError(field, f"nanos {ts.nanos} is outside 0 to 999999999")
+    # In float the last second plus nanos can round up into the year 10000.
+    return min(from_timestamp(ts), float(TIMESTAMP_MAX_SECONDS))
 
 
 def to_duration(seconds: float) -> Duration:

@@ -21,7 +21,7 @@ from services.core.errors import (
 )
 from services.core.events import INGEST_SUBJECT_PREFIX, SEVERITIES
 from services.core.grpcerrors import handle_errors
-from services.core.timeutil import from_timestamp
+from services.core.timeutil import request_timestamp
 from services.core.tls import peer_identity
 from services.events import filters, metrics
 from services.events.convert import event_pb, failure_pb, hook_pb, raw_from_pb
@@ -130,8 +130,8 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             raise InvalidArgumentError(
                 "severity", f"{request.severity!r} is not one of {', '.join(SEVERITIES)}"
             )
-        since = from_timestamp(request.since) if request.HasField("since") else None
-        until = from_timestamp(request.until) if request.HasField("until") else None
+        since = request_timestamp(request.since, "since") if request.HasField("since") else None
+        until = request_timestamp(request.until, "until") if request.HasField("until") else None
         if since is not None and until is not None and until <= since:
             raise InvalidArgumentError("until", "must be after since")
         flt = EventFilter(

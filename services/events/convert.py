@@ -9,7 +9,7 @@ from google.protobuf.struct_pb2 import Struct
 from vigil.v1 import events_pb2
 
 from services.core.events import Event
-from services.core.timeutil import from_timestamp, iso, parse_iso, set_timestamp
+from services.core.timeutil import iso, parse_iso, request_timestamp, set_timestamp
 from services.events.filters import Interest
 from services.events.store.hooks import HookFailureRow, HookRow
 
@@ -54,7 +54,7 @@ def raw_from_pb(msg: events_pb2.Event) -> dict[str, Any]:
         if value:
             raw[key] = value
     if msg.HasField("created_at"):
-        raw["createdAt"] = iso(from_timestamp(msg.created_at))
+        raw["createdAt"] = iso(request_timestamp(msg.created_at, "event.created_at"))
     if msg.HasField("data"):
         raw["data"] = MessageToDict(msg.data)
     return raw

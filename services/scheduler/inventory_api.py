@@ -17,7 +17,7 @@ from services.core.errors import (
 )
 from services.core.grpcerrors import handle_errors
 from services.core.params.secrets import mask_params, restore_params
-from services.core.timeutil import from_duration, from_timestamp, set_timestamp, to_duration
+from services.core.timeutil import from_duration, request_timestamp, set_timestamp, to_duration
 from services.scheduler.assurance.keeper import StateKeeper
 from services.scheduler.inventory import (
     API,
@@ -59,8 +59,8 @@ def node_document(node: inventory_pb2.Node) -> dict[str, Any]:
         doc["maintenance"] = [
             {
                 "name": w.name or "maintenance",
-                "start": _iso(from_timestamp(w.start)),
-                "end": _iso(from_timestamp(w.end)),
+                "start": _iso(request_timestamp(w.start, "node.maintenance.start")),
+                "end": _iso(request_timestamp(w.end, "node.maintenance.end")),
                 "weekly": w.weekly,
             }
             for w in node.maintenance

@@ -14,7 +14,7 @@ from services.core import paging
 from services.core.errors import DeadlineExceededError, InvalidArgumentError, NotFoundError
 from services.core.grpcerrors import handle_errors
 from services.core.status import Status, status_from_pb, status_to_pb
-from services.core.timeutil import from_timestamp, set_timestamp, to_duration
+from services.core.timeutil import request_timestamp, set_timestamp, to_duration
 from services.scheduler.assurance.keeper import StateKeeper
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.minions import MinionRegistry
@@ -182,8 +182,8 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
     async def ListResults(
         self, request: poller_pb2.ListResultsRequest, context: Ctx
     ) -> poller_pb2.ListResultsResponse:
-        since = from_timestamp(request.since) if request.HasField("since") else None
-        until = from_timestamp(request.until) if request.HasField("until") else None
+        since = request_timestamp(request.since, "since") if request.HasField("since") else None
+        until = request_timestamp(request.until, "until") if request.HasField("until") else None
         if since is not None and until is not None and until <= since:
             raise InvalidArgumentError("until", "must be after since")
         ip = canonical_ip(request.ip, "ip") if request.ip else None
