@@ -141,6 +141,16 @@ class PollRunner:
             self.stats.malformed += 1
             log.warning("dropped a malformed poll message on %s: %s", msg.subject, exc)
             return
+        if not batch.requests:
+            # Protobuf decodes empty or unrelated bytes as an empty batch; the
+            # scheduler never sends one, so it is garbage and counted as such.
+            self.stats.malformed += 1
+            log.warning(
+                "dropped a poll message with no requests on %s (%d bytes)",
+                msg.subject,
+                len(msg.data),
+            )
+            return
         for req in batch.requests:
             self.submit(req)
 
