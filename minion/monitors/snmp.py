@@ -195,6 +195,24 @@ class SnmpError(Exception):
     """A request failed; the message is the DOWN reason."""
 
 
+#: pysnmp's v3 (USM) error indications, by class, as an operator reads them.
+_USM_ERRORS: dict[str, str] = {
+    "DecryptionError": (
+        "wrong privacy key (priv_key) or privacy protocol (priv_protocol): "
+        "the agent's reply cannot be decrypted"
+    ),
+    "EncryptionError": "the request cannot be encrypted (privacy protocol not available)",
+    "WrongDigest": (
+        "wrong authentication key (auth_key) or protocol (auth_protocol): "
+        "the reply's digest does not match"
+    ),
+    "UnknownUserName": "unknown user (the agent has no such USM user)",
+    "UnsupportedSecurityLevel": (
+        "security level not supported for this user (check auth_key and priv_key)"
+    ),
+}
+
+
 class SnmpMonitor(Monitor[SnmpParams]):
     """GET or WALK with pysnmp's asyncio API."""
 
@@ -383,6 +401,11 @@ class _Session:
         text = str(indication)
         if "timed out" in text.lower() or "timeout" in text.lower():
             return self.no_response()
+        # pysnmp's texts name its internals ("Ciphering services not available
+        # or ciphertext is broken" for a wrong privacy key): say what to fix.
+        meaning = _USM_ERRORS.get(type(indication).__name__)
+        if meaning is not None:
+            return SnmpError(f"SNMP v3 request to {self.where} failed: {meaning}")
         return SnmpError(f"SNMP {self.creds.version} request to {self.where} failed: {text}")
 
     def _status(self, status: Any, index: Any, oid: str) -> SnmpError:

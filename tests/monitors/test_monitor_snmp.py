@@ -319,3 +319,28 @@ async def test_garbage_from_the_agent_is_down(poll, udp_peer):
         out = await poll("snmp", "127.0.0.1", {"port": port}, timeout=1.0)
     assert out.status is Status.DOWN
     assert out.reason.startswith(f"no SNMP response from 127.0.0.1:{port}")
+
+
+async def test_v3_wrong_priv_key_reads_as_a_wrong_privacy_key(poll, agent):
+    """Issue 10, defect 16: not pysnmp's "Ciphering services not available or
+    ciphertext is broken", but what an operator can act on."""
+    out = await poll(
+        "snmp",
+        agent["host"],
+        {
+            "port": agent["port"],
+            "version": "v3",
+            "user": SNMP_V3_USER,
+            "auth_protocol": "SHA",
+            "auth_key": SNMP_V3_AUTH_KEY,
+            "priv_protocol": "AES",
+            "priv_key": "not-the-priv-key",
+            "context": "geist",
+            "oid": SYS_NAME,
+        },
+        timeout=1.5,
+    )
+    assert out.status is Status.DOWN
+    assert "not-the-priv-key" not in out.reason
+    assert "Ciphering services" not in out.reason
+    assert "wrong privacy key" in out.reason
