@@ -58,6 +58,8 @@ class EventKind:
 _SERVICE_FIELDS = ("ip", "service", "monitor", "nodeLabel")
 #: Set (to the reason, e.g. a maintenance window) when notifications about it are suppressed.
 _SUPPRESSED = ("suppressed",)
+#: How long an outage lasted, on the events that end it.
+_DURATION = ("durationSeconds", "duration", "text")
 
 #: The event catalogue (docs/events.md). Append here; never rename.
 KINDS: tuple[EventKind, ...] = (
@@ -72,8 +74,9 @@ KINDS: tuple[EventKind, ...] = (
         "service",
         "regained",
         "normal",
-        "A service that was down answers again (its outage closes).",
-        (*_SERVICE_FIELDS, "outageId", *_SUPPRESSED),
+        "A service that was down answers again (its outage closes); durationSeconds, "
+        "duration ('5m12s') and text ('service regained after 5m12s') say how long it was down.",
+        (*_SERVICE_FIELDS, "outageId", *_DURATION, *_SUPPRESSED),
     ),
     EventKind(
         "service",
@@ -136,8 +139,9 @@ KINDS: tuple[EventKind, ...] = (
         "closed",
         "normal",
         "An outage record was closed (reason: 'service regained'; 'unmanaged' or 'deleted' "
-        "when the service is no longer monitored).",
-        (*_SERVICE_FIELDS, "reason", "outageId", "regainedEventId", *_SUPPRESSED),
+        "when the service is no longer monitored); durationSeconds, duration and text say "
+        "how long it was open.",
+        (*_SERVICE_FIELDS, "reason", "outageId", "regainedEventId", *_DURATION, *_SUPPRESSED),
     ),
     EventKind(
         "minion", "up", "normal", "A minion connected (first heartbeat).", ("systemId", "version")
@@ -153,7 +157,8 @@ KINDS: tuple[EventKind, ...] = (
         "location",
         "unreachable",
         "critical",
-        "No live minion serves a location any more.",
+        "No live minion serves a location any more ('warning', reason 'minions stopped', "
+        "when the last one said goodbye).",
         ("reason",),
     ),
     EventKind(
@@ -163,7 +168,8 @@ KINDS: tuple[EventKind, ...] = (
         "poller",
         "stale",
         "warning",
-        "A service was not polled within twice its interval.",
+        "A service was not polled within twice its interval (after a scheduler start, "
+        "counted from the end of a start-up grace).",
         (*_SERVICE_FIELDS, "lastPollAt", "interval"),
     ),
     EventKind(
