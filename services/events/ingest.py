@@ -48,7 +48,7 @@ from services.core.events import (
 )
 from services.core.tasks import finish_writing
 from services.events import metrics
-from services.events.normalize import ID_RE, InvalidEvent, normalize
+from services.events.normalize import ID_RE, MAX_PARSE_BYTES, InvalidEvent, normalize
 from services.events.projection import ServiceState
 from services.events.store.history import HistoryStore, StoredEvent
 
@@ -69,6 +69,27 @@ def _default_id(msg: Msg) -> str:
         return header
     meta = msg.metadata
     return str(uuid.uuid5(_ID_NAMESPACE, f"{meta.sequence.stream}@{meta.timestamp.isoformat()}"))
+
+
+#: Fields of a rejected raw event repeated in its notice and log line.
+_IDENTITY = ("id", "type", "action", "typeId", "nodeId", "location")
+
+
+def _identity(raw: bytes) -> dict[str, str]:
+    """The identifying fields of a rejected raw event, those that are plain strings.
+
+    Best effort (the event was rejected, possibly for not being JSON): at most
+    the parse ceiling is read, and each value is cut at 256 characters.
+    """
+    if len(raw) > MAX_PARSE_BYTES:
+        return {}
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {k: v[:256] for k in _IDENTITY if isinstance(v := doc.get(k), str) and v}
 
 
 class Ingestor:
@@ -228,13 +249,22 @@ class Ingestor:
     async def _reject(self, m: Msg, source: str, exc: InvalidEvent) -> None:
         self.rejected += 1
         metrics.REJECTED.labels(exc.field[:32]).inc()
-        log.warning("rejected raw event from %s (%d bytes): %s", source, len(m.data), exc)
+        about = _identity(m.data)
+        log.warning(
+            "rejected raw event from %s (%d bytes%s): %s",
+            source,
+            len(m.data),
+            "".join(f", {k} {v!r}" for k, v in about.items()),
+            exc,
+        )
         notice = {
             "source": source,
             "field": exc.field,
             "reason": str(exc),
             "size": len(m.data),
             "sample": m.data[:256].decode("utf-8", "replace"),
+            # What the event was about, so a rejection can be tied to its outage/node.
+            **about,
         }
         try:
             await self.nc.publish(

@@ -250,3 +250,29 @@ async def test_invalid_raw_events_are_rejected_counted_and_the_service_keeps_run
         assert not service.tasks.failed.is_set()
     finally:
         await nc.close()
+
+
+async def test_a_rejection_notice_names_the_event_and_its_node(
+    nats_server: NatsServer, service: EventService, events_seen: EventCollector
+) -> None:
+    """Issue 10, defect 1: a rejected raw event is never silent for the outage it is about."""
+    notices: list[dict[str, Any]] = []
+    nc = await nats_client(nats_server.url, OPERATOR)
+
+    async def on_notice(msg: Any) -> None:
+        notices.append(json.loads(msg.data))
+
+    await nc.subscribe("vigil.rejected.>", cb=on_notice)
+    await nc.flush()
+    try:
+        bad = raw_event("service", "lost", "web-9", severity="apocalyptic")
+        async with jetstream(nats_server.url) as js:
+            await publish_raw(js, bad, "scheduler")
+        await wait_for(lambda: notices, what="the rejection notice")
+        notice = notices[0]
+        assert notice["field"] == "severity"
+        assert (notice["id"], notice["type"], notice["action"]) == (bad["id"], "service", "lost")
+        assert (notice["nodeId"], notice["typeId"]) == ("web-9", bad["typeId"])
+        assert service.ingestor is not None and service.ingestor.rejected == 1
+    finally:
+        await nc.close()
