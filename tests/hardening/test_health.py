@@ -45,6 +45,7 @@ from tests.helpers import (
     nats_client,
     wait_for,
 )
+from tests.pg import PG_ADMIN_URL, create_database, drop_database
 from tests.test_pipeline import KEY, tcp_node
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -187,9 +188,14 @@ async def test_full_disk_under_the_scheduler_store_is_reported_and_nothing_lost(
 
 def _serving(address: str) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        return await _health_status(address) == SERVING
+        return bool(await _health_status(address) == SERVING)
 
     return check
+
+
+async def _refreshed_floor(svc: EventService) -> bool:
+    await svc.hooks.refresh_all()
+    return all(r.row.ack_floor > 0 for r in svc.hooks.runners.values())
 
 
 async def _watch_health(address: str, seen: list[int]) -> None:
@@ -234,6 +240,22 @@ async def test_event_service_recreates_streams_of_a_fresh_nats(
         await wait_for(lambda: SERVING in seen, 10, what="gRPC health SERVING")
         async with events_stub(svc.grpc_address) as stub:
             await create_hook(stub, "ops", receiver.url)
+            first = await stub.Publish(
+                events_pb2.PublishRequest(
+                    event=events_pb2.Event(type="node", action="down", node_id="n-0")
+                )
+            )
+        await wait_for(
+            lambda: any(b.get("id") == first.event.id for b in receiver.bodies()),
+            10,
+            what="the hook delivering the first event",
+        )
+        # The hook's place as the service remembers it (refreshed every few seconds):
+        # a cursor made again resumes after it. (A hook that never delivered anything
+        # resumes with events published from then on: services/events/hooks/cursor.py.)
+        await wait_for(
+            lambda: _refreshed_floor(svc), 10, what="the hook's acknowledged position known"
+        )
         _fresh_nats(nats_server)
         async with events_stub(svc.grpc_address) as stub:
             # Publish fails (UNAVAILABLE) only until the streams are back.
@@ -354,3 +376,64 @@ async def test_scheduler_recreates_the_ingest_stream_of_a_fresh_nats(
         await asyncio.gather(watcher, return_exceptions=True)
         await stack.stop()
         await target.stop()
+
+
+@pytest.fixture
+def pg_store_url() -> Iterator[str]:
+    """A throw-away PostgreSQL database (skips without a server)."""
+    url = create_database("vigil_test_health")
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+async def _pg_read_only(url: str, on: bool) -> None:
+    """Make the database refuse (or accept) writes for every new session; end the current ones."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    name = url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+    try:
+        await conn.execute(
+            f'ALTER DATABASE "{name}" SET default_transaction_read_only = {"on" if on else "off"}'
+        )
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+    finally:
+        await conn.close()
+
+
+async def test_read_only_postgresql_store_is_degraded_until_it_writes(pg_store_url: str) -> None:
+    """PostgreSQL refusing writes: the store reports it (health, metric), and clears on recovery."""
+    store = SchedulerStore(pg_store_url)
+    health = HealthState()
+    store.health = health
+    await store.open()
+    try:
+        await store.put_node("n-1", {"id": "n-1"})
+        assert health.problems == []
+        assert store.degraded_since is None
+        before = _write_failures()
+        await _pg_read_only(pg_store_url, on=True)
+        # The first attempt may meet a terminated connection; the next, the read-only database.
+        for _ in range(2):
+            with pytest.raises(Exception):  # noqa: B017, PT011 - whatever the driver raises
+                await store.put_node("n-2", {"id": "n-2"})
+        degraded: float | None = store.degraded_since  # (mypy narrowed it to None above)
+        assert degraded is not None, "the store not marked degraded"
+        assert "read-only" in store.degraded_reason, store.degraded_reason
+        assert "scheduler store refuses writes" in health.problems[0]
+        assert _write_failures() >= before + 2
+
+        await _pg_read_only(pg_store_url, on=False)
+        for _ in range(2):  # again, a pooled connection may have been ended
+            with contextlib.suppress(Exception):
+                await store.put_node("n-2", {"id": "n-2"})
+        assert store.degraded_since is None and health.healthy
+        assert set(await store.load_nodes()) == {"n-1", "n-2"}
+    finally:
+        await store.close()
