@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= examples/demo.yaml
 PROTOS := $(wildcard protos/vigil/v1/*.proto)
 
-.PHONY: install run test proto proto-check lint bench clean
+.PHONY: install run test proto proto-check lint bench fuzz clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -37,6 +37,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The property tests of tests/fuzz/ with many examples (the suite runs 60 each).
+VIGIL_FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	VIGIL_FUZZ_EXAMPLES=$(VIGIL_FUZZ_EXAMPLES) $(PY) -m pytest tests/fuzz -p no:cacheprovider -o timeout=0 $(PYTEST_ARGS)
 
 clean:
 	rm -rf .vigil .pytest_cache .mypy_cache .ruff_cache
