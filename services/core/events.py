@@ -173,6 +173,13 @@ KINDS: tuple[EventKind, ...] = (
         (*_SERVICE_FIELDS, "lastPollAt", "interval"),
     ),
     EventKind(
+        "heartbeat",
+        "updated",
+        "information",
+        "A live minion's periodic report (every scheduler.heartbeat_event_interval).",
+        ("component", "systemId", "version", "inFlight", "pollsDone", "lastHeartbeatAt"),
+    ),
+    EventKind(
         "summary",
         "updated",
         "information",

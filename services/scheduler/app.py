@@ -95,7 +95,9 @@ class Scheduler:
             inv.services, self.store, keep_history=self.settings.results_retention > 0
         )
         self.registry = MinionRegistry(
-            self.settings.heartbeat_interval, self.settings.heartbeat_misses
+            self.settings.heartbeat_interval,
+            self.settings.heartbeat_misses,
+            heartbeat_events=self.settings.heartbeat_event_interval,
         )
         self.tasks = Supervisor("scheduler")
         self.grpc: GrpcServer | None = None

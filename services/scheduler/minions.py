@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from services.core.events import Event, make_event
 from services.core.pki import Identity
 from services.core.tasks import wait_set
-from services.core.timeutil import now
+from services.core.timeutil import iso, now
 from services.scheduler import metrics
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,8 @@ class MinionSession:
     #: Store-and-forward: digest of the schedule this session was sent, and when checked.
     schedule_digest: str = ""
     schedule_checked: float = 0.0
+    #: Loop-clock time of the last ``heartbeat updated`` event about this minion.
+    heartbeat_event_at: float = 0.0
 
 
 class MinionRegistry:
@@ -139,8 +141,11 @@ class MinionRegistry:
         *,
         retention: float = RETENTION,
         max_records: int = MAX_RECORDS,
+        heartbeat_events: float | None = None,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
+        #: Every live minion gets a ``heartbeat updated`` event this often (``None``: never).
+        self.heartbeat_events = heartbeat_events
         self.misses = misses
         self.retention = retention
         self.max_records = max_records
@@ -314,6 +319,8 @@ class MinionRegistry:
         session.up = True
         session.down_since = None
         session.down_reason = ""
+        # ``minion up`` says it is alive now; the periodic report starts from here.
+        session.heartbeat_event_at = _loop_time()
         self._location_up(session)
 
     def _location_up(self, session: MinionSession) -> None:
@@ -414,6 +421,31 @@ class MinionRegistry:
         self._prune()
         if changed:
             self._update_gauge()
+        if self.heartbeat_events is not None:
+            self._report_heartbeats(loop_now, self.heartbeat_events)
+
+    def _report_heartbeats(self, loop_now: float, every: float) -> None:
+        # RackHD's periodic heartbeat, one per live minion per period: a consumer
+        # can tell a quiet site from a silent pipeline without polling ListMinions.
+        for s in self._minions.values():
+            if not s.up or loop_now - s.heartbeat_event_at < every:
+                continue
+            s.heartbeat_event_at = loop_now
+            self._queue_event(
+                make_event(
+                    "heartbeat",
+                    "updated",
+                    source=SOURCE,
+                    type_id=s.system_id,
+                    location=s.location,
+                    component="minion",
+                    systemId=s.system_id,
+                    version=s.version or None,
+                    inFlight=s.in_flight,
+                    pollsDone=s.polls_done,
+                    lastHeartbeatAt=iso(s.last_heartbeat),
+                )
+            )
 
     def scan_locations(self, locations: Iterable[str]) -> None:
         """After the start-up grace: a location with services and no minion seen is unreachable."""

@@ -230,13 +230,9 @@ def test_signature() -> None:
 # --- issue 10 ---------------------------------------------------------------------------
 
 
-def test_heartbeat_updated_is_not_in_the_catalogue_nor_the_docs() -> None:
-    """Defect 14: nothing emitted it; minion liveness is minion up/down and ListMinions."""
-    assert ("heartbeat", "updated") not in CATALOGUE
-    with pytest.raises(InvalidEvent) as info:
-        normalize({"type": "heartbeat", "action": "updated"})
-    assert info.value.field == "type"
-    # Every row of the documented catalogue is a kind of the code's catalogue.
+def test_the_documented_catalogue_is_the_code_catalogue() -> None:
+    # Every row of the documented catalogue is a kind of the code's catalogue, and back.
+    assert ("heartbeat", "updated") in CATALOGUE
     text = DOCS.read_text()
     section = text[text.index("## Catalogue") : text.index("Examples:")]
     rows = re.findall(r"^\|\s*`(\w+)`\s*\|\s*`(\w+)`\s*\|", section, re.M)

@@ -314,3 +314,32 @@ async def test_registry_rules_without_a_network() -> None:
     reg.register(session("c", "z"))
     reg.sweep()
     assert {s.system_id for s in reg.sessions()} == {"a", "c"}
+
+
+def test_a_live_minion_gets_a_periodic_heartbeat_event() -> None:
+    """RackHD's heartbeat: one ``heartbeat updated`` per live minion per period, none when down."""
+    reg = MinionRegistry(0.5, 3, heartbeat_events=60.0)
+    session = MinionSession("hb-1", "paris", "0.1.0", ["tcp"])
+    reg.register(session)
+    reg.take_events()  # minion up, location reachable
+    start = session.heartbeat_event_at
+    session.last_seen = start + 59.0
+    reg.sweep(loop_now=start + 59.0)
+    assert reg.take_events() == []  # not yet a period since it came up
+    session.in_flight, session.polls_done, session.last_seen = 3, 42, start + 61.0
+    reg.sweep(loop_now=start + 61.0)
+    (event,) = reg.take_events()
+    assert (event.type, event.action, event.severity) == ("heartbeat", "updated", "information")
+    assert event.data["systemId"] == "hb-1" and event.location == "paris"
+    assert event.data["inFlight"] == 3 and event.data["pollsDone"] == 42
+    session.last_seen = start + 90.0
+    reg.sweep(loop_now=start + 90.0)
+    assert reg.take_events() == []  # one per period
+    session.last_seen = start + 122.0
+    reg.sweep(loop_now=start + 122.0)
+    assert [e.action for e in reg.take_events()] == ["updated"]
+    # A minion that is down gets none.
+    reg.sweep(loop_now=start + 200.0)
+    assert [(e.type, e.action) for e in reg.take_events()][:1] == [("minion", "down")]
+    reg.sweep(loop_now=start + 400.0)
+    assert all(e.type != "heartbeat" for e in reg.take_events())

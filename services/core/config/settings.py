@@ -47,6 +47,8 @@ class SchedulerSettings(Strict):
     #: How often minions send heartbeats, and how many may be missed.
     heartbeat_interval: PositiveDuration = 5.0
     heartbeat_misses: int = Field(default=3, ge=1, le=100)
+    #: A ``heartbeat updated`` event per live minion this often; ``null``: never.
+    heartbeat_event_interval: PositiveDuration | None = 300.0
     #: Requests due together are sent as one NATS message of up to this many.
     batch_size: int = Field(default=500, ge=1, le=10000)
     #: After start, first polls are spread over min(interval, splay).
