@@ -203,7 +203,13 @@ class Scheduler:
 
     def _spawn(self, keeper: StateKeeper, dispatcher: Dispatcher, persister: Persister) -> None:
         assert self.relay is not None
-        stale = StaleSweeper(self.services, self.topology.polled, persister.emit)
+        stale = StaleSweeper(
+            self.services,
+            self.topology.polled,
+            persister.emit,
+            # the minions need this long to reconnect after a restart (heartbeat × misses)
+            startup_grace=self.registry.timeout,
+        )
         self.tasks.spawn("state-keeper", keeper.run())
         self.tasks.spawn(
             "state-flusher", run_flusher(self.journal, self.settings.status_flush_interval)
