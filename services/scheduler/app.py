@@ -207,7 +207,7 @@ class Scheduler:
             self.services,
             self.topology.polled,
             persister.emit,
-            # the minions need this long to reconnect after a restart (heartbeat × misses)
+            # the minions need this long to reconnect after a restart (heartbeat interval times misses)
             startup_grace=self.registry.timeout,
         )
         self.tasks.spawn("state-keeper", keeper.run())
