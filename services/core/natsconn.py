@@ -94,6 +94,8 @@ async def connect(
     first_attempt_timeout: float | None = None,
     max_backoff: float = 10.0,
     on_error: Callable[[Exception], Awaitable[None]] | None = None,
+    ping_interval: int = 10,
+    max_outstanding_pings: int = 3,
 ) -> NATS:
     """Connect to NATS as ``transport``'s identity, retrying the first connection.
 
@@ -104,6 +106,8 @@ async def connect(
     another CA) is retried like an unreachable server: an operator may fix
     the server's configuration meanwhile. ``on_error`` is told of every error
     the client reports (a permissions violation, for one), after it is logged.
+    A connection whose ``max_outstanding_pings`` pings, sent every
+    ``ping_interval`` seconds, went unanswered is taken for dead and replaced.
     """
     tls = tls_options(transport)
     told = on_error
@@ -145,8 +149,8 @@ async def connect(
                     reconnect_time_wait=1,
                     max_reconnect_attempts=-1,
                     allow_reconnect=False,
-                    ping_interval=10,
-                    max_outstanding_pings=3,
+                    ping_interval=ping_interval,
+                    max_outstanding_pings=max_outstanding_pings,
                     error_cb=logged,
                     disconnected_cb=on_disconnected,
                     reconnected_cb=on_reconnected,
