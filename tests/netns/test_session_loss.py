@@ -9,6 +9,7 @@ during the cut then leaves an outage with its real times after the heal.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from tests.netns.test_sites import (
     outage_during_cut,
     peek_spool,
     tcp_services,
+    up_with_schedule,
 )
 
 pytestmark = pytest.mark.netns
@@ -69,11 +71,7 @@ async def test_a_cut_makes_the_minion_autonomous_autonomous_after_the_cut(
         )
         b_rt = c.services[ServiceKey("b", sites.b.target_addr, "Echo")]
         spool = tmp_path / "spool" / "b-1"
-        await wait_for(
-            lambda: b_rt.status is Status.UP and (spool / "schedule.pb").exists(),
-            timeout=SLOW,
-            what="UP, schedule",
-        )
+        await up_with_schedule(b_rt, spool)
         await c.settled("a-1", "b-1")
 
         sites.b.cut()
@@ -101,3 +99,52 @@ async def test_a_cut_makes_the_minion_autonomous_autonomous_after_the_cut(
             what="the end of autonomous polling logged",
         )
         assert int(ends.group(1)) >= 3, ends.group(0)
+
+
+#: Defect 7: a 30 s cut (longer than a flush's or a drain's timeout during it).
+LONG_CUT = 30.0
+#: After the heal, live requests reach the minion again within this long (39-41 s before).
+LIVE_AGAIN = 20.0
+
+
+async def test_after_a_long_cut_the_minion_gets_live_requests_soon(
+    tmp_path: Path, sites: Sites, minion_processes: list[MinionProcess]
+) -> None:
+    port = 7012
+    sites.b.start_target(port, tmp_path / "target-b.log")
+    nodes = [tcp_services("b", sites.b.target_addr, port, LOC_B, ["Echo"])]
+    async with central(tmp_path, sites, nodes, locations={LOC_B: {"store_and_forward": True}}) as c:
+        c.minion(tmp_path, minion_processes, sites.b, LOC_B, "b-1", autonomous_after="1s")
+        b_rt = c.services[ServiceKey("b", sites.b.target_addr, "Echo")]
+        spool = tmp_path / "spool" / "b-1"
+        await up_with_schedule(b_rt, spool)
+        await c.settled("b-1")
+        sites.b.cut()
+        await asyncio.sleep(LONG_CUT)
+        sites.b.restore()
+        restored_at = time.time()
+        assert c.stack.scheduler is not None
+        registry = c.stack.scheduler.registry
+
+        # A live result: polled after the heal by a minion taking requests again (not one
+        # of its own polls, spooled and replayed, while it still counts itself cut off).
+        def live() -> bool:
+            rec = registry.get("b-1")
+            return (
+                rec is not None
+                and rec.up
+                and rec.nats_connected
+                and not rec.autonomous
+                and not rec.intake_paused
+                and (b_rt.last_poll_at or 0) > restored_at + 1.0
+                and b_rt.last_poll_status is Status.UP
+            )
+
+        await wait_for(live, timeout=LIVE_AGAIN, what=f"a live result within {LIVE_AGAIN}s")
+        done = b_rt.last_poll_at or 0
+        # And results keep coming: the scheduler is not told of a minion it cannot reach.
+        await wait_for(
+            lambda: (b_rt.last_poll_at or 0) > done + 1.0 and b_rt.last_poll_status is Status.UP,
+            timeout=5.0,
+            what="live results keep coming",
+        )

@@ -190,6 +190,15 @@ def peek_spool(directory: Path) -> list[poll_pb2.PollResult]:
     return [poll_pb2.PollResult.FromString(payload) for (payload,) in rows]
 
 
+async def up_with_schedule(rt: ServiceRuntime, spool: Path) -> None:
+    """Wait until the site's service is UP and its minion holds the store-and-forward schedule."""
+    await wait_for(
+        lambda: rt.status is Status.UP and (spool / "schedule.pb").exists(),
+        timeout=SLOW,
+        what="UP, schedule",
+    )
+
+
 async def outage_during_cut(
     c: Central,
     site: Site,
@@ -358,11 +367,7 @@ async def test_store_and_forward_records_an_outage_during_the_cut_with_its_real_
         c.minion(tmp_path, minion_processes, sites.b, LOC_B, "b-1", autonomous_after="1s")
         b_rt = c.services[ServiceKey("b", sites.b.target_addr, "Echo")]
         spool = tmp_path / "spool" / "b-1"
-        await wait_for(
-            lambda: b_rt.status is Status.UP and (spool / "schedule.pb").exists(),
-            timeout=SLOW,
-            what="UP, schedule",
-        )
+        await up_with_schedule(b_rt, spool)
         before = await c.settled("a-1", "b-1")
 
         sites.b.cut()
