@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 from vigil.v1 import sink_pb2
@@ -259,11 +258,7 @@ class Minion:
         nats-py 2.16 can end its read loop yet still say it is connected (see
         :meth:`_nats_watch`); no message arrives then.
         """
-        nc = self._nc
-        if nc is None or not nc.is_connected:
-            return False
-        reading = nc._reading_task
-        return reading is not None and not reading.done()
+        return self._nc is not None and natsconn.is_reading(self._nc)
 
     async def _nats_watch(self) -> None:
         """Keep nats-py's read loop alive, and replace the connection when it died. For ever.
@@ -276,22 +271,17 @@ class Minion:
         ones before their PONG comes; if the read loop died anyway, the
         connection is handed to nats-py's own reconnect as a stale one.
         """
-        loop = asyncio.get_running_loop()
         ready = self.nats_ready
         while True:
             await asyncio.sleep(NATS_WATCH_INTERVAL)
             nc = self._nc
             if nc is None:
                 continue
-            pongs = nc._pongs
-            for i, future in enumerate(pongs):
-                if future.cancelled():
-                    pongs[i] = loop.create_future()
-            reading = nc._reading_task
-            if nc.is_connected and (reading is None or reading.done()):
+            natsconn.repair_pongs(nc)
+            if nc.is_connected and not natsconn.is_reading(nc):
                 log.warning("NATS: the client stopped reading its connection; reconnecting")
                 try:
-                    await nc._process_op_err(nats.errors.StaleConnectionError())
+                    await natsconn.reconnect_stale(nc)
                 except Exception as exc:  # tried again on the next round
                     log.warning("NATS: cannot replace the connection: %r", exc)
             if self.nats_ready != ready:

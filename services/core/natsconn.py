@@ -193,3 +193,31 @@ async def close(nc: NATS | None, timeout: float = 5.0) -> None:
             await nc.close()
         except Exception as exc:
             log.debug("closing NATS: %s", exc)
+
+
+# --- nats-py 2.16 workarounds ---------------------------------------------------------
+# The only place in Vigil that reaches into nats-py's internals: a flush that times
+# out (a drain or a round trip during a partition) cancels its PONG future but leaves
+# it queued; the late PONG, once the link is back, raises InvalidStateError in
+# ``_process_pong``, which ends the read loop while the client still says it is
+# connected (nats.py #624/#129). Remove these once nats-py fixes it.
+
+
+def is_reading(nc: NATS) -> bool:
+    """Connected, and the client's read loop still runs (so messages can arrive)."""
+    reading = nc._reading_task
+    return nc.is_connected and reading is not None and not reading.done()
+
+
+def repair_pongs(nc: NATS) -> None:
+    """Swap cancelled PONG futures for fresh ones before their late PONG arrives."""
+    loop = asyncio.get_running_loop()
+    pongs = nc._pongs
+    for i, future in enumerate(pongs):
+        if future.cancelled():
+            pongs[i] = loop.create_future()
+
+
+async def reconnect_stale(nc: NATS) -> None:
+    """Hand a connection whose read loop died to nats-py's own reconnect, as a stale one."""
+    await nc._process_op_err(nats.errors.StaleConnectionError())
