@@ -28,7 +28,6 @@ from vigil.v1 import (
     inventory_pb2_grpc,
     poller_pb2,
     poller_pb2_grpc,
-    sink_pb2,
     sink_pb2_grpc,
 )
 
@@ -111,7 +110,7 @@ async def test_no_client_certificate_reaches_health_on_the_probe_port_only(stack
             )
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await _hello(ch, sink_pb2.MinionHello())
+            await _refused_connect(ch)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # Not even reflection: it needs an identity.
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -157,10 +156,14 @@ async def test_a_certificate_from_another_ca_is_refused(stack: Stack, tmp_path: 
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def _hello(ch: grpc.aio.Channel, hello: sink_pb2.MinionHello) -> object:
-    """Open ResultSink/Connect, say hello, read the answer."""
+async def _refused_connect(ch: grpc.aio.Channel) -> object:
+    """Open ResultSink/Connect and read its answer, writing nothing.
+
+    The access check refuses the call before the handler reads a message; a
+    hello written meanwhile would race that status, and grpcio reports a write
+    that lost the race as INTERNAL on the client, whatever the server said.
+    """
     call = sink_pb2_grpc.ResultSinkStub(ch).Connect(timeout=CALL_TIMEOUT)
-    await call.write(sink_pb2.MinionMessage(hello=hello))
     return await call.read()
 
 
@@ -191,7 +194,7 @@ async def test_each_role_calls_only_its_services(stack: Stack) -> None:
     # An operator is no minion: ResultSink is refused, naming who and what it may call.
     async with test_pki.operator_channel(sched) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await _hello(ch, sink_pb2.MinionHello(system_id="op", location="Default"))
+            await _refused_connect(ch)
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "operator" in (err.value.details() or "")
         assert "vigil.v1.Poller" in (err.value.details() or "")
