@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 
 from services.cli.runtime import until_signal
 from services.core import natsconn
+from services.core.config.fields import mask_url
 from services.core.pki import Identity, Pki
 from services.core.tls import PLAINTEXT, TlsError, TlsMaterial, Transport, require_loopback
 
@@ -189,10 +190,10 @@ async def _sniff(url: str, subject: str, transport: Transport, *, pretty: bool, 
                 file=sys.stderr,
             )
             return 2
-        print(f"vigil sniff: watching {subject} on {url}", file=sys.stderr, flush=True)
+        print(f"vigil sniff: watching {subject} on {mask_url(url)}", file=sys.stderr, flush=True)
         await stop.wait()
     except (nats.errors.Error, TimeoutError) as exc:
-        print(f"vigil sniff: NATS at {url} stopped answering: {exc!r}", file=sys.stderr)
+        print(f"vigil sniff: NATS at {mask_url(url)} stopped answering: {exc!r}", file=sys.stderr)
         return 1
     finally:
         # Bounded: a connection that went dead must not hold the exit up.

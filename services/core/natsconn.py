@@ -20,6 +20,7 @@ import nats
 from nats.aio.client import Client as NATS
 
 from services.core.backoff import Backoff
+from services.core.config.fields import mask_url
 from services.core.natsauth import inbox_prefix
 from services.core.tls import TlsError, TlsMaterial, Transport
 
@@ -165,7 +166,7 @@ async def connect(
             delay = backoff.next()
             if give_up is not None and loop.time() + delay > give_up:
                 why = exc if str(exc) or not last_error else last_error[0]
-                raise ConnectionError(f"cannot connect to NATS at {url}: {why}") from exc
+                raise ConnectionError(f"cannot connect to NATS at {mask_url(url)}: {why}") from exc
             log.warning(
                 "NATS (%s): cannot connect to %s (%s); retrying in %.1fs", name, url, exc, delay
             )

@@ -110,3 +110,26 @@ def test_a_running_sniff_stops_within_two_seconds_of_sigterm(nats_server: NatsSe
 def test_the_bound_is_documented() -> None:
     text = (Path(ROOT) / "docs/operations.md").read_text()
     assert "vigil sniff" in text and "10 s" in text
+
+
+def test_sniff_never_shows_a_password_in_the_nats_url() -> None:
+    """Issue 10, defect 13: a URL with credentials is shown with its password masked."""
+    port = free_port()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "sniff",
+            "--nats",
+            f"tls://user:s3cr3t@127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=python_env(),
+    )
+    assert proc.returncode != 0
+    assert "s3cr3t" not in proc.stderr + proc.stdout
+    assert "user:***@" in proc.stderr
