@@ -35,6 +35,7 @@ from services.core.pki import (
     Role,
     fingerprint,
     parse_uri,
+    write_atomic,
 )
 
 app = typer.Typer(
@@ -597,13 +598,8 @@ def with_monitoring(config: str, http: str) -> str:
 
 
 def _write_text(path: Path, text: str, mode: int) -> None:
-    # Write then rename: a reader (nats-server reloading, a minion starting) never sees half.
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    # Through a rename: a reader (nats-server reloading, a minion starting) never sees half.
+    write_atomic(path, text.encode(), mode)
 
 
 def _copy(src: Path, dst: Path, mode: int) -> None:

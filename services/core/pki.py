@@ -238,7 +238,7 @@ class Pki:
             .sign(key, hashes.SHA256())
         )
         _write_key(self.ca_key_path, key)
-        _write(self.ca_cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(self.ca_cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return self.ca_cert_path
 
     def ca_cert(self) -> x509.Certificate:
@@ -308,7 +308,7 @@ class Pki:
         )
         key_path, cert_path = self.key_path(identity), self.cert_path(identity)
         _write_key(key_path, key)
-        _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return Issued(identity, cert_path, key_path, cert.serial_number, not_after)
 
     def load(self, identity: Identity) -> x509.Certificate | None:
@@ -371,7 +371,7 @@ class Pki:
         if cert is None:
             raise PkiError(f"no certificate for {identity} in {self.dir}")
         serials = set(self.revoked()) | {cert.serial_number}
-        _write(
+        write_atomic(
             self.revoked_path,
             (json.dumps({"revoked": sorted(f"{s:x}" for s in serials)}, indent=2) + "\n").encode(),
             0o644,
@@ -431,8 +431,8 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    # Write then rename, so a reader never sees half a certificate.
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` with ``mode``, through a rename: no reader sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
@@ -442,7 +442,7 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    _write(
+    write_atomic(
         path,
         key.private_bytes(
             serialization.Encoding.PEM,
