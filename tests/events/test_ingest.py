@@ -238,6 +238,8 @@ async def test_invalid_raw_events_are_rejected_counted_and_the_service_keeps_run
             await publish_raw(js, good, "scheduler")
         await wait_for(lambda: events_seen.find(id=good["id"]), what="the good event")
         assert service.ingestor is not None
+        # Published before stored: the row lands just after the event is on NATS.
+        await wait_for(lambda: service.ingestor and service.ingestor.processed >= 1, what="stored")
         assert service.ingestor.rejected == 4
         await wait_for(lambda: len(notices) >= 4, what="4 rejection notices")
         reasons = {n["field"]: n["reason"] for n in notices}
