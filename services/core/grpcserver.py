@@ -24,7 +24,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.core.grpcauth import AccessInterceptor
+from services.core.access.tokens import TokenVerifier
+from services.core.grpcauth import AccessInterceptor, AuditSink, CertificateRoles
 from services.core.tls import PLAINTEXT_WARNING, TlsMaterial, Transport
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,20 @@ class GrpcServer:
         *,
         transport: Transport,
         probe_listen: str | None = None,
+        verifier: TokenVerifier | None = None,
+        certificates: CertificateRoles | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         self.listen = listen
         self.probe_listen = probe_listen
         self.transport = transport
         #: The access checks (``None`` in the plaintext mode: there are no identities).
         self.access: AccessInterceptor | None = (
-            AccessInterceptor(transport.revoked) if isinstance(transport, TlsMaterial) else None
+            AccessInterceptor(
+                transport.revoked, verifier=verifier, certificates=certificates, audit=audit
+            )
+            if isinstance(transport, TlsMaterial)
+            else None
         )
         self._server = grpc.aio.server(
             interceptors=[self.access] if self.access is not None else None,

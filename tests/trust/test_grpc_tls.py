@@ -102,7 +102,7 @@ async def test_no_client_certificate_reaches_health_on_the_probe_port_only(stack
                 health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT
             )
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
-    before = refused("no_certificate")
+    before = refused("no_credentials")
     async with grpc.aio.secure_channel(sched_probe, ca_only()) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await poller_pb2_grpc.PollerStub(ch).ListServices(
@@ -122,7 +122,7 @@ async def test_no_client_certificate_reaches_health_on_the_probe_port_only(stack
                 events_pb2.ListEventsRequest(), timeout=CALL_TIMEOUT
             )
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert refused("no_certificate") >= before + 4
+    assert refused("no_credentials") >= before + 4
 
 
 async def test_a_certificate_from_another_ca_is_refused(stack: Stack, tmp_path: Path) -> None:
@@ -190,14 +190,14 @@ async def _list_services(ch: grpc.aio.Channel) -> list[str]:
 
 async def test_each_role_calls_only_its_services(stack: Stack) -> None:
     sched, events = addresses(stack)
-    before = refused("wrong_role")
-    # An operator is no minion: ResultSink is refused, naming who and what it may call.
+    before = refused("permission_denied")
+    # An operator is no minion: ResultSink is refused, naming who and the permission.
     async with test_pki.operator_channel(sched) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await _refused_connect(ch)
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert "operator" in (err.value.details() or "")
-        assert "vigil.v1.Poller" in (err.value.details() or "")
+        assert "certificate:operator/" in (err.value.details() or "")
+        assert "vigil.v1.ResultSink/Connect" in (err.value.details() or "")
         # Its own calls work.
         await poller_pb2_grpc.PollerStub(ch).ListServices(
             poller_pb2.ListServicesRequest(), timeout=CALL_TIMEOUT
@@ -212,7 +212,8 @@ async def test_each_role_calls_only_its_services(stack: Stack) -> None:
             )
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
         details = err.value.details() or ""
-        assert "paris-rogue" in details and "vigil.v1.ResultSink" in details
+        assert "paris-rogue" in details and "vigil.v1.Inventory/ListNodes" in details
+        assert "it holds: vigil.v1.ResultSink/Connect" in details
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await poller_pb2_grpc.PollerStub(ch).ListServices(
                 poller_pb2.ListServicesRequest(), timeout=CALL_TIMEOUT
@@ -237,7 +238,7 @@ async def test_each_role_calls_only_its_services(stack: Stack) -> None:
                 timeout=CALL_TIMEOUT,
             )
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert refused("wrong_role") >= before + 5
+    assert refused("permission_denied") >= before + 5
 
 
 async def test_a_revoked_certificate_is_refused_and_its_open_stream_cut(stack: Stack) -> None:
