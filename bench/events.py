@@ -85,6 +85,8 @@ def _config(work: Path, nats_url: str, store_url: str | None, **events: Any) -> 
         "metrics_listen": None,
         "store_url": store_url or f"sqlite:///{work}/events.db",
         "summary_interval": None,
+        # The bench's webhook receivers listen on loopback: allowed explicitly (hook safety).
+        "hooks_allow_networks": ["127.0.0.0/8"],
     }
     section.update(events)
     return parse_config(

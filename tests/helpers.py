@@ -71,6 +71,10 @@ def make_config(
             "probe_listen": None,
             "metrics_listen": None,
             "store_url": f"sqlite:///{tmp_path}/events.db",
+            # The tests' webhook receivers listen on loopback, which hook safety refuses
+            # unless allowed (docs/security.md, "Hook safety"); tests/events/test_hook_safety.py
+            # sets it back to [] to exercise the refusals.
+            "hooks_allow_networks": ["127.0.0.0/8", "::1/128"],
         },
         "minion": {"id_file": str(tmp_path / "minion-id")},
         "defaults": {"interval": "0.5s", "timeout": "1s", "retries": 0},

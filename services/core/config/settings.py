@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from typing import Any
+
 from pydantic import Field, field_validator, model_validator
 
 from services.core.config.fields import (
@@ -93,6 +97,65 @@ class EventsSettings(Strict):
     #: ``VIGIL_EVENTS_SECRET_KEY`` holds the key itself instead). Default: beside
     #: a SQLite store, else ``.vigil/events-secret.key``.
     secret_key_file: str | None = None
+    #: Hook safety (docs/security.md, "Hook safety"): a hook may not POST to a
+    #: loopback, link-local, private, shared (CGNAT), unspecified, multicast,
+    #: reserved or otherwise non-public address, nor to a cloud metadata host;
+    #: checked when the hook is created or updated and again on every connection
+    #: of every delivery. ``hooks_allow_networks`` exempts addresses inside these
+    #: networks (CIDR, e.g. ``10.20.0.0/16``, ``127.0.0.0/8``, ``::1/128``; a host
+    #: address without a prefix length is one address). ``0.0.0.0/0`` or ``::/0``
+    #: turns the check off for that family. Default: none.
+    hooks_allow_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list
+    )
+    #: Host names (exactly, case-insensitive, no wildcards) whose hooks are not
+    #: checked at all, whatever they resolve to: an operator's own receiver
+    #: (e.g. ``hooks.internal.example``). The name's DNS is then trusted. Default: none.
+    hooks_allow_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("hooks_allow_networks", mode="before")
+    @classmethod
+    def _allow_networks(cls, v: Any) -> Any:
+        if not isinstance(v, list | tuple):
+            return v
+        out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for x in v:
+            if isinstance(x, ipaddress.IPv4Network | ipaddress.IPv6Network):
+                out.append(x)
+                continue
+            if not isinstance(x, str):
+                raise ValueError(f"{x!r} is not a network like 10.0.0.0/8 or fd00::/8")
+            try:
+                # "10.0.0.1/8" is what operators write; accept it as 10.0.0.0/8.
+                out.append(ipaddress.ip_network(x.strip(), strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"{x[:80]!r} is not a network like 10.0.0.0/8 or fd00::/8"
+                ) from None
+        return out
+
+    @field_validator("hooks_allow_hosts")
+    @classmethod
+    def _allow_hosts(cls, v: list[str]) -> list[str]:
+        label = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
+        host_name = re.compile(rf"(?=.{{1,253}}$){label}(?:\.{label})*")
+        out = []
+        for name in v:
+            host = name.strip().lower().rstrip(".")
+            try:
+                ipaddress.ip_address(host.strip("[]"))
+                address = True
+            except ValueError:
+                # numeric forms such as 2130706433 or 127.1 are addresses too
+                address = host.rsplit(".", 1)[-1].isdigit()
+            if address:
+                raise ValueError(
+                    f"{name[:80]!r} is an address: put it in events.hooks_allow_networks"
+                )
+            if not host_name.fullmatch(host):
+                raise ValueError(f"{name[:80]!r} is not a host name")
+            out.append(host)
+        return out
 
     @model_validator(mode="after")
     def _hook_timings(self) -> EventsSettings:

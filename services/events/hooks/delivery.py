@@ -25,6 +25,14 @@ from services.core.timeutil import now
 from services.events import metrics
 from services.events.filters import Interest, matches_any
 from services.events.hooks.cursor import consumer_name, ensure_consumer, position
+from services.events.hooks.guard import (
+    ADDRESS_NOT_ALLOWED,
+    AddressGuard,
+    GuardedResolver,
+    describe,
+    failure_class,
+    http_failure,
+)
 from services.events.hooks.signing import SIGNATURE_HEADER, sign
 from services.events.store.hooks import HookFailureRow, HookRow, HookStore
 
@@ -43,13 +51,20 @@ class HookRunner:
     """Delivers one hook's events (see the module docstring)."""
 
     def __init__(
-        self, row: HookRow, js: JetStreamContext, store: HookStore, settings: EventsSettings
+        self,
+        row: HookRow,
+        js: JetStreamContext,
+        store: HookStore,
+        settings: EventsSettings,
+        guard: AddressGuard | None = None,
     ) -> None:
         self.row = row
         self.interests = [Interest.from_dict(f) for f in row.filters]
         self.js = js
         self.store = store
         self.settings = settings
+        #: Every connection's address is checked by it (see :mod:`.guard`).
+        self.guard = guard or AddressGuard(settings)
         self.consumer = consumer_name(row.id)
         self.inflight: dict[int, asyncio.Task[None]] = {}
         self.dirty = False
@@ -75,8 +90,16 @@ class HookRunner:
         s = self.settings
         session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=s.hook_timeout),
-            connector=aiohttp.TCPConnector(limit=s.hook_max_in_flight),
+            connector=aiohttp.TCPConnector(
+                limit=s.hook_max_in_flight,
+                # Names are resolved by the guard only, on every new connection, and the
+                # connection goes to exactly an address it checked (no DNS cache: a
+                # rebinding answer is checked like the first one).
+                resolver=GuardedResolver(self.guard),
+                use_dns_cache=False,
+            ),
             headers={"User-Agent": USER_AGENT},
+            trust_env=False,  # no proxy from the environment: it would connect for us
         )
         sub: Any = None
         backoff = Backoff()
@@ -224,6 +247,13 @@ class HookRunner:
             ATTEMPT_HEADER: str(attempt),
             SIGNATURE_HEADER: sign(self.row.secret, body),
         }
+        # An IP-literal URL never reaches the resolver: judged here, before every attempt.
+        why = self.guard.literal_reason(self.row.url)
+        if why is not None:
+            log.debug("hook %s: attempt %d refused: %s", self.row.name, attempt, why)
+            return ADDRESS_NOT_ALLOWED
+        # What is stored and shown is a generic class (see .guard), never the
+        # receiver's text: no reason phrase, no body, no exception message.
         try:
             async with session.post(
                 self.row.url, data=body, headers=headers, allow_redirects=False
@@ -232,11 +262,11 @@ class HookRunner:
                 await resp.content.read(64 << 10)
                 if 200 <= resp.status < 300:
                     return None
-                return f"HTTP {resp.status} {resp.reason or ''}".strip()
-        except TimeoutError:
-            return f"no answer within {self.settings.hook_timeout:g}s"
-        except aiohttp.ClientError as exc:
-            return f"{type(exc).__name__}: {exc}"[:500]
+                return http_failure(resp.status)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            error = failure_class(exc)
+            log.debug("hook %s: attempt %d: %s (%s)", self.row.name, attempt, error, describe(exc))
+            return error
 
     async def _sleep(self, m: Msg, seconds: float) -> None:
         """Wait before a retry, telling JetStream we still hold the message."""

@@ -26,6 +26,7 @@ from services.core.timeutil import now
 from services.events.filters import Interest
 from services.events.hooks.cursor import CONSUMER_PREFIX, consumer_name
 from services.events.hooks.delivery import HookRunner
+from services.events.hooks.guard import AddressGuard, Resolve
 from services.events.hooks.validation import validate_name, validate_secret, validate_url
 from services.events.store.hooks import HookRow, HookStore
 
@@ -55,12 +56,22 @@ class HookManager:
     """Hook definitions (store) and their runners (tasks)."""
 
     def __init__(
-        self, js: JetStreamContext, store: HookStore, settings: EventsSettings, tasks: Supervisor
+        self,
+        js: JetStreamContext,
+        store: HookStore,
+        settings: EventsSettings,
+        tasks: Supervisor,
+        *,
+        resolver: Resolve | None = None,
     ) -> None:
         self.js = js
         self.store = store
         self.settings = settings
         self.tasks = tasks
+        #: Hook safety (:mod:`.guard`), shared by every runner: checks URLs at create and
+        #: update, and every delivery connection. ``resolver`` (default: the event
+        #: loop's getaddrinfo) does its name lookups; ``guard.resolver`` may be replaced.
+        self.guard = AddressGuard(settings, resolver)
         self.runners: dict[str, HookRunner] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._lock = asyncio.Lock()
@@ -80,8 +91,22 @@ class HookManager:
         except Exception as exc:  # housekeeping only
             log.warning("cannot clean up hook consumers: %s", exc)
         for row in rows:
-            self._start(HookRunner(row, self.js, self.store, self.settings))
+            why = self.guard.static_reason(row.url)
+            if why is not None:
+                # Stored before hook safety (or the exemptions changed): kept, but every
+                # delivery is refused ("address not allowed") until it is changed.
+                log.warning(
+                    "hook %s: its URL is %s: every delivery will be refused "
+                    "(change the URL, or allow it with events.hooks_allow_networks / "
+                    "events.hooks_allow_hosts)",
+                    row.name,
+                    why,
+                )
+            self._start(self._runner(row))
         self.tasks.spawn("hook-status", self._flush_loop(), essential=False)
+
+    def _runner(self, row: HookRow) -> HookRunner:
+        return HookRunner(row, self.js, self.store, self.settings, self.guard)
 
     def _start(self, runner: HookRunner) -> None:
         self.runners[runner.row.id] = runner
@@ -96,6 +121,7 @@ class HookManager:
         validate_name(name)
         validate_url(url)
         validate_secret(secret)
+        await self.guard.check_url(url)
         async with self._lock:
             if len(self.runners) >= self.settings.max_hooks:
                 raise TooManyHooks(f"the limit of {self.settings.max_hooks} hooks is reached")
@@ -110,7 +136,7 @@ class HookManager:
             )
             if not await self.store.add_hook(row):
                 raise NameTaken(f"name: a hook named {name!r} exists")
-            runner = HookRunner(row, self.js, self.store, self.settings)
+            runner = self._runner(row)
             try:
                 await runner.ensure_consumer(new=True)
             except BaseException:
@@ -157,6 +183,8 @@ class HookManager:
             validate_url(url)
         if "secret" in paths:
             validate_secret(secret)
+        if "url" in paths:
+            await self.guard.check_url(url)
         async with self._lock:
             row = await self.store.get_hook(hook_id)
             if row is None:
@@ -181,7 +209,7 @@ class HookManager:
                     raise UnknownHook(f"id: no hook {hook_id!r}")
                 raise NameTaken(f"name: a hook named {name!r} exists")
             await self._stop(hook_id)
-            self._start(HookRunner(updated, self.js, self.store, self.settings))
+            self._start(self._runner(updated))
         log.info("hook %s updated (%s)", updated.name, ", ".join(sorted(paths)))
         return replace(updated)
 

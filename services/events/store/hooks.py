@@ -7,6 +7,11 @@ row). The key comes from ``VIGIL_EVENTS_SECRET_KEY`` or a key file
 store, else ``.vigil/events-secret.key``), created with mode 0600 when
 missing. Rows written in clear by an older version are sealed at start
 (:meth:`HookStore.open_secrets`); until then they are read as they are.
+
+Delivery errors (a hook's last error, a parked delivery's) are stored and read
+as generic failure classes only (:func:`~services.events.hooks.guard.shown_error`):
+a row written by an older version, which kept the receiver's own text, is read
+as its class (``HTTP 503``, ``timeout``) or ``delivery failed``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.core import db
+from services.events.hooks.guard import shown_error
 from services.events.store.sql import BigId, When, metadata
 
 log = logging.getLogger(__name__)
@@ -198,7 +204,7 @@ def _hook_row(r: Any, box: SecretBox, failed: int = 0) -> HookRow:
         created_at=db.epoch(r.created_at) or 0.0,
         last_success_at=db.epoch(r.last_success_at),
         last_error_at=db.epoch(r.last_error_at),
-        last_error=r.last_error,
+        last_error=shown_error(r.last_error),
         delivered=int(r.delivered),
         ack_floor=int(r.ack_floor),
         failed=failed,
@@ -355,7 +361,7 @@ class HookStore:
                 .values(
                     last_success_at=db.utc(hook.last_success_at),
                     last_error_at=db.utc(hook.last_error_at),
-                    last_error=(hook.last_error or None) and hook.last_error[:512],
+                    last_error=shown_error(hook.last_error or None),
                     delivered=hook.delivered,
                     ack_floor=hook.ack_floor,
                 )
@@ -373,7 +379,7 @@ class HookStore:
                     attempts=failure.attempts,
                     first_attempt_at=db.utc(failure.first_attempt_at),
                     failed_at=db.utc(failure.failed_at),
-                    last_error=failure.last_error[:512],
+                    last_error=shown_error(failure.last_error) or "",
                     payload=failure.payload,
                 )
             )
@@ -417,7 +423,7 @@ class HookStore:
                 attempts=int(r.attempts),
                 first_attempt_at=db.epoch(r.first_attempt_at) or 0.0,
                 failed_at=db.epoch(r.failed_at) or 0.0,
-                last_error=r.last_error,
+                last_error=shown_error(r.last_error) or "",
                 payload=bytes(r.payload),
             )
             for r in rows
