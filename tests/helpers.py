@@ -158,19 +158,29 @@ async def nats_client(url: str, identity: Identity = OPERATOR) -> NATS:
 
 
 class EventCollector:
-    """Collects every message on a NATS subject (JSON-decoded), as the operator."""
+    """Collects every message on a NATS subject (JSON-decoded), as the operator.
+
+    Audit events (one per write call the test makes) are kept apart in
+    :attr:`audit`, so tests counting the events their scenario produces do not
+    count their own API calls.
+    """
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.subjects: list[str] = []
+        self.audit: list[dict[str, Any]] = []
         self._nc: NATS | None = None
 
     async def start(self, url: str, subject: str = "vigil.events.>") -> EventCollector:
         self._nc = await nats_client(url, OPERATOR)
 
         async def on_msg(msg: Any) -> None:
+            event = json.loads(msg.data)
+            if isinstance(event, dict) and event.get("type") == "audit":
+                self.audit.append(event)
+                return
             self.subjects.append(msg.subject)
-            self.events.append(json.loads(msg.data))
+            self.events.append(event)
 
         await self._nc.subscribe(subject, cb=on_msg)
         await self._nc.flush()

@@ -34,6 +34,14 @@ class FailedPreconditionError(DomainError):
     """The target is in a state that does not allow the request (e.g. read-only)."""
 
 
+class PermissionDeniedError(DomainError):
+    """The caller is proven but may not do this (outside its role or scope)."""
+
+
+class UnauthenticatedError(DomainError):
+    """The caller's proof (password, token) is not accepted."""
+
+
 class ResourceExhaustedError(DomainError):
     """A configured limit is reached, or a client could not keep up."""
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.core.access.audit import AUDIT_ACTIONS
 from services.core.timeutil import iso, now
 
 FORMAT_VERSION = "1"
@@ -186,6 +187,19 @@ KINDS: tuple[EventKind, ...] = (
         "Counts of services per state per location, emitted by the event service when they change.",
         ("locations", "total"),
     ),
+)
+
+# One ``audit <rpc>`` kind per call that changes something (services.core.access.audit).
+KINDS += tuple(
+    EventKind(
+        "audit",
+        action,
+        "information",
+        f"{method} was called (who, outcome, the request with secrets as ***); "
+        "'warning' when it was refused or failed. Only admins see these.",
+        ("principal", "rpc", "outcome", "message", "request", "peer"),
+    )
+    for action, method in AUDIT_ACTIONS.items()
 )
 
 #: (type, action) → default severity.

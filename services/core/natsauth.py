@@ -13,10 +13,12 @@ What each role may do (see :func:`permissions`; docs/security.md has the table):
 - a minion of ``L`` with system id ``I`` subscribes to ``vigil.poll.L`` in its
   location's queue group and to ``vigil.poll.L.I``; it publishes nothing (it
   returns results over gRPC, and ``flush`` is a PING, so it needs no inbox);
-- the scheduler publishes poll requests and its raw events, and manages the
-  ``VIGIL_INGEST`` stream;
+- the scheduler publishes poll requests and its raw events, manages the
+  ``VIGIL_INGEST`` stream, and alone writes the access snapshot (KV bucket
+  ``vigil_access``);
 - the event service reads ``VIGIL_INGEST``, owns ``VIGIL_EVENTS`` and their
-  consumers, and publishes normalized events and rejection notices;
+  consumers, publishes normalized events and rejection notices, and reads the
+  access snapshot;
 - an operator (``vigil sniff``) only reads events and rejection notices.
 
 Nobody deletes a stream or purges ``VIGIL_INGEST``. The event service alone may
@@ -35,6 +37,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from services.core.access.replication import STREAM as ACCESS_STREAM
+from services.core.access.replication import SUBJECT as ACCESS_SUBJECT
 from services.core.events import (
     EVENTS_STREAM,
     EVENTS_SUBJECT_PREFIX,
@@ -110,6 +114,9 @@ def permissions(identity: Identity) -> dict[str, Any]:
             f"{POLL_SUBJECT_PREFIX}.>",
             f"{INGEST_SUBJECT_PREFIX}.scheduler",
             *_stream_api(INGEST_STREAM, manage=True),
+            # the access snapshot: only the scheduler writes it
+            ACCESS_SUBJECT,
+            *_stream_api(ACCESS_STREAM, manage=True),
         ]
     elif identity.role == "events":
         publish = [
@@ -126,6 +133,8 @@ def permissions(identity: Identity) -> dict[str, Any]:
             f"$JS.API.DIRECT.GET.{EVENTS_STREAM}.>",
             *_consumer_api(INGEST_STREAM),
             *_consumer_api(EVENTS_STREAM),
+            # reads the access snapshot the scheduler publishes (never writes it)
+            f"$JS.API.DIRECT.GET.{ACCESS_STREAM}.{ACCESS_SUBJECT}",
         ]
     elif identity.role == "operator":
         subscribe = [f"{EVENTS_SUBJECT_PREFIX}.>", f"{REJECTED_SUBJECT_PREFIX}.>"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ from nats.js import JetStreamContext
 from vigil.v1 import events_pb2, events_pb2_grpc
 
 from services.core import paging
+from services.core.access.principal import CURRENT
 from services.core.config import EventsSettings
 from services.core.errors import (
     DomainError,
@@ -21,6 +23,7 @@ from services.core.errors import (
 )
 from services.core.events import INGEST_SUBJECT_PREFIX, SEVERITIES
 from services.core.grpcerrors import handle_errors
+from services.core.limits import EventsLimits
 from services.core.timeutil import request_timestamp
 from services.core.tls import peer_identity
 from services.events import filters, metrics
@@ -38,10 +41,15 @@ PUBLISH_SUBJECT = f"{INGEST_SUBJECT_PREFIX}.api"
 
 
 def caller_source(context: Any) -> str:
-    """The ``source`` of an event published by this call: ``<role>:<name>`` of its certificate.
+    """The ``source`` of an event published by this call: who proved it.
 
-    ``api`` without one (the plaintext development mode has no identities).
+    ``user:<name>`` or ``token:<name>`` for a bearer token, ``<role>:<name>`` of
+    the certificate otherwise; ``api`` without either (the plaintext
+    development mode has no identities).
     """
+    principal = CURRENT.get()
+    if principal is not None and principal.kind in ("user", "token"):
+        return f"{principal.kind}:{re.sub(r'[^A-Za-z0-9_.-]', '_', principal.name)}"
     peer = peer_identity(context)
     if peer is None:
         return "api"
@@ -71,7 +79,8 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
         self.history = history
         self.hooks = hooks
         self.settings = settings
-        self.subscribers = 0
+        #: Per caller identity (services.core.limits; docs/security.md, "Limits").
+        self.limits = EventsLimits.from_settings(settings)
         self.subscribers_cut = 0
         #: Called when JetStream refused a publish (a stream may be gone): the
         #: service's stream keeper checks and re-creates at once.
@@ -83,6 +92,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
     async def Publish(
         self, request: events_pb2.PublishRequest, context: Ctx
     ) -> events_pb2.PublishResponse:
+        self.limits.publish.admit(context)
         if not request.HasField("event"):
             raise InvalidArgumentError("event", "is required")
         if request.event.sequence:
@@ -161,18 +171,20 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
     async def Subscribe(  # type: ignore[override]
         self, request: events_pb2.SubscribeRequest, context: Ctx
     ) -> None:
-        s = self.settings
         interests = filters.validate(request.filters)
-        if self.subscribers >= s.max_subscribers:
-            raise ResourceExhaustedError(f"too many subscribers (limit {s.max_subscribers})")
-        # Counted from here (before any await), so concurrent calls cannot exceed the limit.
-        self.subscribers += 1
-        metrics.SUBSCRIBERS.inc()
-        try:
-            await self._stream(request, context, interests)
-        finally:
-            self.subscribers -= 1
-            metrics.SUBSCRIBERS.dec()
+        # Per caller and in total, counted from here (before any await), so concurrent
+        # calls cannot exceed the limits.
+        with self.limits.subscribers.hold(context):
+            metrics.SUBSCRIBERS.inc()
+            try:
+                await self._stream(request, context, interests)
+            finally:
+                metrics.SUBSCRIBERS.dec()
+
+    @property
+    def subscribers(self) -> int:
+        """Subscribe streams open now."""
+        return self.limits.subscribers.open
 
     async def _stream(
         self, request: events_pb2.SubscribeRequest, context: Ctx, interests: list[filters.Interest]
@@ -212,6 +224,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
     async def CreateHook(
         self, request: events_pb2.CreateHookRequest, context: Ctx
     ) -> events_pb2.Hook:
+        self.limits.hook_writes.admit(context)
         interests = filters.validate(request.filters)
         try:
             row = await self.hooks.create(request.name, request.url, interests, request.secret)
@@ -245,6 +258,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
     async def UpdateHook(
         self, request: events_pb2.UpdateHookRequest, context: Ctx
     ) -> events_pb2.Hook:
+        self.limits.hook_writes.admit(context)
         if not request.id:
             raise InvalidArgumentError("id", "is required")
         paths = list(request.update_mask.paths)

@@ -24,8 +24,12 @@ from nats.js import JetStreamContext
 from vigil.v1 import events_pb2_grpc
 
 from services.core import natsconn
+from services.core.access.audit import audit_event
+from services.core.access.replication import SnapshotMirror
+from services.core.access.tokens import TokenVerifier
 from services.core.config import EventsConfig
-from services.core.events import EVENTS_STREAM
+from services.core.events import EVENTS_STREAM, INGEST_SUBJECT_PREFIX
+from services.core.grpcauth import AuditRecord, CertificateRoles
 from services.core.grpcserver import GrpcServer
 from services.core.httpstatus import HealthState, StatusServer
 from services.core.pki import Identity
@@ -101,6 +105,8 @@ class EventService:
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self.servicer: EventsServicer | None = None
+        self.verifier = TokenVerifier()
+        self.mirror: SnapshotMirror | None = None
 
     @property
     def js(self) -> JetStreamContext:
@@ -154,11 +160,23 @@ class EventService:
         self.servicer = EventsServicer(js, self.store, self._hooks, self.settings)
         self.servicer.on_stream_trouble = self.streams.wake
         self.ingestor.on_stream_trouble = self.streams.wake
+        # Bearer tokens are checked against the scheduler's published snapshot, locally.
+        self.mirror = SnapshotMirror(js, self.verifier)
+        try:
+            async with asyncio.timeout(5.0):
+                await self.mirror.fetch()
+        except Exception as exc:  # the mirror keeps trying; certificates work meanwhile
+            log.warning("no access snapshot yet (%s); bearer tokens wait for it", exc)
         self.grpc = GrpcServer(
             self.settings.listen,
             [(events_pb2_grpc.add_EventsServicer_to_server, self.servicer, "vigil.v1.Events")],
             transport=self.transport,
             probe_listen=self.settings.probe_listen,
+            verifier=self.verifier,
+            certificates=CertificateRoles(
+                self.cfg.access.certificate_role, self.cfg.access.certificates
+            ),
+            audit=self._audit,
         )
         await self.grpc.start()
         if self.settings.metrics_listen:
@@ -169,11 +187,22 @@ class EventService:
             )
             await self.status_server.start()
         self.tasks.spawn("streams", self.streams.run())
+        self.tasks.spawn("access-mirror", self.mirror.run())
         self.tasks.spawn("health", self.health.follow(self.grpc.set_serving))
         self.tasks.spawn("ingest", self.ingestor.run())
         if self.settings.summary_interval:
             self.tasks.spawn("summary", self.summary.run())
         log.info("event service: gRPC on %s, NATS %s", self.grpc.address, self.nats_url)
+
+    async def _audit(self, record: AuditRecord) -> None:
+        """Audit events enter the durable ingest path like every event (de-duplicated by id)."""
+        event = audit_event(record, source="events")
+        await self.js.publish(
+            f"{INGEST_SUBJECT_PREFIX}.events",
+            event.to_json(),
+            timeout=5.0,
+            headers={"Nats-Msg-Id": event.id},
+        )
 
     @property
     def grpc_address(self) -> str:

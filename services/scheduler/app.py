@@ -4,7 +4,7 @@ store ─ inventory, restore state ─┐
 NATS ── JetStream ────────────────┤
                                   ├─ Dispatcher  (due polls → vigil.poll.<location>, TTL → UNKNOWN)
 gRPC ResultSink ──────────────────┼─ StateKeeper (results → state, outages, outbox: assurance/)
-gRPC Poller, Inventory ───────────┤
+gRPC Poller, Inventory, Access ───┤  (Access: users, roles, tokens → snapshot in NATS KV)
                                   ├─ MinionRegistry (sessions, heartbeats; liveness sweeper)
                                   └─ OutboxRelay (outbox → vigil.ingest.scheduler)
 """
@@ -14,20 +14,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from nats.aio.client import Client as NATS
-from vigil.v1 import inventory_pb2_grpc, poller_pb2_grpc, sink_pb2_grpc
+from vigil.v1 import access_pb2_grpc, inventory_pb2_grpc, poller_pb2_grpc, sink_pb2_grpc
 
 from services.core import natsconn
+from services.core.access.audit import audit_event
+from services.core.access.replication import SnapshotPublisher, bucket_config
 from services.core.config import VigilConfig
+from services.core.grpcauth import AuditRecord, CertificateRoles
 from services.core.grpcserver import GrpcServer, Registration
 from services.core.httpstatus import HealthState, StatusServer
+from services.core.limits import SchedulerLimits
 from services.core.pki import Identity
 from services.core.streams import StreamKeeper, ensure_stream, ingest_stream_config
 from services.core.tasks import Supervisor
 from services.core.timeutil import now
 from services.core.tls import Transport, transport_for
+from services.scheduler.access.api import AccessServicer
+from services.scheduler.access.authority import AccessAuthority
+from services.scheduler.access.store import AccessStore
 from services.scheduler.assurance import lifecycle
 from services.scheduler.assurance.housekeeping import (
     Journal,
@@ -83,6 +90,8 @@ class Scheduler:
         #: Why the scheduler cannot do its work now (a store refusing writes, the
         #: ingest stream gone): /healthz and gRPC health report from it.
         self.health = HealthState()
+        #: Fair limits per identity (PollNow, ResultSink sessions): docs/security.md, "Limits".
+        self.limits = SchedulerLimits.from_settings(self.settings)
         self.store = SchedulerStore(self.settings.store_url)
         self.store.health = self.health
         self.streams: StreamKeeper | None = None
@@ -105,6 +114,8 @@ class Scheduler:
         self.dispatcher: Dispatcher | None = None
         self.keeper: StateKeeper | None = None
         self.relay: OutboxRelay | None = None
+        #: Users, roles and tokens (vigil.v1.Access); its snapshot checks every bearer token.
+        self.access = AccessAuthority(AccessStore(self.store.engine), cfg.access)
         self._nc: NATS | None = None
 
     async def start(self) -> None:
@@ -116,8 +127,12 @@ class Scheduler:
         )
         js = nc.jetstream()
         await ensure_stream(js, ingest_stream_config())
+        await ensure_stream(js, bucket_config())
+        publisher = SnapshotPublisher(js)
+        self.access.on_snapshot = publisher.offer
+        await self.access.start()
         self.relay = OutboxRelay(self.store, js)
-        self.streams = StreamKeeper(js, [ingest_stream_config()], self.health)
+        self.streams = StreamKeeper(js, [ingest_stream_config(), bucket_config()], self.health)
         self.relay.on_stream_trouble = self.streams.wake
         persister = Persister(self.store, self.relay.wake)
         await self._restore(persister)
@@ -144,8 +159,15 @@ class Scheduler:
             self._servicers(keeper, dispatcher),
             transport=self.transport,
             probe_listen=self.settings.probe_listen,
+            verifier=self.access.verifier,
+            certificates=CertificateRoles(
+                self.cfg.access.certificate_role, self.cfg.access.certificates
+            ),
+            audit=self._auditor(persister),
         )
         await self.grpc.start()
+        if self.cfg.access.bootstrap_token_file:
+            await self.access.ensure_bootstrap_token(self.cfg.access.bootstrap_token_file)
         if self.settings.metrics_listen:
             self.status_server = StatusServer(
                 self.settings.metrics_listen,
@@ -155,6 +177,8 @@ class Scheduler:
             await self.status_server.start()
 
         self.tasks.spawn("streams", self.streams.run())
+        self.tasks.spawn("access-snapshot", publisher.run())
+        self.tasks.spawn("access-prune", self.access.prune())
         self.tasks.spawn("health", self.health.follow(self.grpc.set_serving))
         self._spawn(keeper, dispatcher, persister)
         log.info(
@@ -175,6 +199,15 @@ class Scheduler:
         await lifecycle.close_unmanaged(persister, orphans, now())
         await lifecycle.retire(persister, sorted(set(states) - set(self.services)), now())
 
+    @staticmethod
+    def _auditor(persister: Persister) -> Callable[[AuditRecord], Awaitable[None]]:
+        """Audit events go through the outbox like every scheduler event (durable)."""
+
+        async def record(entry: AuditRecord) -> None:
+            await persister.emit([audit_event(entry, source="scheduler")])
+
+        return record
+
     def _servicers(self, keeper: StateKeeper, dispatcher: Dispatcher) -> list[Registration]:
         poller = PollerServicer(
             self.services,
@@ -183,6 +216,7 @@ class Scheduler:
             dispatcher,
             keeper,
             version=lambda: self.inventory.version,
+            limits=self.limits,
         )
         sink = ResultSinkServicer(
             self.registry,
@@ -190,6 +224,7 @@ class Scheduler:
             keeper,
             self.id,
             sites=SiteSync(self.services, self.cfg.locations),  # issue 6: sites
+            limits=self.limits,
         )
         return [
             (poller_pb2_grpc.add_PollerServicer_to_server, poller, "vigil.v1.Poller"),
@@ -199,6 +234,11 @@ class Scheduler:
                 "vigil.v1.Inventory",
             ),
             (sink_pb2_grpc.add_ResultSinkServicer_to_server, sink, "vigil.v1.ResultSink"),
+            (
+                access_pb2_grpc.add_AccessServicer_to_server,
+                AccessServicer(self.access),
+                "vigil.v1.Access",
+            ),
         ]
 
     def _spawn(self, keeper: StateKeeper, dispatcher: Dispatcher, persister: Persister) -> None:

@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from pydantic import Field, model_validator
 
+from services.core.config.access import AccessSettings
 from services.core.config.fields import Strict
 from services.core.config.inventory import Defaults, LocationSettings, NodeConfig
 from services.core.config.packages import Package
@@ -27,7 +28,18 @@ from services.core.ids import Location
 
 #: Every top-level key a configuration file may have.
 SECTIONS = frozenset(
-    {"pki", "nats", "scheduler", "events", "minion", "defaults", "locations", "packages", "nodes"}
+    {
+        "pki",
+        "nats",
+        "access",
+        "scheduler",
+        "events",
+        "minion",
+        "defaults",
+        "locations",
+        "packages",
+        "nodes",
+    }
 )
 
 
@@ -44,17 +56,20 @@ class MinionConfig(Strict):
 class EventsConfig(Strict):
     """The event service's view: where NATS is and its own settings."""
 
-    sections: ClassVar[frozenset[str]] = frozenset({"pki", "nats", "events"})
+    sections: ClassVar[frozenset[str]] = frozenset({"pki", "nats", "access", "events"})
 
     pki: PkiSettings = Field(default_factory=PkiSettings)
     nats: NatsSettings = Field(default_factory=NatsSettings)
+    access: AccessSettings = Field(default_factory=AccessSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
 
 
 class DeploymentConfig(EventsConfig, MinionConfig):
     """The per-process sections together: what ``vigil up`` needs to start them."""
 
-    sections: ClassVar[frozenset[str]] = frozenset({"pki", "nats", "scheduler", "events", "minion"})
+    sections: ClassVar[frozenset[str]] = frozenset(
+        {"pki", "nats", "access", "scheduler", "events", "minion"}
+    )
 
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
 
