@@ -27,6 +27,7 @@ from services.core.config import (
     VigilConfig,
     parse_config,
 )
+from services.core.config.access import AccessSettings
 from services.core.config.packages import (
     DowntimeStep,
     Flapping,
@@ -42,6 +43,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 TABLES: dict[str, type[BaseModel]] = {
     "pki": PkiSettings,
     "nats": NatsSettings,
+    "access": AccessSettings,
     "scheduler": SchedulerSettings,
     "events": EventsSettings,
     "minion": MinionSettings,

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.core.access.audit import AUDIT_ACTIONS
+from services.core.access.permissions import AUDIT_ACTIONS
 from services.core.timeutil import iso, now
 
 FORMAT_VERSION = "1"

@@ -9,14 +9,13 @@ event service's ingest stream). Refused calls are audited too (severity
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Final
 
-from services.core.access.permissions import ACCESS, WRITES
+from services.core.access.permissions import ACCESS, AUDIT_ACTIONS, audit_action
 from services.core.access.principal import Principal
+from services.core.events import Event, make_event
 
 if TYPE_CHECKING:
-    from services.core.events import Event
     from services.core.grpcauth import AuditRecord
 
 AUDIT_TYPE: Final = "audit"
@@ -24,14 +23,7 @@ AUDIT_TYPE: Final = "audit"
 AUDIT_READER_PERMISSION: Final = f"{ACCESS}/ListUsers"
 
 
-def audit_action(method: str) -> str:
-    """``vigil.v1.Poller/SetPaused`` → ``set-paused`` (one NATS subject token)."""
-    rpc = method.rpartition("/")[2]
-    return re.sub(r"(?<!^)(?=[A-Z])", "-", rpc).lower()
-
-
-#: Every audit action, from the audited RPCs.
-AUDIT_ACTIONS: Final[dict[str, str]] = {audit_action(m): m for m in sorted(WRITES)}
+__all__ = ["AUDIT_ACTIONS", "AUDIT_TYPE", "audit_action", "audit_event", "may_read_audit"]
 
 
 def may_read_audit(principal: Principal) -> bool:
@@ -41,8 +33,6 @@ def may_read_audit(principal: Principal) -> bool:
 
 def audit_event(record: AuditRecord, source: str) -> Event:
     """The event that records ``record``."""
-    from services.core.events import make_event
-
     return make_event(
         AUDIT_TYPE,
         audit_action(record.method),

@@ -54,6 +54,16 @@ WRITES: Final[frozenset[str]] = frozenset(
     }
 )
 
+
+def audit_action(method: str) -> str:
+    """``vigil.v1.Poller/SetPaused`` → ``set-paused``: the action of its ``audit`` event."""
+    rpc = method.rpartition("/")[2]
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", rpc).lower()
+
+
+#: Every audit action (``audit <action>`` events), from the audited RPCs.
+AUDIT_ACTIONS: Final[dict[str, str]] = {audit_action(m): m for m in sorted(WRITES)}
+
 #: Every RPC of every Vigil server → what it needs (see the module docstring).
 METHODS: Final[dict[str, Need]] = {
     f"{HEALTH}/Check": "open",
