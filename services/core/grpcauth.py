@@ -307,6 +307,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 "or a client certificate from the Vigil CA",
             )
         assert principal is not None
+        CURRENT.set(principal)  # also for the audit record of a refused call
         if need == "permission" and not principal.may(full):
             REFUSED.labels("permission_denied").inc()
             log.info("refused %s to %s (role %s)", full, principal, principal.role)
@@ -365,8 +366,8 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 principal, _, _ = await self.check(method, context)
                 CURRENT.set(principal)
                 return await behavior(request, context)
-            principal = None
             outcome, message = "OK", ""
+            CURRENT.set(None)
             try:
                 principal, _, _ = await self.check(method, context)
                 CURRENT.set(principal)
@@ -380,7 +381,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 message = details.decode() if isinstance(details, bytes) else str(details or "")
                 raise
             finally:
-                await self._audit(method, request, context, principal, outcome, message)
+                await self._audit(method, request, context, CURRENT.get(), outcome, message)
 
         return checked
 

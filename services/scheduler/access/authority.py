@@ -57,6 +57,8 @@ TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 MAX_GRANTS = 100
+#: Built-in roles only certificates hold.
+CERTIFICATE_ONLY_ROLES = frozenset({"minion"})
 #: Name of the token `vigil up` writes to ``access.bootstrap_token_file``.
 BOOTSTRAP_TOKEN_NAME = "bootstrap-admin"
 #: Expired tokens leave the snapshot this often even when nothing else changes.
@@ -183,6 +185,10 @@ class AccessAuthority:
 
     def role_grants(self, role: str, field: str = "role") -> tuple[Grant, ...]:
         """The grants of an existing role; INVALID_ARGUMENT naming ``field`` if unknown."""
+        if role in CERTIFICATE_ONLY_ROLES:
+            raise InvalidArgumentError(
+                field, f"{role!r} belongs to minion certificates; give people and tools another"
+            )
         if role in BUILTIN_ROLES or role in self.snapshot.roles:
             return self.snapshot.grants(role)
         known = sorted({*BUILTIN_ROLES, *self.snapshot.roles} - {"minion"})
