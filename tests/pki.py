@@ -92,11 +92,15 @@ def minion_cert(location: str, system_id: str) -> Identity:
     return identity
 
 
-def operator_credentials() -> grpc.ChannelCredentials:
-    """What an operator's gRPC client presents (mutual TLS)."""
-    return material(Identity("operator", "operator")).channel_credentials()
+def operator_credentials(name: str = "operator") -> grpc.ChannelCredentials:
+    """What an operator's gRPC client presents (mutual TLS).
+
+    ``name`` picks another operator identity (issued on first use), for tests
+    that need two callers apart (per-identity limits).
+    """
+    return material(Identity("operator", name)).channel_credentials()
 
 
-def operator_channel(address: str) -> grpc.aio.Channel:
+def operator_channel(address: str, name: str = "operator") -> grpc.aio.Channel:
     """An operator's mutual-TLS channel to a Vigil gRPC server (use with ``async with``)."""
-    return grpc.aio.secure_channel(address, operator_credentials())
+    return grpc.aio.secure_channel(address, operator_credentials(name))

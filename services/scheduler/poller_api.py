@@ -13,6 +13,7 @@ from vigil.v1 import common_pb2, poller_pb2, poller_pb2_grpc
 from services.core import paging
 from services.core.errors import DeadlineExceededError, InvalidArgumentError, NotFoundError
 from services.core.grpcerrors import handle_errors
+from services.core.limits import SchedulerLimits
 from services.core.status import Status, status_from_pb, status_to_pb
 from services.core.timeutil import request_timestamp, set_timestamp, to_duration
 from services.scheduler.assurance.keeper import StateKeeper
@@ -111,12 +112,14 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         dispatcher: Dispatcher | None = None,
         keeper: StateKeeper | None = None,
         version: Callable[[], int] | None = None,
+        limits: SchedulerLimits | None = None,
     ) -> None:
         self.services = services
         self.store = store
         self.registry = registry
         self.dispatcher = dispatcher
         self.keeper = keeper
+        self.limits = limits or SchedulerLimits.from_settings()
         # Sorting 100k keys per page request is wasteful: keep the sorted
         # view until the inventory changes.
         self._version = version
@@ -155,6 +158,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
     async def PollNow(
         self, request: poller_pb2.PollNowRequest, context: Ctx
     ) -> poller_pb2.PollNowResponse:
+        self.limits.poll_now.admit(context)
         rt = self._service(request.service, request.HasField("service"))
         assert self.dispatcher is not None and self.keeper is not None
         rid = self.dispatcher.poll_now(rt.key, urgent=True)

@@ -36,8 +36,9 @@ stale ones and ones from the future are counted and ignored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
@@ -47,6 +48,7 @@ from vigil.v1 import poll_pb2, sink_pb2, sink_pb2_grpc
 from services.core.errors import InvalidArgumentError
 from services.core.grpcerrors import handle_stream_errors
 from services.core.ids import LOCATION_RE, NODE_ID_RE
+from services.core.limits import SchedulerLimits, Slot
 from services.core.pki import Identity
 from services.core.status import Status, status_from_pb
 from services.core.timeutil import from_timestamp, now, set_timestamp, to_duration
@@ -155,12 +157,15 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
         scheduler_id: str,
         *,
         sites: SiteSync | None = None,
+        limits: SchedulerLimits | None = None,
     ) -> None:
         self.registry = registry
         self.dispatcher = dispatcher
         self.keeper = keeper
         self.scheduler_id = scheduler_id
         self.sites = sites
+        #: ``sink_sessions``: streams per minion certificate (a new one beyond ends the oldest).
+        self.limits = limits or SchedulerLimits.from_settings()
         self.malformed = 0
         #: Time of the last UP/DOWN result handed to the keeper, per service: replayed
         #: results not newer than it are stale. Bounded by the inventory (see _remember).
@@ -177,10 +182,26 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
             proved = certified(context)
         except Refused as exc:
             await self._refuse(context, exc)
+        # At most sink_sessions_per_minion streams per certificate: a new one beyond ends
+        # the oldest (never refused: a reconnect must get in while the old stream lingers).
+        with self.limits.sink_sessions.hold(context) as slot:
+            async with contextlib.aclosing(
+                self._serve(request_iterator, context, proved, slot)
+            ) as stream:
+                async for message in stream:
+                    yield message
+
+    async def _serve(
+        self,
+        request_iterator: AsyncIterator[sink_pb2.MinionMessage],
+        context: grpc.aio.ServicerContext[sink_pb2.MinionMessage, sink_pb2.SinkMessage],
+        proved: tuple[Identity, int] | None,
+        slot: Slot,
+    ) -> AsyncGenerator[sink_pb2.SinkMessage, None]:
         messages = request_iterator.__aiter__()
         try:
             async with asyncio.timeout(HELLO_TIMEOUT):
-                first = await messages.__anext__()
+                first = await slot.unless_ended(messages.__anext__())
         except (TimeoutError, StopAsyncIteration):
             raise InvalidArgumentError(
                 "hello", "the first message must be a hello, within 10s"
@@ -192,6 +213,7 @@ class ResultSinkServicer(sink_pb2_grpc.ResultSinkServicer):
         if isinstance(session, str):
             field, _, problem = session.partition(": ")
             raise InvalidArgumentError(field, problem)
+        slot.link(session.replaced)  # ended by a newer stream: as if replaced by its hello
         self.registry.register(session)
         store_and_forward = self.sites is not None and self.sites.enabled(session.location)
         try:

@@ -64,6 +64,12 @@ class SchedulerSettings(Strict):
     max_in_flight_per_node: int = Field(default=100, ge=1)
     #: Every poll result is kept this long for ``ListResults`` (``0s``: no history).
     results_retention: Duration = 86400.0
+    #: Limits per identity (docs/security.md, "Limits"): ``PollNow`` calls per second
+    #: and the burst one caller may spend at once (``null`` rate: no limit); ResultSink
+    #: streams per minion certificate (beyond, a new one replaces the oldest).
+    poll_now_rate: float | None = Field(default=5.0, gt=0, le=100_000)
+    poll_now_burst: int = Field(default=50, ge=1, le=100_000)
+    sink_sessions_per_minion: int = Field(default=2, ge=1, le=100)
 
 
 class EventsSettings(Strict):
@@ -82,6 +88,15 @@ class EventsSettings(Strict):
     subscribe_keepalive: PositiveDuration = 15.0
     subscribe_stall_timeout: PositiveDuration = 10.0
     max_subscribers: int = Field(default=100, ge=1, le=10_000)
+    #: Limits per identity (docs/security.md, "Limits"): Subscribe streams one caller
+    #: may hold (within ``max_subscribers``); ``Publish`` and hook writes (``CreateHook``
+    #: and ``UpdateHook`` together) per second and the burst one caller may spend at
+    #: once (``null`` rate: no limit).
+    subscribe_per_identity: int = Field(default=10, ge=1, le=10_000)
+    publish_rate: float | None = Field(default=50.0, gt=0, le=100_000)
+    publish_burst: int = Field(default=200, ge=1, le=100_000)
+    hook_write_rate: float | None = Field(default=1.0, gt=0, le=100_000)
+    hook_write_burst: int = Field(default=30, ge=1, le=100_000)
     #: Webhooks: each POST's timeout; retries back off exponentially (with jitter) from
     #: ``hook_backoff_initial`` to ``hook_backoff_max`` until ``hook_max_age`` after the
     #: event was published, then the delivery is parked as failed.
