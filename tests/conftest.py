@@ -28,6 +28,14 @@ from tests.skip_policy import (  # noqa: F401
 )
 
 
+@pytest.fixture(autouse=True)
+def no_ambient_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI under test finds no token of the developer's own (`make run`, `vigil login`)."""
+    monkeypatch.delenv("VIGIL_TOKEN", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("VIGIL_ADMIN_TOKEN_FILE", str(tmp_path / "no-admin.token"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One CA for the run; every configuration and child process finds its certificate there."""

@@ -189,6 +189,29 @@ def test_vigil_up_runs_the_pipeline_and_sigterm_stops_every_child(tmp_path: Path
         event = json.loads(out.strip().splitlines()[0])
         assert event["typeId"] == "self/127.0.0.1/Closing"
         assert "connection refused" in event["data"]["reason"]
+        # The first admin: a token only its owner can read, which the CLI uses.
+        token_file = Path(str(endpoints["admin_token_file"]))
+        assert token_file == tmp_path / "state/admin.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        who = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "whoami",
+                "--scheduler",
+                str(endpoints["scheduler_grpc"]),
+                "--pki-dir",
+                str(tmp_path / "state/pki"),
+            ],
+            cwd=tmp_path,
+            env=_env() | {"VIGIL_ADMIN_TOKEN_FILE": str(token_file)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert who.returncode == 0, who.stderr
+        assert who.stdout.startswith("token:bootstrap-admin (role admin"), who.stdout
     finally:
         listener.close()
         proc.send_signal(signal.SIGTERM)

@@ -231,6 +231,13 @@ def check(config: Annotated[Path, typer.Argument(help="YAML configuration file."
 
 app.add_typer(__import__("services.cli.hooks", fromlist=["app"]).app, name="hooks")
 app.add_typer(__import__("services.cli.ca", fromlist=["app"]).app, name="ca")
+_access = __import__("services.cli.access", fromlist=["token_app"])
+app.command("login")(_access.login)
+app.command("logout")(_access.logout)
+app.command("whoami")(_access.whoami)
+app.add_typer(_access.token_app, name="token")
+app.add_typer(_access.users_app, name="users")
+app.add_typer(_access.roles_app, name="roles")
 
 
 def main() -> None:

@@ -208,6 +208,8 @@ def run_up(
     common = ["--config", str(config_path), "--nats", nats.url, "--log-level", log_level]
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
 
+    admin_token = Path(cfg.access.bootstrap_token_file or state_dir / "admin.token")
+
     def spawn(name: str, *args: str) -> None:
         env = dict(os.environ)
         env.pop("VIGIL_NATS_URL", None)
@@ -215,6 +217,9 @@ def run_up(
         for var in _TLS_ENV:
             env.pop(var, None)
         env["VIGIL_PKI_DIR"] = str(pki_dir)
+        if name == "scheduler" and not plaintext:
+            # The first admin: a token the scheduler writes, which the CLI finds there.
+            env["VIGIL_BOOTSTRAP_TOKEN_FILE"] = str(admin_token)
         proc = subprocess.Popen(
             [*base, *args, *common], stdin=subprocess.DEVNULL, env=env, **_popen_options()
         )  # type: ignore[call-overload]
@@ -245,6 +250,7 @@ def run_up(
         "events_metrics": cfg.events.metrics_listen,
         "minion_locations": locations,
         "pki_dir": None if plaintext else str(pki_dir),
+        "admin_token_file": None if plaintext else str(admin_token),
         "pids": {name: p.pid for name, p in children}
         | ({"nats-server": nats.proc.pid} if nats.proc else {}),
     }
@@ -254,7 +260,7 @@ def run_up(
         "grpcurl -plaintext"
         if plaintext
         else f"grpcurl -cacert {pki_dir}/ca.pem -cert {pki_dir}/operator.pem "
-        f"-key {pki_dir}/operator-key.pem"
+        f"-key {pki_dir}/operator-key.pem -H \"authorization: Bearer $(cat {admin_token})\""
     )
     print(
         "vigil up\n"
@@ -264,6 +270,11 @@ def run_up(
         f"  minions         {', '.join(locations)}\n"
         f"  config          {config_path}\n"
         + ("" if plaintext else f"  PKI             {pki_dir}   (CA, operator certificate)\n")
+        + (
+            ""
+            if plaintext
+            else f"  admin token     {admin_token}   (the CLI finds it; `vigil whoami`)\n"
+        )
         + f"  try: vigil sniff --pretty {sniff_flag}   |   {grpcurl} "
         f"{cfg.scheduler.listen} vigil.v1.Poller/ListServices\n"
         "  Ctrl-C stops everything.",

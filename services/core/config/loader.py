@@ -79,6 +79,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "VIGIL_SCHEDULER_ADDRESS": "minion.scheduler",
     "VIGIL_LOCATION": "minion.location",
     "VIGIL_SYSTEM_ID": "minion.system_id",
+    "VIGIL_BOOTSTRAP_TOKEN_FILE": "access.bootstrap_token_file",
 }
 
 

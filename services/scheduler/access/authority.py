@@ -35,6 +35,7 @@ from services.core.access.principal import Principal
 from services.core.access.tokens import (
     AccessSnapshot,
     TokenEntry,
+    TokenError,
     TokenSigner,
     TokenVerifier,
     UserEntry,
@@ -399,10 +400,22 @@ class AccessAuthority:
         log.info("access: token %s revoked by %s", token_id, caller)
 
     async def ensure_bootstrap_token(self, path: str | os.PathLike[str]) -> Path | None:
-        """Write an admin token to ``path`` (mode 0600) unless the file exists; the path if so."""
+        """Write an admin token to ``path`` (mode 0600) unless it holds one that still works.
+
+        A file whose token this deployment no longer accepts (a new store, a
+        revoked token) is replaced. Returns the path when a token was written.
+        """
         target = Path(path)
-        if await asyncio.to_thread(target.exists):
-            return None
+        try:
+            current = (await asyncio.to_thread(target.read_text)).strip()
+        except FileNotFoundError:
+            current = ""
+        if current:
+            try:
+                self.verifier.verify(current)
+                return None
+            except TokenError:
+                log.info("access: %s holds a token no longer accepted; writing a new one", target)
         system = Principal(
             kind="development", name="bootstrap", role="admin", grants=(Grant("vigil.v1.*/*"),)
         )
