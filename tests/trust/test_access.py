@@ -37,7 +37,7 @@ from services.core.access.replication import REVOKED_WITHIN
 from services.core.natsserver import NatsServer
 from tests import pki as test_pki
 from tests.access import bearer, create_token, synced, token_channel_credentials
-from tests.helpers import EventCollector, Stack, make_config, wait_for
+from tests.helpers import OPERATOR, EventCollector, Stack, make_config, wait_for
 
 CALL_TIMEOUT = 10.0
 PROTO_SERVICES = [
@@ -513,3 +513,39 @@ async def test_every_write_is_audited_with_secrets_redacted(
             events_pb2.ListEventsRequest(type="audit", page_size=200), timeout=CALL_TIMEOUT
         )
     assert {e.action for e in page.events} >= {"put-user", "login"}
+
+
+async def test_grpcurl_with_a_bearer_token_as_in_the_readme(stack: Stack) -> None:
+    """With a certificate and a token on the main port; with a token alone on the token port."""
+    import sys
+
+    assert stack.scheduler is not None and stack.scheduler.grpc is not None
+    grpcurl = str(Path(sys.executable).parent / "grpcurl")
+    token = await create_token(stack, "viewer", name="grafana")
+    pki = test_pki.current()
+    ca = ["-cacert", str(pki.ca_cert_path)]
+    operator = OPERATOR
+    cert = ["-cert", str(pki.cert_path(operator)), "-key", str(pki.key_path(operator))]
+    auth = ["-H", f"authorization: Bearer {token}"]
+    probe = stack.scheduler.grpc.probe_address
+    assert probe is not None
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            grpcurl, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    code, out, err = await run(*ca, *cert, *auth, stack.scheduler.grpc_address, "list")
+    assert code == 0, err
+    assert "vigil.v1.Access" in out and "vigil.v1.Poller" in out
+    code, out, err = await run(*ca, *auth, "-d", "{}", probe, "vigil.v1.Poller/ListServices")
+    assert code == 0, err
+    code, out, err = await run(
+        *ca, *auth, "-d", '{"paused": true}', probe, "vigil.v1.Poller/SetPaused"
+    )
+    assert code != 0 and "PermissionDenied" in err and "vigil.v1.Poller/SetPaused" in err
+    code, out, err = await run(*ca, "-d", "{}", probe, "vigil.v1.Poller/ListServices")
+    assert code != 0 and "Unauthenticated" in err
