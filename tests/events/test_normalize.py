@@ -235,7 +235,7 @@ def test_the_documented_catalogue_is_the_code_catalogue() -> None:
     assert ("heartbeat", "updated") in CATALOGUE
     text = DOCS.read_text()
     section = text[text.index("## Catalogue") : text.index("Examples:")]
-    rows = re.findall(r"^\|\s*`(\w+)`\s*\|\s*`(\w+)`\s*\|", section, re.M)
+    rows = re.findall(r"^\|\s*`(\w+)`\s*\|\s*`([\w-]+)`\s*\|", section, re.M)
     assert rows and set(rows) == set(CATALOGUE)
 
 
