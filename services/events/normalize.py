@@ -223,6 +223,9 @@ def check_published(event: Event) -> Event:
     ``nodeId`` that is one NATS subject token (the node-id pattern of
     :mod:`services.core.ids`). Raises :class:`InvalidEvent` naming the field.
     """
+    if event.type == "audit":
+        # The servers record who did what; nobody may write that record for them.
+        raise InvalidEvent("type", "audit events are recorded by the servers, not published")
     # The canonical form only: uuid.UUID() also takes "urn:uuid:…", braces and bare hex,
     # which consumers de-duplicating on the id would see as other ids.
     if not UUID_RE.fullmatch(event.id):

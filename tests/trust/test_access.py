@@ -549,3 +549,15 @@ async def test_grpcurl_with_a_bearer_token_as_in_the_readme(stack: Stack) -> Non
     assert code != 0 and "PermissionDenied" in err and "vigil.v1.Poller/SetPaused" in err
     code, out, err = await run(*ca, "-d", "{}", probe, "vigil.v1.Poller/ListServices")
     assert code != 0 and "Unauthenticated" in err
+
+
+async def test_nobody_publishes_an_audit_event(stack: Stack) -> None:
+    assert stack.events is not None
+    async with test_pki.operator_channel(stack.events.grpc_address) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await events_pb2_grpc.EventsStub(ch).Publish(
+                events_pb2.PublishRequest(event=events_pb2.Event(type="audit", action="put-node")),
+                timeout=CALL_TIMEOUT,
+            )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "event.type" in (err.value.details() or "")
