@@ -349,3 +349,25 @@ async def test_a_renewed_certificate_is_presented_on_the_next_connection(
         assert nc.options["tls"] is not first  # the context was built from the new files
     finally:
         await nc.close()
+
+
+async def test_only_the_scheduler_writes_the_access_snapshot(connect: Any) -> None:
+    """Whoever could write it could let any token in: only the scheduler may, the event
+    service only reads it, and nobody else touches it."""
+    from services.core.access.replication import STREAM, SUBJECT, bucket_config
+
+    scheduler = await connect(SCHEDULER)
+    js = scheduler.nc.jetstream()
+    await ensure_stream(js, bucket_config())
+    await js.publish(SUBJECT, b'{"v": 1}', timeout=5)
+    events = await connect(EVENTS)
+    msg = await events.nc.jetstream().get_last_msg(STREAM, SUBJECT, direct=True)
+    assert msg.data == b'{"v": 1}'
+    await events.nc.publish(SUBJECT, b"{}")
+    await events.refused(f'publish to "{SUBJECT}"')
+    operator = await connect(OPERATOR)
+    await operator.nc.publish(SUBJECT, b"{}")
+    await operator.refused(f'publish to "{SUBJECT}"')
+    minion = await connect(test_pki.minion_cert(*PARIS))
+    await minion.nc.publish(f"$JS.API.DIRECT.GET.{STREAM}.{SUBJECT}", b"")
+    await minion.refused("publish to")
