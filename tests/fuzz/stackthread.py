@@ -69,6 +69,10 @@ class StackThread:
             self.nats.url,
             [node],
             defaults={"interval": "1h", "timeout": "1s", "retries": 0},
+            # No rate limits per identity (docs/security.md, "Limits"): every fuzzed call
+            # must reach its handler's checks, not stop at RESOURCE_EXHAUSTED after the burst.
+            scheduler={"poll_now_rate": None},
+            events={"publish_rate": None, "hook_write_rate": None},
         )
         self.stack = await Stack(cfg, self.nats.url).start()
 
