@@ -8,7 +8,7 @@ import os
 import platform
 import sys
 
-from bench import events, minions, monitors, pipeline, rss, startup
+from bench import blackbox, events, minions, monitors, pipeline, rss, startup
 from bench.common import table
 
 
@@ -18,7 +18,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated sections: pipeline,minions,startup,rss,events,monitors",
+        help="comma-separated sections: pipeline,blackbox,minions,startup,rss,events,monitors",
     )
     ns = parser.parse_args()
     only = {s for s in ns.only.split(",") if s}
@@ -30,6 +30,13 @@ def main() -> None:
         print("\n## pipeline (scheduler → NATS → minion → gRPC → state)")
         rows = asyncio.run(pipeline.main(quick=ns.quick))
         print(table(rows))
+        sys.stdout.flush()
+    if not only or "blackbox" in only:  # issue 13
+        print(
+            "\n## blackbox (end-to-end TCP polls/s vs blackbox_exporter's probes/s, same sink, "
+            "same cores; then 1x, 2x, 5x Vigil's peak)"
+        )
+        print(table(asyncio.run(blackbox.main(quick=ns.quick))))
         sys.stdout.flush()
     if not only or "minions" in only:  # issue 6
         print("\n## minions (1, 2, 4 minions at one location, through the real pipeline)")
