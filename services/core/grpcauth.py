@@ -47,6 +47,7 @@ from prometheus_client import Counter
 from services.core.access.permissions import METHODS, WRITES, Grant, builtin_grants
 from services.core.access.principal import CURRENT, Principal
 from services.core.access.tokens import TokenError, TokenVerifier
+from services.core.limits import RateLimit
 from services.core.pki import Identity
 from services.core.tls import peer_identity
 
@@ -60,6 +61,15 @@ REVOKED_CUT_WITHIN = 5.0
 SECRET_FIELDS: Final = frozenset({"password", "secret", "token", "authorization"})
 #: The longest audited request document (JSON characters); longer ones are cut.
 AUDIT_REQUEST_CHARS: Final = 4000
+#: Refused or failed writes are audited up to this rate per caller (burst, then per second);
+#: beyond it they are only counted (``vigil_audit_suppressed_total``).
+REFUSED_AUDIT_BURST: Final = 30
+REFUSED_AUDIT_RATE: Final = 1.0
+
+AUDIT_SUPPRESSED = Counter(
+    "vigil_audit_suppressed_total",
+    "Audit events of refused or failed writes not recorded (a caller over its audit rate)",
+)
 
 REFUSED = Counter(
     "vigil_grpc_refused_total",
@@ -212,6 +222,13 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         self.audit = audit
         self._streams: set[_OpenStream] = set()
         self._identities: dict[bytes, tuple[Identity, int] | None] = {}
+        #: A flood of refused writes must not become a flood of audit events.
+        self._refusals = RateLimit(
+            "audit_refused",
+            "audit of refused calls",
+            REFUSED_AUDIT_RATE,
+            REFUSED_AUDIT_BURST,
+        )
 
     # -- proving the caller ------------------------------------------------------------------
 
@@ -399,6 +416,11 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             who = f"user:{getattr(request, 'user', '')[:128]} (not logged in)"
         else:
             who = str(principal) if principal is not None else "anonymous"
+        if outcome == "RESOURCE_EXHAUSTED":
+            return  # refused by a limit: counted there (vigil_limit_refused_total), not audited
+        if outcome != "OK" and self._refusals.wait(who) > 0:
+            AUDIT_SUPPRESSED.inc()
+            return
         node_id = getattr(request, "node_id", None) or None
         if node_id is None and hasattr(request, "service"):
             node_id = getattr(request.service, "node_id", None) or None

@@ -24,6 +24,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import assume, given
 from vigil.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     common_pb2,
     events_pb2,
     events_pb2_grpc,
@@ -60,6 +62,7 @@ SERVICES: list[tuple[Any, str, Any]] = [
     (poller_pb2, "Poller", poller_pb2_grpc.PollerStub),
     (inventory_pb2, "Inventory", inventory_pb2_grpc.InventoryStub),
     (events_pb2, "Events", events_pb2_grpc.EventsStub),
+    (access_pb2, "Access", access_pb2_grpc.AccessStub),
 ]
 METHODS = [
     pytest.param(module, service, stub, method, id=f"{service}.{method.name}")

@@ -49,8 +49,14 @@ def at(when: datetime) -> Timestamp:
 
 
 async def history(stub: events_pb2_grpc.EventsStub, count: int) -> object:
-    """The history when it holds ``count`` events, else ``None`` (for wait_for)."""
+    """The history when it holds ``count`` events, else ``None`` (for wait_for).
+
+    The audit events of the test's own calls (``audit publish``, ...) are left out.
+    """
     resp = await stub.ListEvents(events_pb2.ListEventsRequest())
+    mine = [e for e in resp.events if e.type != "audit"]
+    del resp.events[:]
+    resp.events.extend(mine)
     return resp if len(resp.events) == count else None
 
 
@@ -146,7 +152,11 @@ async def test_publish_says_when_an_id_is_a_duplicate(service: EventService) -> 
 def hook_request(
     name: str, url: str, *filters: events_pb2.EventFilter
 ) -> events_pb2.CreateHookRequest:
-    return events_pb2.CreateHookRequest(name=name, url=url, secret=SECRET, filters=list(filters))
+    """A hook for the test's events (by default every type but the audit of its own calls)."""
+    chosen = list(filters) or [
+        events_pb2.EventFilter(type=t) for t in ("node", "service", "outage", "interface")
+    ]
+    return events_pb2.CreateHookRequest(name=name, url=url, secret=SECRET, filters=chosen)
 
 
 async def test_a_hook_filter_that_is_not_a_pattern_is_refused(service: EventService) -> None:

@@ -20,6 +20,7 @@ import json
 import logging
 from typing import Final
 
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -110,8 +111,9 @@ class SnapshotMirror:
         """Look once; whether a newer snapshot was taken."""
         try:
             msg = await self.js.get_last_msg(STREAM, SUBJECT, direct=True)
-        except NotFoundError:
-            return False  # no scheduler has published yet
+        except (NotFoundError, NoRespondersError):
+            # No scheduler has published yet (no bucket: nobody answers a direct get).
+            return False
         data = msg.data or b""
         try:
             snapshot = AccessSnapshot.from_json(json.loads(data))
