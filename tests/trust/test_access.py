@@ -347,10 +347,24 @@ async def test_login_sessions_follow_the_user(stack: Stack) -> None:
             )
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "log in again" in (err.value.details() or "")
+        session2 = await access.Login(
+            access_pb2.LoginRequest(user="bob", password="s3cret-pass"), timeout=CALL_TIMEOUT
+        )
         await access.DeleteUser(access_pb2.DeleteUserRequest(name="bob"), timeout=CALL_TIMEOUT)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await access.GetUser(access_pb2.GetUserRequest(name="bob"), timeout=CALL_TIMEOUT)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        # A new user of the same name does not inherit the deleted one's sessions.
+        await asyncio.sleep(1.1)
+        await access.PutUser(
+            access_pb2.PutUserRequest(name="bob", role="admin", password="another-pass"),
+            timeout=CALL_TIMEOUT,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await access.WhoAmI(
+                access_pb2.WhoAmIRequest(), metadata=bearer(session2.token), timeout=CALL_TIMEOUT
+            )
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_repeated_failed_logins_are_throttled(stack: Stack) -> None:

@@ -282,7 +282,7 @@ class TokenVerifier:
         if claims["knd"] == "session":
             user = snapshot.users.get(subject)
             if user is None:
-                raise TokenError(f"user {subject!r} no longer exists")
+                raise TokenError(f"user {subject!r} no longer exists or is disabled")
             if float(claims["iat"]) + 1 < user.valid_after:
                 raise TokenError("session ended (the user was changed or disabled); log in again")
             return Principal(

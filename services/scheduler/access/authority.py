@@ -280,10 +280,9 @@ class AccessAuthority:
                 role=role,
                 password_hash=hashed,
                 disabled=disabled,
-                # a changed user's sessions end (they would carry the old password/role)
-                valid_after=time.time()
-                if changed and existing is not None
-                else (existing.valid_after if existing is not None else 0.0),
+                # A changed user's sessions end (they would carry the old password or role),
+                # and a new one accepts none from before it existed (a deleted namesake's).
+                valid_after=time.time() if changed or existing is None else existing.valid_after,
                 created_at=existing.created_at if existing is not None else at,
                 updated_at=at,
             )
