@@ -2,7 +2,10 @@
 
 A token carries the position (a key to continue after) and a fingerprint of
 the request's filters; reusing it with other filters is ``INVALID_ARGUMENT``,
-as AIP-158 asks.
+as AIP-158 asks. The fingerprint also binds the token to the caller
+(:func:`~services.core.access.principal.caller`: its key and its token's scope),
+so a token issued to one identity is ``INVALID_ARGUMENT`` for another: a page
+is never continued under someone else's visibility.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
+
+from services.core.access.principal import caller
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -35,7 +40,9 @@ def page_size(requested: int) -> int:
 
 
 def _fingerprint(filters: Any) -> str:
-    blob = json.dumps(filters, sort_keys=True, default=str).encode()
+    who = caller()
+    identity = [who.key, who.restriction.describe()]
+    blob = json.dumps([identity, filters], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -55,7 +62,9 @@ def _decode(token: str, filters: Any, fits: Callable[[Any], bool]) -> Any:
     except (ValueError, KeyError, TypeError):
         raise PageError("page_token", "not a token this server issued") from None
     if fingerprint != _fingerprint(filters):
-        raise PageError("page_token", "was issued for a request with other filters")
+        raise PageError(
+            "page_token", "was issued for a request with other filters or to another caller"
+        )
     if not fits(position):
         # Well-formed, but not a position this list hands out: never let it reach a query.
         raise PageError("page_token", "not a token this server issued")

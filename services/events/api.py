@@ -12,12 +12,14 @@ from nats.js import JetStreamContext
 from vigil.v1 import events_pb2, events_pb2_grpc
 
 from services.core import paging
-from services.core.access.principal import CURRENT
+from services.core.access.principal import CURRENT, caller
+from services.core.access.visibility import EventScope, describe
 from services.core.config import EventsSettings
 from services.core.errors import (
     DomainError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     UnavailableError,
 )
@@ -28,9 +30,10 @@ from services.core.timeutil import request_timestamp
 from services.core.tls import peer_identity
 from services.events import filters, metrics
 from services.events.convert import event_pb, failure_pb, hook_pb, raw_from_pb
-from services.events.hooks.manager import HookManager
+from services.events.hooks.manager import HookManager, UrlTaken
 from services.events.normalize import InvalidEvent, check_published, normalize
 from services.events.store.history import EventFilter, HistoryStore
+from services.events.store.hooks import HookViewer
 from services.events.subscribe import Subscription, TooSlow, cut_off, start_position
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,16 @@ log = logging.getLogger(__name__)
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 PUBLISH_SUBJECT = f"{INGEST_SUBJECT_PREFIX}.api"
+EVENTS = "vigil.v1.Events"
+
+
+def hook_viewer(method: str) -> HookViewer | None:
+    """Who manages hooks through ``vigil.v1.Events/<method>``: ``None`` for a caller
+    that sees every hook, else the hooks it may see (docs/security.md, "Scopes")."""
+    who = caller()
+    if who.visibility(f"{EVENTS}/{method}").unrestricted:
+        return None
+    return HookViewer(owner=who.key, scope=EventScope.of(who))
 
 
 def caller_source(context: Any) -> str:
@@ -61,6 +74,11 @@ def caller_source(context: Any) -> str:
 
 class EventsServicer(events_pb2_grpc.EventsServicer):
     """Serves the Events API over the event service's parts.
+
+    A scoped caller (docs/security.md, "Scopes") reads only the events its
+    :class:`~services.core.access.visibility.EventScope` admits (summaries
+    sanitized), publishes only inside its scope, and manages only the hooks
+    it may see (:func:`hook_viewer`); a hook it creates carries its scope.
 
     ``js`` is where Publish hands events (to the ingest stream, the same
     durable path as every producer) and where Subscribe reads them;
@@ -104,6 +122,12 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
         except InvalidEvent as exc:
             where = "event" if exc.field == "event" else f"event.{exc.field}"
             raise InvalidArgumentError(where, exc.problem) from None
+        vis = caller().visibility(f"{EVENTS}/Publish")
+        if not vis.unrestricted and not vis.sees(event.location, event.node_id):
+            raise PermissionDeniedError(
+                f"event: an event at location {event.location or '(none)'} on node "
+                f"{event.node_id or '(none)'} lies outside the caller's scope ({describe(vis)})"
+            )
         # Who produced it is who called: the caller's certificate, never what the event
         # claims (an operator cannot pass an event off as the scheduler's).
         event = event.model_copy(update={"source": caller_source(context)})
@@ -156,11 +180,14 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
         fingerprint = [flt.type, flt.action, flt.severity, flt.node_id, flt.location, since, until]
         size = paging.page_size(request.page_size)
         before = paging.decode_int(request.page_token, fingerprint)
-        rows, total = await self.history.list_events(flt, before_seq=before, limit=size + 1)
+        scope = EventScope.of(method=f"{EVENTS}/ListEvents")
+        rows, total = await self.history.list_events(
+            flt, before_seq=before, limit=size + 1, scope=scope
+        )
         more = len(rows) > size
         rows = rows[:size]
         return events_pb2.ListEventsResponse(
-            events=[event_pb(r.event, r.seq) for r in rows],
+            events=[event_pb(scope.shown(r.event), r.seq) for r in rows],
             next_page_token=paging.encode_token(rows[-1].seq, fingerprint) if more else "",
             total_size=total,
         )
@@ -207,6 +234,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             position,
             keepalive=s.subscribe_keepalive,
             stall_timeout=s.subscribe_stall_timeout,
+            scope=EventScope.of(method=f"{EVENTS}/Subscribe"),
         )
         try:
             await sub.run()
@@ -226,8 +254,23 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
     ) -> events_pb2.Hook:
         self.limits.hook_writes.admit(context)
         interests = filters.validate(request.filters)
+        who = caller()
+        viewer = hook_viewer("CreateHook")
         try:
-            row = await self.hooks.create(request.name, request.url, interests, request.secret)
+            # The hook carries what its creator may read, for as long as it lives.
+            row = await self.hooks.create(
+                request.name,
+                request.url,
+                interests,
+                request.secret,
+                owner=who.key,
+                scope=EventScope.of(who),
+            )
+        except UrlTaken:
+            if viewer is None:
+                raise
+            # Not the name of a hook the caller may not see.
+            raise UrlTaken("url: already the URL of another hook") from None
         except DomainError:
             raise
         except Exception as exc:  # NATS or the store: nothing was kept (see HookManager.create)
@@ -241,7 +284,9 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
     ) -> events_pb2.ListHooksResponse:
         size = paging.page_size(request.page_size)
         after = paging.decode_str(request.page_token, ["hooks"])
-        rows, total = await self.hooks.store.list_hooks(after_name=after, limit=size + 1)
+        rows, total = await self.hooks.store.list_hooks(
+            after_name=after, limit=size + 1, seen_by=hook_viewer("ListHooks")
+        )
         more = len(rows) > size
         rows = rows[:size]
         out = []
@@ -271,7 +316,12 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
                 url=request.url,
                 interests=interests,
                 secret=request.secret,
+                seen_by=hook_viewer("UpdateHook"),
             )
+        except UrlTaken:
+            if hook_viewer("UpdateHook") is None:
+                raise
+            raise UrlTaken("url: already the URL of another hook") from None
         except DomainError:
             raise
         except Exception as exc:  # the store: the old definition stands
@@ -286,7 +336,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
     ) -> events_pb2.DeleteHookResponse:
         if not request.id:
             raise InvalidArgumentError("id", "is required")
-        if not await self.hooks.delete(request.id):
+        if not await self.hooks.delete(request.id, seen_by=hook_viewer("DeleteHook")):
             raise NotFoundError(f"id: no hook {request.id!r}")
         return events_pb2.DeleteHookResponse()
 
@@ -296,7 +346,8 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
     ) -> events_pb2.ListHookFailuresResponse:
         if not request.hook_id:
             raise InvalidArgumentError("hook_id", "is required")
-        if await self.hooks.store.get_hook(request.hook_id) is None:
+        viewer = hook_viewer("ListHookFailures")
+        if await self.hooks.store.get_hook(request.hook_id, seen_by=viewer) is None:
             raise NotFoundError(f"hook_id: no hook {request.hook_id!r}")
         size = paging.page_size(request.page_size)
         fingerprint = ["failures", request.hook_id]

@@ -14,6 +14,10 @@ gRPC stream's own flow control pushes back. A subscriber whose stream accepts
 nothing for ``subscribe_stall_timeout`` is cut off with ``RESOURCE_EXHAUSTED``
 rather than holding a consumer for ever; it can resume after the last
 sequence it received.
+
+A scoped caller (docs/security.md, "Scopes") is sent only the events its
+:class:`~services.core.access.visibility.EventScope` admits, summaries
+sanitized; the others advance the position like events its filters skip.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 from vigil.v1 import events_pb2
 
+from services.core.access.visibility import EVERYTHING, EventScope
 from services.core.backoff import Backoff
 from services.core.events import EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, Event
 from services.core.timeutil import now, set_timestamp
@@ -68,6 +73,7 @@ class Subscription:
         *,
         keepalive: float,
         stall_timeout: float,
+        scope: EventScope = EVERYTHING,
     ) -> None:
         self.js = js
         self.store = store
@@ -76,6 +82,8 @@ class Subscription:
         self.position = position
         self.keepalive = keepalive
         self.stall_timeout = stall_timeout
+        #: What the caller may see (fixed when the stream starts).
+        self.scope = scope
         self.sent = 0
         self._last_write = 0.0
         self._consumer: str | None = None
@@ -94,8 +102,9 @@ class Subscription:
         await self._write(events_pb2.SubscribeResponse(keep_alive=ka))
 
     async def _send(self, seq: int, event: Event) -> None:
-        if matches_any(self.interests, event):
-            await self._write(events_pb2.SubscribeResponse(event=event_pb(event, seq)))
+        if self.scope.admits(event) and matches_any(self.interests, event):
+            shown = self.scope.shown(event)
+            await self._write(events_pb2.SubscribeResponse(event=event_pb(shown, seq)))
             self.sent += 1
         self.position = seq
         if asyncio.get_running_loop().time() - self._last_write >= self.keepalive:

@@ -9,10 +9,13 @@ from google.protobuf import json_format
 from vigil.v1 import inventory_pb2, inventory_pb2_grpc
 
 from services.core import paging
+from services.core.access.principal import Visibility, caller
+from services.core.access.visibility import describe
 from services.core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     UnavailableError,
 )
 from services.core.grpcerrors import handle_errors
@@ -31,6 +34,17 @@ from services.scheduler.policy import DEFAULT_POLICY
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 BUSY = "the scheduler did not apply the change within 30s (is the store reachable?); retry"
+INVENTORY = "vigil.v1.Inventory"
+
+
+def visibility(method: str) -> Visibility:
+    """The caller's visibility through ``vigil.v1.Inventory/<method>``."""
+    return caller().visibility(f"{INVENTORY}/{method}")
+
+
+def sees(vis: Visibility, entry: NodeEntry | None) -> bool:
+    """Whether ``entry`` (a node, possibly missing) lies inside ``vis``."""
+    return entry is not None and (vis.unrestricted or vis.sees(entry.node.location, entry.node.id))
 
 
 def node_document(node: inventory_pb2.Node) -> dict[str, Any]:
@@ -167,7 +181,13 @@ def node_message(entry: NodeEntry) -> inventory_pb2.Node:
 
 
 class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
-    """Validates completely, then applies inside the state keeper's task."""
+    """Validates completely, then applies inside the state keeper's task.
+
+    A scoped caller (docs/security.md, "Scopes") sees and deletes only the
+    nodes of its scope (another is NOT_FOUND, like an unknown one), and puts a
+    node only inside it: PERMISSION_DENIED, naming the scope, for a node whose
+    new location or id lies outside it, or that exists outside it.
+    """
 
     def __init__(self, inventory: Inventory, scheduler: Slots, keeper: StateKeeper) -> None:
         self.inventory = inventory
@@ -182,13 +202,25 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
             raise InvalidArgumentError("node", "is required")
         if not request.node.id:
             raise InvalidArgumentError("node.id", "is required")
+        vis = visibility("PutNode")
+        current = self.inventory.get(request.node.id)
+        if current is not None and not sees(vis, current):
+            # Node ids are one namespace: this id is taken by a node the caller cannot see.
+            raise PermissionDeniedError(
+                f"node.id: node {request.node.id} lies outside the caller's scope ({describe(vis)})"
+            )
         doc = node_document(request.node)
-        restore_secrets(doc, self.inventory.get(request.node.id))
+        restore_secrets(doc, current)
         try:
             node, specs = self.inventory.validate(doc)
         except InventoryError as exc:
             field, _, problem = str(exc).partition(": ")
             raise InvalidArgumentError(field, problem) from None
+        if not vis.unrestricted and not vis.sees(node.location, node.id):
+            raise PermissionDeniedError(
+                f"node.location: a node {node.id} at location {node.location} would lie "
+                f"outside the caller's scope ({describe(vis)})"
+            )
         try:
             self.inventory.check_writable(node.id)
         except ReadOnlyNode as exc:
@@ -208,7 +240,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
         if not request.id:
             raise InvalidArgumentError("id", "is required")
         entry = self.inventory.get(request.id)
-        if entry is None:
+        if entry is None or not sees(visibility("GetNode"), entry):
             raise NotFoundError(f"node {request.id} does not exist")
         return node_message(entry)
 
@@ -219,11 +251,13 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
         filters = [request.location, request.foreign_id]
         size = paging.page_size(request.page_size)
         after = paging.decode_str(request.page_token, filters)
+        vis = visibility("ListNodes")
         ids = sorted(
             node_id
             for node_id, e in self.inventory.entries.items()
             if (not request.location or e.node.location == request.location)
             and (not request.foreign_id or e.node.foreign_id == request.foreign_id)
+            and sees(vis, e)
         )
         start = 0 if after is None else next((i for i, n in enumerate(ids) if n > after), len(ids))
         page = ids[start : start + size]
@@ -240,7 +274,8 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
     ) -> inventory_pb2.DeleteNodeResponse:
         if not request.id:
             raise InvalidArgumentError("id", "is required")
-        if self.inventory.get(request.id) is None:
+        # Outside the caller's scope is answered as unknown, as GetNode answers it.
+        if not sees(visibility("DeleteNode"), self.inventory.get(request.id)):
             raise NotFoundError(f"node {request.id} does not exist")
         try:
             self.inventory.check_writable(request.id)

@@ -11,6 +11,8 @@ import grpc
 from vigil.v1 import common_pb2, poller_pb2, poller_pb2_grpc
 
 from services.core import paging
+from services.core.access.principal import Visibility, caller
+from services.core.access.visibility import sees_location
 from services.core.errors import DeadlineExceededError, InvalidArgumentError, NotFoundError
 from services.core.grpcerrors import handle_errors
 from services.core.limits import SchedulerLimits
@@ -24,6 +26,13 @@ from services.scheduler.policy import DEFAULT_POLICY
 from services.scheduler.store import OutageRow, SchedulerStore
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+
+POLLER = "vigil.v1.Poller"
+
+
+def visibility(method: str) -> Visibility:
+    """The caller's visibility through ``vigil.v1.Poller/<method>``."""
+    return caller().visibility(f"{POLLER}/{method}")
 
 
 def service_ref(key: ServiceKey) -> common_pb2.ServiceRef:
@@ -102,7 +111,14 @@ def require_key(ref: common_pb2.ServiceRef, field: str = "service") -> ServiceKe
 
 
 class PollerServicer(poller_pb2_grpc.PollerServicer):
-    """Reads the scheduler's live state and the store; polls now and pauses."""
+    """Reads the scheduler's live state and the store; polls now and pauses.
+
+    A scoped caller (docs/security.md, "Scopes") is shown only the services,
+    outages, results and minions of its scope, filtered before paging; a
+    service outside it is NOT_FOUND for GetService, PollNow and SetPaused,
+    exactly like an unknown one. A minion belongs to its whole location: a
+    caller limited to some node ids sees no minion.
+    """
 
     def __init__(
         self,
@@ -145,21 +161,36 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
             msg.store_degraded_reason = self.store.degraded_reason
         return msg
 
-    def _service(self, ref: common_pb2.ServiceRef, has: bool) -> ServiceRuntime:
+    def _service(self, ref: common_pb2.ServiceRef, has: bool, method: str) -> ServiceRuntime:
         if not has:
             raise InvalidArgumentError("service", "is required")
         key = require_key(ref)
         rt = self.services.get(key)
-        if rt is None:
+        # Outside the caller's scope is answered as unknown: never reveal that it exists.
+        if rt is None or not visibility(method).sees(rt.spec.location, key.node_id):
             raise NotFoundError(f"service {key} is not monitored")
         return rt
+
+    def _visible_nodes(self, vis: Visibility) -> list[str] | None:
+        """The node ids ``vis`` sees (``None``: all of them, no filter needed).
+
+        A node's location is its current one in the inventory (the keeper's
+        topology); without a keeper, the locations of the services.
+        """
+        if vis.unrestricted:
+            return None
+        if self.keeper is not None:
+            where = {n: st.location for n, st in self.keeper.topology.nodes.items()}
+        else:
+            where = {k.node_id: rt.spec.location for k, rt in self.services.items()}
+        return [n for n, loc in where.items() if vis.sees(loc, n)]
 
     @handle_errors
     async def PollNow(
         self, request: poller_pb2.PollNowRequest, context: Ctx
     ) -> poller_pb2.PollNowResponse:
         self.limits.poll_now.admit(context)
-        rt = self._service(request.service, request.HasField("service"))
+        rt = self._service(request.service, request.HasField("service"), "PollNow")
         assert self.dispatcher is not None and self.keeper is not None
         rid = self.dispatcher.poll_now(rt.key, urgent=True)
         if rid is None:
@@ -177,7 +208,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
     async def SetPaused(
         self, request: poller_pb2.SetPausedRequest, context: Ctx
     ) -> poller_pb2.ServiceStatus:
-        rt = self._service(request.service, request.HasField("service"))
+        rt = self._service(request.service, request.HasField("service"), "SetPaused")
         assert self.dispatcher is not None
         self.dispatcher.set_paused(rt.key, request.paused)
         return self._status(rt)
@@ -202,6 +233,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
             until=until,
             before_id=before,
             limit=size + 1,
+            node_ids=self._visible_nodes(visibility("ListResults")),
         )
         more = len(rows) > size
         rows = rows[:size]
@@ -234,6 +266,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         size = paging.page_size(request.page_size)
         after = paging.decode_strs(request.page_token, filters, 3)
         want = status_from_pb(request.status)
+        vis = visibility("ListServices")
         matching = [
             key
             for key in self._sorted_keys()
@@ -241,6 +274,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
             and (not request.node_id or key.node_id == request.node_id)
             and (not request.location or rt.spec.location == request.location)
             and (want is None or rt.status is want)
+            and (vis.unrestricted or vis.sees(rt.spec.location, key.node_id))
         ]
         start = 0
         if after is not None:
@@ -258,7 +292,9 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
     async def GetService(
         self, request: poller_pb2.GetServiceRequest, context: Ctx
     ) -> poller_pb2.ServiceStatus:
-        return self._status(self._service(request.service, request.HasField("service")))
+        return self._status(
+            self._service(request.service, request.HasField("service"), "GetService")
+        )
 
     @handle_errors
     async def ListOutages(
@@ -280,6 +316,7 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
             service=request.service or None,
             before_id=before,
             limit=size + 1,
+            node_ids=self._visible_nodes(visibility("ListOutages")),
         )
         more = len(rows) > size
         rows = rows[:size]
@@ -296,10 +333,13 @@ class PollerServicer(poller_pb2_grpc.PollerServicer):
         filters = [request.location]
         size = paging.page_size(request.page_size)
         after = paging.decode_strs(request.page_token, filters, 2)
+        vis = visibility("ListMinions")
         sessions = [
             s
             for s in self.registry.sessions()
-            if not request.location or s.location == request.location
+            if (not request.location or s.location == request.location)
+            # A minion serves its whole location: seen by who sees the whole location.
+            and (vis.unrestricted or sees_location(vis, s.location))
         ]
         start = 0
         if after is not None:

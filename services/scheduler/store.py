@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +20,7 @@ from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.core import db
+from services.core.access.visibility import in_values
 from services.core.events import Event
 from services.core.httpstatus import HealthState
 from services.core.timeutil import now
@@ -449,9 +450,15 @@ class SchedulerStore:
         service: str | None,
         before_id: int | None,
         limit: int,
+        node_ids: Collection[str] | None = None,
     ) -> tuple[list[OutageRow], int]:
-        """A page of outages (newest first, ids below ``before_id``) and the total count."""
+        """A page of outages (newest first, ids below ``before_id``) and the total count.
+
+        ``node_ids`` (a scoped caller's visible nodes) keeps only their outages.
+        """
         conds: list[Any] = []
+        if node_ids is not None:
+            conds.append(in_values(outages.c.node_id, node_ids, self.engine.dialect.name))
         if state == "open":
             conds.append(outages.c.closed_at.is_(None))
         elif state == "closed":
@@ -493,9 +500,15 @@ class SchedulerStore:
         until: float | None,
         before_id: int | None,
         limit: int,
+        node_ids: Collection[str] | None = None,
     ) -> tuple[list[ResultRow], int]:
-        """A page of results, newest first, and the total matching."""
+        """A page of results, newest first, and the total matching.
+
+        ``node_ids`` (a scoped caller's visible nodes) keeps only their results.
+        """
         conds: list[Any] = []
+        if node_ids is not None:
+            conds.append(in_values(results.c.node_id, node_ids, self.engine.dialect.name))
         if node_id:
             conds.append(results.c.node_id == node_id)
         if ip:

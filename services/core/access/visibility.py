@@ -31,13 +31,13 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 
-from services.core.access.permissions import ANYWHERE, DefinitionError, Scope
+from services.core.access.audit import AUDIT_READER_PERMISSION, AUDIT_TYPE, may_read_audit
+from services.core.access.permissions import DefinitionError, Scope
 from services.core.access.principal import Principal, Visibility, caller
 from services.core.events import Event
 
 #: Who may list users unrestricted may see audit events (admins).
-AUDIT_GATE: Final = "vigil.v1.Access/ListUsers"
-AUDIT_TYPE: Final = "audit"
+AUDIT_GATE: Final = AUDIT_READER_PERMISSION
 SUMMARY_TYPE: Final = "summary"
 #: The method whose visibility a webhook carries: what its creator may read live.
 EVENTS_READ: Final = "vigil.v1.Events/Subscribe"
@@ -48,8 +48,9 @@ INLINE_VALUES: Final = 500
 
 
 def sees_audit(principal: Principal | None = None) -> bool:
-    """Whether ``principal`` (default: the caller) may see ``audit`` events."""
-    return (principal or caller()).visibility(AUDIT_GATE).unrestricted
+    """Whether ``principal`` (default: the caller) may see ``audit`` events: an
+    unscoped grant of :data:`AUDIT_GATE` (the one rule, :func:`may_read_audit`)."""
+    return may_read_audit(principal or caller())
 
 
 def describe(vis: Visibility) -> str:
@@ -154,10 +155,11 @@ class EventScope:
     def to_json(self) -> str:
         """A canonical JSON form: two equal scopes give the same text (hooks compare it)."""
         v = self.visibility
+        scopes = [] if v.everything else sorted(set(v.scopes), key=_scope_order)
         doc = {
             "v": 1,
             "everything": v.everything,
-            "scopes": [] if v.everything else sorted({_scope_doc(s) for s in v.scopes}),
+            "scopes": [_scope_doc(s) for s in scopes],
             "restriction": _scope_doc(v.restriction),
             "audit": self.audit,
         }
@@ -169,21 +171,41 @@ class EventScope:
         try:
             doc = json.loads(text)
             if not isinstance(doc, dict) or doc.get("v") != 1:
-                raise ValueError("unknown version")
-            scopes = tuple(Scope.parse(str(s)) for s in doc["scopes"])
-            restriction = Scope.parse(str(doc["restriction"])) if doc["restriction"] else ANYWHERE
+                raise ValueError(
+                    f"unknown version {doc.get('v') if isinstance(doc, dict) else doc!r}"
+                )
             return cls(
                 Visibility(
-                    everything=bool(doc["everything"]), scopes=scopes, restriction=restriction
+                    everything=bool(doc["everything"]),
+                    scopes=tuple(_scope_of(s) for s in doc["scopes"]),
+                    restriction=_scope_of(doc["restriction"]),
                 ),
                 audit=bool(doc["audit"]),
             )
-        except (KeyError, TypeError, json.JSONDecodeError, DefinitionError) as exc:
+        except (KeyError, TypeError, ValueError, DefinitionError) as exc:
             raise ValueError(f"not a stored event scope: {exc}") from None
 
 
-def _scope_doc(scope: Scope) -> str:
-    return scope.describe()
+def _scope_order(scope: Scope) -> tuple[str, str]:
+    return (scope.location or "", scope.node or "")
+
+
+def _scope_doc(scope: Scope) -> dict[str, str]:
+    out = {}
+    if scope.location is not None:
+        out["location"] = scope.location
+    if scope.node is not None:
+        out["node"] = scope.node
+    return out
+
+
+def _scope_of(doc: Any) -> Scope:
+    if not isinstance(doc, dict) or set(doc) - {"location", "node"}:
+        raise ValueError(f"not a scope: {doc!r}")
+    location, node = doc.get("location"), doc.get("node")
+    if not all(v is None or isinstance(v, str) for v in (location, node)):
+        raise ValueError(f"not a scope: {doc!r}")
+    return Scope(location=location, node=node)
 
 
 #: Every event as it is (a caller that may see everything, audit included).
@@ -251,8 +273,6 @@ def pair_column(location: Any, node_id: Any) -> ColumnElement[str]:
     return sa.cast(loc + "/" + node, sa.Text)
 
 
-def visible_pairs(
-    vis: Visibility, pairs: Iterable[tuple[str | None, str | None]]
-) -> set[str]:
+def visible_pairs(vis: Visibility, pairs: Iterable[tuple[str | None, str | None]]) -> set[str]:
     """The :func:`pair_key` of each (location, node id) ``vis`` sees."""
     return {pair_key(loc, node) for loc, node in pairs if vis.sees(loc, node)}

@@ -1,4 +1,11 @@
-"""Hook management: create, list, delete, and one delivery runner per hook."""
+"""Hook management: create, list, delete, and one delivery runner per hook.
+
+A hook keeps its creator (``owner``) and the creator's event scope; its runner
+(:class:`~services.events.hooks.scoped.ScopedHookRunner`) delivers only what
+that scope admits. A scoped caller manages only the hooks a
+:class:`~services.events.store.hooks.HookViewer` of it sees (docs/security.md,
+"Scopes"); any other is unknown to it.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from services.core.access.visibility import EventScope
 from services.core.config import EventsSettings
 from services.core.errors import (
     AlreadyExistsError,
@@ -27,8 +35,9 @@ from services.events.filters import Interest
 from services.events.hooks.cursor import CONSUMER_PREFIX, consumer_name
 from services.events.hooks.delivery import HookRunner
 from services.events.hooks.guard import AddressGuard, Resolve
+from services.events.hooks.scoped import ScopedHookRunner
 from services.events.hooks.validation import validate_name, validate_secret, validate_url
-from services.events.store.hooks import HookRow, HookStore
+from services.events.store.hooks import HookRow, HookStore, HookViewer
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +115,7 @@ class HookManager:
         self.tasks.spawn("hook-status", self._flush_loop(), essential=False)
 
     def _runner(self, row: HookRow) -> HookRunner:
-        return HookRunner(row, self.js, self.store, self.settings, self.guard)
+        return ScopedHookRunner(row, self.js, self.store, self.settings, self.guard)
 
     def _start(self, runner: HookRunner) -> None:
         self.runners[runner.row.id] = runner
@@ -115,9 +124,17 @@ class HookManager:
         )
 
     async def create(
-        self, name: str, url: str, interests: Sequence[Interest], secret: str
+        self,
+        name: str,
+        url: str,
+        interests: Sequence[Interest],
+        secret: str,
+        *,
+        owner: str | None = None,
+        scope: EventScope | None = None,
     ) -> HookRow:
-        """Validate, store, create the cursor, start delivering."""
+        """Validate, store, create the cursor, start delivering (only what ``scope``,
+        the creator's, admits)."""
         validate_name(name)
         validate_url(url)
         validate_secret(secret)
@@ -133,6 +150,8 @@ class HookManager:
                 secret=secret,
                 filters=[i.as_dict() for i in interests],
                 created_at=now(),
+                owner=owner,
+                scope=scope,
             )
             if not await self.store.add_hook(row):
                 raise NameTaken(f"name: a hook named {name!r} exists")
@@ -163,11 +182,13 @@ class HookManager:
         url: str = "",
         interests: Sequence[Interest] = (),
         secret: str = "",
+        seen_by: HookViewer | None = None,
     ) -> HookRow:
         """Change the fields named by ``paths`` (see :data:`UPDATABLE`), validated as
         :meth:`create` validates them; the hook's runner restarts on the new
         definition and continues from its cursor (nothing delivered twice on purpose,
-        nothing skipped)."""
+        nothing skipped). Its owner and scope stay the creator's. A hook
+        ``seen_by`` may not see is unknown."""
         if not paths:
             raise InvalidArgumentError(
                 "update_mask", f"is required (paths: {', '.join(UPDATABLE)})"
@@ -186,7 +207,7 @@ class HookManager:
         if "url" in paths:
             await self.guard.check_url(url)
         async with self._lock:
-            row = await self.store.get_hook(hook_id)
+            row = await self.store.get_hook(hook_id, seen_by=seen_by)
             if row is None:
                 raise UnknownHook(f"id: no hook {hook_id!r}")
             old = self.runners.get(hook_id)
@@ -225,9 +246,12 @@ class HookManager:
                 self.store.save_hook_status(runner.row), f"hook {runner.row.name}: status"
             )
 
-    async def delete(self, hook_id: str) -> bool:
-        """Stop delivering, forget the cursor and the definition."""
+    async def delete(self, hook_id: str, *, seen_by: HookViewer | None = None) -> bool:
+        """Stop delivering, forget the cursor and the definition (``False``: unknown,
+        or not seen by ``seen_by``)."""
         async with self._lock:
+            if seen_by is not None and await self.store.get_hook(hook_id, seen_by=seen_by) is None:
+                return False
             if not await self.store.delete_hook(hook_id):
                 return False
             runner = self.runners.pop(hook_id, None)

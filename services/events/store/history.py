@@ -11,9 +11,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.core import db
+from services.core.access.audit import AUDIT_TYPE
+from services.core.access.visibility import (
+    SUMMARY_TYPE,
+    EventScope,
+    in_values,
+    location_condition,
+    needs_node_ids,
+    pair_column,
+    visible_pairs,
+)
 from services.core.events import Event
 from services.core.timeutil import parse_iso
 from services.events.projection import ServiceState, project
@@ -140,12 +150,24 @@ class HistoryStore:
         return touched
 
     async def list_events(
-        self, flt: EventFilter, *, before_seq: int | None, limit: int
+        self,
+        flt: EventFilter,
+        *,
+        before_seq: int | None,
+        limit: int,
+        scope: EventScope | None = None,
     ) -> tuple[list[StoredEvent], int]:
-        """A page of events, newest first, and the total matching ``flt``."""
+        """A page of events, newest first, and the total matching ``flt``.
+
+        With ``scope`` (a scoped reader), only the events it admits
+        (:meth:`EventScope.admits`) are listed and counted; a summary is
+        listed as stored (the caller shows it with :meth:`EventScope.shown`).
+        """
         conds = flt.conditions()
-        page = [*conds, events.c.seq < before_seq] if before_seq is not None else conds
         async with self.engine.connect() as conn:
+            if scope is not None and not scope.unrestricted:
+                conds = [*conds, *await self._scope_conditions(conn, conds, scope)]
+            page = [*conds, events.c.seq < before_seq] if before_seq is not None else conds
             rows = (
                 await conn.execute(
                     sa.select(events.c.seq, events.c.payload)
@@ -158,6 +180,42 @@ class HistoryStore:
                 await conn.execute(sa.select(sa.func.count()).select_from(events).where(*conds))
             ).scalar_one()
         return [_stored(r) for r in rows], int(total)
+
+    async def _scope_conditions(
+        self, conn: AsyncConnection, conds: list[Any], scope: EventScope
+    ) -> list[Any]:
+        """The SQL conditions an event must meet for ``scope`` to admit it (besides ``conds``).
+
+        By location alone it is one condition on the column; a node glob is
+        applied exactly (``fnmatch``, as the access layer does) to the distinct
+        (location, node) pairs among the candidates, which then select the rows.
+        """
+        c = events.c
+        out: list[Any] = []
+        if not scope.audit:
+            out.append(c.type != AUDIT_TYPE)
+        vis = scope.visibility
+        if vis.unrestricted:
+            return out
+        visible = location_condition(vis, c.location)
+        if needs_node_ids(vis):
+            narrowed = [*conds, *out, c.type != SUMMARY_TYPE]
+            if visible is not None:
+                narrowed.append(visible)
+            candidates = (
+                await conn.execute(
+                    sa.select(c.location, c.node_id)
+                    .where(*narrowed)
+                    .group_by(c.location, c.node_id)
+                )
+            ).all()
+            pairs = visible_pairs(vis, ((r.location, r.node_id) for r in candidates))
+            visible = in_values(pair_column(c.location, c.node_id), pairs, conn.dialect.name)
+        if visible is None:  # every location and node: nothing more to check
+            return out
+        summaries = c.type == SUMMARY_TYPE if scope.reads_anything else sa.false()
+        out.append(sa.or_(summaries, visible))
+        return out
 
     async def range(self, after: int, before: int | None, limit: int) -> list[StoredEvent]:
         """Events with ``after < seq < before``, oldest first (Subscribe's catch-up)."""

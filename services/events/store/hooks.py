@@ -12,6 +12,12 @@ Delivery errors (a hook's last error, a parked delivery's) are stored and read
 as generic failure classes only (:func:`~services.events.hooks.guard.shown_error`):
 a row written by an older version, which kept the receiver's own text, is read
 as its class (``HTTP 503``, ``timeout``) or ``delivery failed``.
+
+A hook remembers who created it (``owner``, the principal's key) and what
+that creator could read (``scope``, its
+:class:`~services.core.access.visibility.EventScope` as canonical JSON): its
+deliveries carry only what that scope admits. A hook stored before scopes
+existed has neither (see :func:`hook_scope`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.core import db
+from services.core.access.principal import Visibility
+from services.core.access.visibility import EventScope
 from services.events.hooks.guard import shown_error
 from services.events.store.sql import BigId, When, metadata
 
@@ -142,6 +150,9 @@ hooks = sa.Table(
     sa.Column("last_error", sa.String(512)),
     sa.Column("delivered", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("ack_floor", sa.BigInteger, nullable=False, server_default="0"),
+    # who created it, and what it may carry (migration 0005)
+    sa.Column("owner", sa.String(256)),
+    sa.Column("scope", sa.Text),
 )
 
 hook_failures = sa.Table(
@@ -177,6 +188,32 @@ class HookRow:
     delivered: int = 0
     ack_floor: int = 0
     failed: int = field(default=0)
+    #: The creator's principal key (``None``: created before scopes existed).
+    owner: str | None = None
+    #: What the creator could read: its deliveries carry only that (``None``: see
+    #: :func:`hook_scope`).
+    scope: EventScope | None = None
+
+
+#: The scope of a hook stored before scopes existed: every event but audit events
+#: (they did not exist then; a hook gets them only if an admin creates it).
+LEGACY_SCOPE = EventScope(Visibility(everything=True), audit=False)
+
+
+def hook_scope(row: HookRow) -> EventScope:
+    """What ``row``'s deliveries may carry."""
+    return row.scope if row.scope is not None else LEGACY_SCOPE
+
+
+def _scope_of(text: str | None, hook_id: str) -> EventScope | None:
+    if text is None:
+        return None
+    try:
+        return EventScope.from_json(text)
+    except ValueError as exc:
+        # Fail closed: a scope that cannot be read lets nothing through.
+        log.error("hook %s: stored scope unreadable (%s); it delivers nothing", hook_id, exc)
+        return EventScope(Visibility(everything=False), audit=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +245,24 @@ def _hook_row(r: Any, box: SecretBox, failed: int = 0) -> HookRow:
         delivered=int(r.delivered),
         ack_floor=int(r.ack_floor),
         failed=failed,
+        owner=r.owner,
+        scope=_scope_of(r.scope, r.id),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class HookViewer:
+    """A scoped caller managing hooks: it sees those it created (``owner``) and those
+    whose stored scope equals the one its own hook would carry (``scope``)."""
+
+    owner: str
+    scope: EventScope
+
+
+def _viewer_conditions(viewer: HookViewer | None) -> list[Any]:
+    if viewer is None:
+        return []
+    return [sa.or_(hooks.c.owner == viewer.owner, hooks.c.scope == viewer.scope.to_json())]
 
 
 class HookStore:
@@ -266,6 +320,8 @@ class HookStore:
                     created_at=db.utc(hook.created_at),
                     delivered=0,
                     ack_floor=hook.ack_floor,
+                    owner=hook.owner,
+                    scope=None if hook.scope is None else hook.scope.to_json(),
                 )
             )
         return True
@@ -315,10 +371,11 @@ class HookStore:
         ).all()
         return {r[0]: int(r[1]) for r in rows}
 
-    async def get_hook(self, hook_id: str) -> HookRow | None:
-        """One hook, or ``None``."""
+    async def get_hook(self, hook_id: str, *, seen_by: HookViewer | None = None) -> HookRow | None:
+        """One hook, or ``None`` (also when ``seen_by`` may not see it)."""
+        conds = [hooks.c.id == hook_id, *_viewer_conditions(seen_by)]
         async with self.engine.connect() as conn:
-            r = (await conn.execute(sa.select(hooks).where(hooks.c.id == hook_id))).first()
+            r = (await conn.execute(sa.select(hooks).where(*conds))).first()
             if r is None:
                 return None
             counts = await self._failure_counts(conn, [hook_id])
@@ -331,16 +388,21 @@ class HookStore:
         box = self._secret_box()
         return [_hook_row(r, box) for r in rows]
 
-    async def list_hooks(self, *, after_name: str | None, limit: int) -> tuple[list[HookRow], int]:
-        """A page of hooks by name, and how many there are."""
-        conds = [hooks.c.name > after_name] if after_name is not None else []
+    async def list_hooks(
+        self, *, after_name: str | None, limit: int, seen_by: HookViewer | None = None
+    ) -> tuple[list[HookRow], int]:
+        """A page of hooks by name, and how many there are (those ``seen_by`` may see)."""
+        seen = _viewer_conditions(seen_by)
+        conds = [*seen, hooks.c.name > after_name] if after_name is not None else seen
         async with self.engine.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.select(hooks).where(*conds).order_by(hooks.c.name).limit(limit)
                 )
             ).all()
-            total = (await conn.execute(sa.select(sa.func.count()).select_from(hooks))).scalar_one()
+            total = (
+                await conn.execute(sa.select(sa.func.count()).select_from(hooks).where(*seen))
+            ).scalar_one()
             counts = await self._failure_counts(conn, [r.id for r in rows])
         box = self._secret_box()
         return [_hook_row(r, box, counts.get(r.id, 0)) for r in rows], int(total)
