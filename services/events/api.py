@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from nats.js import JetStreamContext
 from vigil.v1 import events_pb2, events_pb2_grpc
 
 from services.core import paging
+from services.core.access.audit import AUDIT_TYPE
 from services.core.access.principal import CURRENT, caller
 from services.core.access.visibility import EventScope, describe
 from services.core.config import EventsSettings
@@ -181,6 +183,9 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
         size = paging.page_size(request.page_size)
         before = paging.decode_int(request.page_token, fingerprint)
         scope = EventScope.of(method=f"{EVENTS}/ListEvents")
+        if flt.type != AUDIT_TYPE:
+            # The audit trail is listed when asked for by type (services/events/filters.py).
+            scope = dataclasses.replace(scope, audit=False)
         rows, total = await self.history.list_events(
             flt, before_seq=before, limit=size + 1, scope=scope
         )

@@ -6,6 +6,10 @@ holds ``*``, ``?`` or ``[...]`` (``node-1*``, ``[mc]*``). An absent field of
 the event is matched as ``""`` (``*`` accepts it, ``?*`` does not). Inside one filter the
 fields AND; a list of filters ORs; an empty list matches every event; an empty
 field matches anything.
+
+Audit events (type ``audit``, docs/security.md) are a trail of their own: only
+a filter whose ``type`` is exactly ``audit`` takes them, so an unfiltered hook
+or stream carries what Vigil observed, not every API call made to it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from services.core.errors import InvalidArgumentError
 from services.core.events import CATALOGUE, SEVERITIES, Event
 
 FIELDS = ("type", "action", "severity", "node_id", "location")
+#: Taken only by a filter naming it exactly.
+AUDIT_TYPE = "audit"
 #: Wire (JSON/proto JSON) names of the fields, for messages and storage.
 JSON_NAMES = {
     "type": "type",
@@ -74,7 +80,9 @@ class Interest:
     location: str = ""
 
     def matches(self, event: Event) -> bool:
-        """Whether ``event`` satisfies every set field."""
+        """Whether ``event`` satisfies every set field (audit events: see the module)."""
+        if event.type == AUDIT_TYPE and self.type != AUDIT_TYPE:
+            return False
         for name in FIELDS:
             want: str = getattr(self, name)
             if not want:
@@ -97,8 +105,10 @@ class Interest:
 
 
 def matches_any(interests: Sequence[Interest], event: Event) -> bool:
-    """OR over the filters; no filter at all matches everything."""
-    return not interests or any(i.matches(event) for i in interests)
+    """OR over the filters; no filter at all matches everything but audit events."""
+    if not interests:
+        return event.type != AUDIT_TYPE
+    return any(i.matches(event) for i in interests)
 
 
 def validate(raw: Iterable[Any], field: str = "filters") -> list[Interest]:

@@ -19,6 +19,7 @@ from services.core.natsserver import NatsServer
 from services.events.app import EventService
 from services.events.hooks.signing import verify
 from tests import pki as test_pki
+from tests.events.test_ingest import stream_events
 from tests.events.util import (
     Receiver,
     events_config,
@@ -77,7 +78,9 @@ async def test_a_receiver_failing_at_first_gets_the_event_signed(service: EventS
             delivered = receiver.bodies()[0]
             assert delivered["id"] == event["id"]
             assert delivered["severity"] == "critical"
-            assert int(headers["X-Vigil-Event-Sequence"]) == 1
+            # The stream sequence of the event (the audit of CreateHook came first).
+            in_stream = {e["id"]: seq for seq, e in await stream_events(service.nats_url)}
+            assert int(headers["X-Vigil-Event-Sequence"]) == in_stream[event["id"]]
 
             status = await wait_for(
                 lambda: _delivered(stub, hook.id), what="status shows the delivery"
@@ -338,12 +341,15 @@ async def test_nats_losing_its_data_keeps_sequences_and_hooks_going(
             )
             headers, body = receiver.requests[-1]
             assert json.loads(body)["id"] == late["id"]
-            # Numbering continues after the history instead of starting again at 1.
-            assert headers["X-Vigil-Event-Sequence"] == "4"
+            # Numbering continues after the history instead of starting again at 1
+            # (the history: the audit event of CreateHook, then the three events).
+            assert headers["X-Vigil-Event-Sequence"] == "5"
             assert headers["X-Vigil-Hook-Id"] == hook.id
             async with events_stub(svc.grpc_address) as stub:
                 listed = await stub.ListEvents(events_pb2.ListEventsRequest())
-                assert [e.sequence for e in listed.events] == [4, 3, 2, 1]
+                assert [e.sequence for e in listed.events] == [5, 4, 3, 2]  # 1: the audit
+                audit = await stub.ListEvents(events_pb2.ListEventsRequest(type="audit"))
+                assert [(e.sequence, e.action) for e in audit.events] == [(1, "create-hook")]
         finally:
             await svc.stop()
     finally:

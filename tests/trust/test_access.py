@@ -575,3 +575,40 @@ async def test_nobody_publishes_an_audit_event(stack: Stack) -> None:
             )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "event.type" in (err.value.details() or "")
+
+
+async def test_the_audit_trail_is_delivered_only_when_asked_for(stack: Stack) -> None:
+    assert stack.scheduler is not None and stack.events is not None
+    async with test_pki.operator_channel(stack.events.grpc_address) as ch:
+        events = events_pb2_grpc.EventsStub(ch)
+        everything = events.Subscribe(events_pb2.SubscribeRequest(), timeout=30)
+        audit_only = events.Subscribe(
+            events_pb2.SubscribeRequest(filters=[events_pb2.EventFilter(type="audit")]),
+            timeout=30,
+        )
+        await everything.read()  # the stream is open (its first message)
+        await audit_only.read()
+        async with test_pki.operator_channel(stack.scheduler.grpc_address) as sch:
+            await access_pb2_grpc.AccessStub(sch).PutUser(
+                access_pb2.PutUserRequest(name="frank", role="viewer", password="frank-pass"),
+                timeout=CALL_TIMEOUT,
+            )
+        published = await events.Publish(
+            events_pb2.PublishRequest(event=events_pb2.Event(type="node", action="down")),
+            timeout=CALL_TIMEOUT,
+        )
+
+        async def next_event(call: Any) -> events_pb2.Event:
+            while True:
+                msg = await call.read()
+                if msg.HasField("event"):
+                    return msg.event
+
+        async with asyncio.timeout(15):
+            first = await next_event(audit_only)
+        assert (first.type, first.action) == ("audit", "put-user")
+        async with asyncio.timeout(15):
+            got = await next_event(everything)
+        assert got.id == published.event.id  # the audit of PutUser (and Publish) is not here
+        everything.cancel()
+        audit_only.cancel()
