@@ -25,7 +25,7 @@ from services.core.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from services.core.events import INGEST_SUBJECT_PREFIX, SEVERITIES
+from services.core.events import INGEST_SUBJECT_PREFIX, SEVERITIES, Event
 from services.core.grpcerrors import handle_errors
 from services.core.limits import EventsLimits
 from services.core.timeutil import request_timestamp
@@ -362,8 +362,17 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
         )
         more = len(rows) > size
         rows = rows[:size]
+        scope = EventScope.of(method=f"{EVENTS}/ListHookFailures")
+        failures = [failure_pb(f) for f in rows]
+        for row, msg in zip(rows, failures, strict=True):
+            # A parked event the caller may not read (an admin's audit trail, another
+            # location's) shows as its id and kind only.
+            if not scope.unrestricted and not scope.admits(Event.model_validate_json(row.payload)):
+                msg.event.CopyFrom(
+                    events_pb2.Event(id=msg.event.id, type=msg.event.type, action=msg.event.action)
+                )
         return events_pb2.ListHookFailuresResponse(
-            failures=[failure_pb(f) for f in rows],
+            failures=failures,
             next_page_token=paging.encode_token(rows[-1].id, fingerprint) if more else "",
             total_size=total,
         )

@@ -612,3 +612,52 @@ async def test_the_audit_trail_is_delivered_only_when_asked_for(stack: Stack) ->
         assert got.id == published.event.id  # the audit of PutUser (and Publish) is not here
         everything.cancel()
         audit_only.cancel()
+
+
+async def test_parked_audit_events_are_not_shown_to_an_operator(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    cfg = make_config(
+        tmp_path,
+        nats_server.url,
+        events={"hook_max_age": "1s", "hooks_allow_networks": ["127.0.0.0/8"]},
+    )
+    stack = await Stack(cfg, nats_server.url).start(minion_locations=())
+    try:
+        assert stack.scheduler is not None and stack.events is not None
+        operator = await create_token(stack, "operator", name="ops")
+        async with test_pki.operator_channel(stack.events.grpc_address) as ch:
+            events = events_pb2_grpc.EventsStub(ch)
+            hook = await events.CreateHook(
+                events_pb2.CreateHookRequest(
+                    name="siem",
+                    url="http://127.0.0.1:9/closed",
+                    secret="a-hook-secret",
+                    filters=[events_pb2.EventFilter(type="audit")],
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+            async with test_pki.operator_channel(stack.scheduler.grpc_address) as sch:
+                await access_pb2_grpc.AccessStub(sch).PutUser(
+                    access_pb2.PutUserRequest(name="gina", role="viewer", password="gina-pass"),
+                    timeout=CALL_TIMEOUT,
+                )
+
+            async def parked() -> Any:
+                resp = await events.ListHookFailures(
+                    events_pb2.ListHookFailuresRequest(hook_id=hook.id), timeout=CALL_TIMEOUT
+                )
+                return resp if resp.failures else None
+
+            admin_view = await wait_for(parked, timeout=30, what="a parked audit delivery")
+            assert admin_view.failures[0].event.data.fields["principal"].string_value
+            as_operator = await events.ListHookFailures(
+                events_pb2.ListHookFailuresRequest(hook_id=hook.id),
+                metadata=bearer(operator),
+                timeout=CALL_TIMEOUT,
+            )
+            shown = as_operator.failures[0].event
+            assert shown.type == "audit" and shown.id == admin_view.failures[0].event.id
+            assert not shown.HasField("data") and not shown.node_id
+    finally:
+        await stack.stop()
