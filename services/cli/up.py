@@ -260,7 +260,7 @@ def run_up(
         "grpcurl -plaintext"
         if plaintext
         else f"grpcurl -cacert {pki_dir}/ca.pem -cert {pki_dir}/operator.pem "
-        f"-key {pki_dir}/operator-key.pem -H \"authorization: Bearer $(cat {admin_token})\""
+        f'-key {pki_dir}/operator-key.pem -H "authorization: Bearer $(cat {admin_token})"'
     )
     print(
         "vigil up\n"
