@@ -183,6 +183,11 @@ def test_vigil_up_runs_the_pipeline_and_sigterm_stops_every_child(tmp_path: Path
             _wait_for_line(sniff.stderr, "vigil sniff: watching", 60)
             listener.close()
             out, err = sniff.communicate(timeout=60)
+        except AssertionError as exc:
+            # What vigil up said is what explains it (a child that exited, NATS gone).
+            proc.send_signal(signal.SIGTERM)
+            told, _ = proc.communicate(timeout=60)
+            raise AssertionError(f"{exc}\nvigil up said:\n{told}") from None
         finally:
             sniff.kill()
         assert sniff.returncode == 0, err
