@@ -219,8 +219,9 @@ def test_vigil_up_runs_the_pipeline_and_sigterm_stops_every_child(tmp_path: Path
         assert who.stdout.startswith("token:bootstrap-admin (role admin"), who.stdout
     finally:
         listener.close()
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        if proc.returncode is None:  # (still running unless a failure above stopped it)
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "stopped" in out
     assert _wait_gone(pids) == [], f"orphans left: {out}"
