@@ -213,6 +213,25 @@ class Scope:
             parts.append(f"node={self.node}")
         return ",".join(parts)
 
+    def to_doc(self) -> dict[str, str]:
+        """The stored / published form: only the dimensions it restricts."""
+        doc = {}
+        if self.location is not None:
+            doc["location"] = self.location
+        if self.node is not None:
+            doc["node"] = self.node
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: object) -> Scope:
+        """The inverse of :meth:`to_doc`; raises ``ValueError`` for anything else."""
+        if not isinstance(doc, dict) or set(doc) - {"location", "node"}:
+            raise ValueError(f"not a scope: {doc!r}")
+        location, node = doc.get("location"), doc.get("node")
+        if not all(v is None or isinstance(v, str) for v in (location, node)):
+            raise ValueError(f"not a scope: {doc!r}")
+        return cls(location=location, node=node)
+
     @classmethod
     def parse(cls, text: str, field: str = "scope") -> Scope:
         """``location=paris``, ``node=web-*`` or both, comma-separated."""

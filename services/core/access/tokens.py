@@ -98,7 +98,7 @@ class AccessSnapshot:
                 jti: {
                     "name": t.name,
                     "role": t.role,
-                    "scope": _scope_json(t.scope),
+                    "scope": t.scope.to_doc(),
                     "expiresAt": t.expires_at,
                 }
                 for jti, t in self.tokens.items()
@@ -126,7 +126,7 @@ class AccessSnapshot:
                     str(jti): TokenEntry(
                         name=str(t["name"]),
                         role=str(t["role"]),
-                        scope=_scope_of(t.get("scope") or {}),
+                        scope=Scope.from_doc(t.get("scope") or {}),
                         expires_at=None if t.get("expiresAt") is None else float(t["expiresAt"]),
                     )
                     for jti, t in data["tokens"].items()
@@ -136,25 +136,12 @@ class AccessSnapshot:
             raise ValueError(f"malformed access snapshot ({type(exc).__name__}: {exc})") from None
 
 
-def _scope_json(scope: Scope) -> dict[str, str]:
-    out = {}
-    if scope.location is not None:
-        out["location"] = scope.location
-    if scope.node is not None:
-        out["node"] = scope.node
-    return out
-
-
-def _scope_of(data: dict[str, Any]) -> Scope:
-    return Scope(location=data.get("location"), node=data.get("node"))
-
-
 def _grant_json(grant: Grant) -> dict[str, Any]:
-    return {"permission": grant.permission, "scope": _scope_json(grant.scope)}
+    return {"permission": grant.permission, "scope": grant.scope.to_doc()}
 
 
 def _grant_of(data: dict[str, Any]) -> Grant:
-    return Grant(str(data["permission"]), _scope_of(data.get("scope") or {}))
+    return Grant(str(data["permission"]), Scope.from_doc(data.get("scope") or {}))
 
 
 class TokenSigner:

@@ -159,8 +159,8 @@ class EventScope:
         doc = {
             "v": 1,
             "everything": v.everything,
-            "scopes": [_scope_doc(s) for s in scopes],
-            "restriction": _scope_doc(v.restriction),
+            "scopes": [s.to_doc() for s in scopes],
+            "restriction": v.restriction.to_doc(),
             "audit": self.audit,
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
@@ -177,8 +177,8 @@ class EventScope:
             return cls(
                 Visibility(
                     everything=bool(doc["everything"]),
-                    scopes=tuple(_scope_of(s) for s in doc["scopes"]),
-                    restriction=_scope_of(doc["restriction"]),
+                    scopes=tuple(Scope.from_doc(s) for s in doc["scopes"]),
+                    restriction=Scope.from_doc(doc["restriction"]),
                 ),
                 audit=bool(doc["audit"]),
             )
@@ -188,24 +188,6 @@ class EventScope:
 
 def _scope_order(scope: Scope) -> tuple[str, str]:
     return (scope.location or "", scope.node or "")
-
-
-def _scope_doc(scope: Scope) -> dict[str, str]:
-    out = {}
-    if scope.location is not None:
-        out["location"] = scope.location
-    if scope.node is not None:
-        out["node"] = scope.node
-    return out
-
-
-def _scope_of(doc: Any) -> Scope:
-    if not isinstance(doc, dict) or set(doc) - {"location", "node"}:
-        raise ValueError(f"not a scope: {doc!r}")
-    location, node = doc.get("location"), doc.get("node")
-    if not all(v is None or isinstance(v, str) for v in (location, node)):
-        raise ValueError(f"not a scope: {doc!r}")
-    return Scope(location=location, node=node)
 
 
 #: Every event as it is (a caller that may see everything, audit included).
