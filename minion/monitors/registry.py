@@ -46,6 +46,8 @@ BUILTIN: dict[str, str] = {
     "ssh": "minion.monitors.ssh:SshMonitor",
     "tls_cert": "minion.monitors.tls_cert:TlsCertMonitor",
     "nagios": "minion.monitors.nagios:NagiosMonitor",
+    "ipmi": "minion.monitors.ipmi:IpmiMonitor",
+    "redfish": "minion.monitors.redfish:RedfishMonitor",
 }
 
 

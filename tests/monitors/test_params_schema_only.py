@@ -32,9 +32,26 @@ GOOD: dict[str, dict[str, Any]] = {
     "ssh": {"port": 2222, "software": "^OpenSSH_"},
     "tcp": {"port": 443, "tls": True, "verify_tls": True, "server_name": "example.com"},
     "tls_cert": {"port": 8443, "server_name": "example.com"},
+    "ipmi": {"credential": "paris-bmc", "privilege": "operator", "sel": True},
+    "redfish": {
+        "credential": "paris-bmc",
+        "ca_file": "/etc/vigil/bmc-ca.pem",
+        "checks": [
+            {"path": "/redfish/v1/Systems/1", "pointer": "/Status/State", "equals": "Enabled"}
+        ],
+    },
 }
 
-PROTOCOL_LIBRARIES = ["pysnmp", "aiohttp", "yarl", "dns", "asyncssh", "icmplib", "cryptography"]
+PROTOCOL_LIBRARIES = [
+    "pysnmp",
+    "aiohttp",
+    "yarl",
+    "dns",
+    "asyncssh",
+    "icmplib",
+    "cryptography",
+    "pyipmi",
+]
 
 
 def _loaded_after(code: str) -> list[str]:

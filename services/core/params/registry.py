@@ -35,6 +35,8 @@ BUILTIN: dict[str, str] = {
     "ssh": "services.core.params.ssh:SshParams",
     "tls_cert": "services.core.params.tls_cert:TlsCertParams",
     "nagios": "services.core.params.nagios:NagiosParams",
+    "ipmi": "services.core.params.ipmi:IpmiParams",
+    "redfish": "services.core.params.redfish:RedfishParams",
 }
 
 
