@@ -10,11 +10,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
 from minion.monitors.base import Status
 from minion.monitors.credentials import set_credentials
 from minion.monitors.ipmi import value_name
 from services.core.params import ParamsError, validate_params
+from services.core.params.ipmi import IpmiParams
 from services.core.params.secrets import mask_params
 from tests.monitors.bmc_sim import (
     ADMIN_PASSWORD,
@@ -29,7 +31,7 @@ from tests.monitors.bmc_sim import (
     start_ipmi_sim,
     stop,
 )
-from tests.monitors.conftest import ABANDONED, free_port
+from tests.monitors.conftest import ABANDONED, REPO, free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -298,3 +300,19 @@ def test_value_names():
     assert value_name("+12V", "volts") == "p12v_volts"
     assert value_name("P1-DIMMA1 Temp", "celsius") == "p1_dimma1_temp_celsius"
     assert value_name("Watchdog", "") == "watchdog"
+
+
+def _doc_section(name: str) -> str:
+    text = (REPO / "docs" / "monitors.md").read_text()
+    return text.split(f"\n## {name}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_every_parameter_is_documented_and_the_example_is_valid():
+    section = _doc_section("ipmi")
+    for name in IpmiParams.model_fields:
+        assert f"`{name}`" in section, name
+    example = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    services = [s for s in example if isinstance(s, dict) and s.get("monitor") == "ipmi"]
+    assert services
+    for service in services:
+        validate_params("ipmi", service["params"])

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
 from minion.monitors.base import Status
 from minion.monitors.credentials import set_credentials
@@ -19,8 +20,9 @@ from minion.monitors.redfish import (
     thermal_readings,
 )
 from services.core.params import ParamsError, validate_params
+from services.core.params.redfish import RedfishParams
 from services.core.params.secrets import mask_params
-from tests.monitors.conftest import free_port
+from tests.monitors.conftest import REPO, free_port
 from tests.monitors.redfish_sim import (
     PASSWORD,
     SYSTEM_NAME,
@@ -355,3 +357,14 @@ def test_json_pointer():
     assert resolve_pointer(doc, "/a/1") == (False, None)
     assert resolve_pointer(doc, "/a/01") == (False, None)
     assert resolve_pointer(doc, "/a/0/b~1c/x") == (False, None)
+
+
+def test_every_parameter_is_documented_and_the_examples_are_valid():
+    text = (REPO / "docs" / "monitors.md").read_text()
+    section = text.split("\n## redfish\n", 1)[1].split("\n## ", 1)[0]
+    for name in RedfishParams.model_fields:
+        assert f"`{name}`" in section, name
+    example = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    assert [s["name"] for s in example] == ["Redfish", "Redfish-lab"]
+    for service in example:
+        validate_params("redfish", service["params"])
