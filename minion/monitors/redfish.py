@@ -436,7 +436,8 @@ class RedfishMonitor(Monitor[RedfishParams]):
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
             self._loop = loop
-            self._logins.clear()
+            self._logins.clear()  # their tokens belong to the old client's service
+            self._login_base.clear()
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=256, limit_per_host=0, keepalive_timeout=15),
                 timeout=aiohttp.ClientTimeout(total=None),  # the poll's deadline bounds it
@@ -745,6 +746,7 @@ class RedfishMonitor(Monitor[RedfishParams]):
         for key, login in list(self._logins.items()):
             await self._logout(key, login)
         self._logins.clear()
+        self._login_base.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -5,11 +5,13 @@ authentication, its power state and resources changed while the test runs."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Iterator
 
 import pytest
 import yaml
+from aiohttp import web
 
 from minion.monitors.base import Status
 from minion.monitors.credentials import set_credentials
@@ -22,13 +24,14 @@ from minion.monitors.redfish import (
 from services.core.params import ParamsError, validate_params
 from services.core.params.redfish import RedfishParams
 from services.core.params.secrets import mask_params
-from tests.monitors.conftest import REPO, free_port
+from tests.monitors.conftest import REPO, free_port, serve_app
 from tests.monitors.redfish_sim import (
     PASSWORD,
     SYSTEM_NAME,
     SYSTEM_UUID,
     USER,
     RedfishSim,
+    self_signed,
     start_redfish_sim,
     stop,
     sushy_available,
@@ -368,3 +371,110 @@ def test_every_parameter_is_documented_and_the_examples_are_valid():
     assert [s["name"] for s in example] == ["Redfish", "Redfish-lab"]
     for service in example:
         validate_params("redfish", service["params"])
+
+
+# --------------------------------------------------------------------------- sessions
+# sushy-tools has no SessionService: a small aiohttp server over TLS speaks the
+# session part of the Redfish protocol (login, X-Auth-Token, expiry, logout).
+
+
+class SessionService:
+    """Service root, Sessions collection and one system behind X-Auth-Token."""
+
+    def __init__(self) -> None:
+        self.logins = 0
+        self.tokens: dict[str, str] = {}  # token → session path
+        self.deleted: list[str] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/redfish/v1/", self.root)
+        app.router.add_post("/redfish/v1/SessionService/Sessions", self.login)
+        app.router.add_delete("/redfish/v1/SessionService/Sessions/{n}", self.logout)
+        app.router.add_get("/redfish/v1/Systems", self.systems)
+        app.router.add_get("/redfish/v1/Systems/1", self.system)
+        return app
+
+    async def root(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "RedfishVersion": "1.15.0",
+                "Systems": {"@odata.id": "/redfish/v1/Systems"},
+                "Links": {"Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}},
+            }
+        )
+
+    async def login(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if (body.get("UserName"), body.get("Password")) != (USER, PASSWORD):
+            return web.json_response(
+                {"error": {"@Message.ExtendedInfo": [{"Message": "Invalid username or password"}]}},
+                status=401,
+            )
+        self.logins += 1
+        token, path = f"tok-{self.logins}", f"/redfish/v1/SessionService/Sessions/{self.logins}"
+        self.tokens[token] = path
+        return web.json_response(
+            {"Id": str(self.logins)},
+            status=201,
+            headers={"X-Auth-Token": token, "Location": path},
+        )
+
+    async def logout(self, request: web.Request) -> web.Response:
+        token = request.headers.get("X-Auth-Token", "")
+        if self.tokens.get(token) != request.path:
+            return web.Response(status=401)
+        del self.tokens[token]
+        self.deleted.append(request.path)
+        return web.Response(status=204)
+
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("X-Auth-Token") in self.tokens and (
+            "Authorization" not in request.headers
+        )
+
+    async def systems(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.Response(status=401)
+        return web.json_response({"Members": [{"@odata.id": "/redfish/v1/Systems/1"}]})
+
+    async def system(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.Response(status=401)
+        return web.json_response(
+            {"Id": "1", "Name": "web-1", "PowerState": "On", "Status": {"Health": "OK"}}
+        )
+
+
+async def test_session_login_is_kept_renewed_and_closed(poll, monitors, tmp_path):
+    cert, key = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    service = SessionService()
+    params = {"credential": "bmc", "ca_file": str(cert), "sensors": False}
+    async with serve_app(service.app(), ssl_context=tls) as port:
+        for _ in range(3):
+            out = await poll("redfish", "127.0.0.1", {**params, "port": port})
+            assert out.status is Status.UP, out.reason
+            assert out.values == {"power_on": 1.0, "health": 0.0}
+        assert service.logins == 1  # one session, kept
+
+        service.tokens.clear()  # the BMC forgot it (expiry, restart)
+        out = await poll("redfish", "127.0.0.1", {**params, "port": port})
+        assert out.status is Status.UP, out.reason
+        assert service.logins == 2
+
+        out = await poll(
+            "redfish", "127.0.0.1", {**params, "port": port, "credential": "bmc-wrong"}
+        )
+        assert (out.status, out.reason) == (
+            Status.DOWN,
+            f"authentication failed: HTTP 401: Invalid username or password for user {USER!r}",
+        )
+
+        out = await poll("redfish", "127.0.0.1", {**params, "port": port, "auth": "basic"})
+        assert out.status is Status.DOWN  # this service takes sessions only
+        assert out.reason.startswith("authentication failed: HTTP 401"), out.reason
+
+        await monitors.close()  # the minion stops: its session is deleted
+        assert service.deleted == ["/redfish/v1/SessionService/Sessions/2"]
