@@ -351,7 +351,14 @@ class _Client:
                 server_hostname=self.server_hostname,
                 allow_redirects=False,
             ) as resp:
-                data = await resp.content.read(self.max_body + 1)
+                buf = bytearray()
+                # StreamReader.read(n) returns what is buffered: loop to the bound
+                while len(buf) <= self.max_body:
+                    chunk = await resp.content.read(self.max_body + 1 - len(buf))
+                    if not chunk:
+                        break
+                    buf += chunk
+                data = bytes(buf)
                 status, headers = resp.status, dict(resp.headers)
         except aiohttp.ClientConnectorCertificateError as exc:
             err = exc.certificate_error

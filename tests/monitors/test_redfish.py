@@ -5,6 +5,7 @@ authentication, its power state and resources changed while the test runs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import time
 from collections.abc import Iterator
@@ -393,7 +394,21 @@ class SessionService:
         app.router.add_delete("/redfish/v1/SessionService/Sessions/{n}", self.logout)
         app.router.add_get("/redfish/v1/Systems", self.systems)
         app.router.add_get("/redfish/v1/Systems/1", self.system)
+        app.router.add_get("/redfish/v1/Systems/1/Big", self.big)
         return app
+
+    async def big(self, request: web.Request) -> web.StreamResponse:
+        """A 600 kB document, sent in small chunks."""
+        if not self._authorized(request):
+            return web.Response(status=401)
+        body = json.dumps({"Id": "Big", "Oem": {"Pad": "x" * 600_000}}).encode()
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(body), 16384):
+            await resp.write(body[i : i + 16384])
+        await resp.write_eof()
+        return resp
 
     async def root(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -475,6 +490,20 @@ async def test_session_login_is_kept_renewed_and_closed(poll, monitors, tmp_path
         out = await poll("redfish", "127.0.0.1", {**params, "port": port, "auth": "basic"})
         assert out.status is Status.DOWN  # this service takes sessions only
         assert out.reason.startswith("authentication failed: HTTP 401"), out.reason
+
+        # a large answer, chunked, is read whole; one above max_body_bytes is refused
+        big = {"path": "/redfish/v1/Systems/1/Big", "pointer": "/Id", "equals": "Big"}
+        out = await poll("redfish", "127.0.0.1", {**params, "port": port, "checks": [big]})
+        assert out.status is Status.UP, out.reason
+        out = await poll(
+            "redfish",
+            "127.0.0.1",
+            {**params, "port": port, "checks": [big], "max_body_bytes": 100_000},
+        )
+        assert (out.status, out.reason) == (
+            Status.DOWN,
+            "GET /redfish/v1/Systems/1/Big: response larger than 100000 bytes",
+        )
 
         await monitors.close()  # the minion stops: its session is deleted
         assert service.deleted == ["/redfish/v1/SessionService/Sessions/2"]
