@@ -393,7 +393,7 @@ class _Session:
             if self.params.sensors:
                 self._sensors(found, sdr)
             if self.params.sel:
-                self._sel(found, sel)
+                self._sel(found, sel, found.sdr or sdr)
         except (TimeoutError, RetryError, _Timeout):
             found.timed_out = True
             step = "reading" if self.opened else "opening a session"
@@ -556,7 +556,7 @@ class _Session:
 
     # ----------------------------------------------------------------- SEL
 
-    def _sel(self, found: _Found, mark: _SelMark | None) -> None:
+    def _sel(self, found: _Found, mark: _SelMark | None, sdr: _SdrCache | None) -> None:
         info = SelInfo(self.ipmi.send_message_by_name("GetSelInfo"))
         found.sel_count = int(info.entries)
         key = (
@@ -577,9 +577,7 @@ class _Session:
         found.sel_mark = _SelMark(key, seen)
         if mark is None:
             return  # the first poll only learns where the log stands
-        records = {
-            int(r.number): r for r in (found.sdr.records if found.sdr else ()) if r.owner_id == 0x20
-        }
+        records = {int(r.number): r for r in (sdr.records if sdr else ()) if r.owner_id == 0x20}
         found.sel_new = [
             _sel_text(e, records)
             for e in entries
