@@ -290,9 +290,9 @@ def start_ipmi_sim(host: str = "127.0.0.1") -> IpmiSim:
         wait_tcp("127.0.0.1", console, timeout=10)
     except TimeoutError:
         stop_process(proc)
-        raise RuntimeError(
-            f"ipmi_sim did not start: {(tmp / 'log').read_text(errors='replace')}"
-        ) from None
+        text = (tmp / "log").read_text(errors="replace")
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"ipmi_sim did not start: {text}") from None
     return IpmiSim(port, console, tmp, proc)
 
 

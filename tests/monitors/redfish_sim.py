@@ -230,9 +230,9 @@ SUSHY_EMULATOR_FAKE_SYSTEMS = [
         wait_tcp("127.0.0.1", port, timeout=20)
     except TimeoutError:
         stop_process(proc)
-        raise RuntimeError(
-            f"sushy-emulator did not start: {(tmp / 'log').read_text(errors='replace')}"
-        ) from None
+        text = (tmp / "log").read_text(errors="replace")
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"sushy-emulator did not start: {text}") from None
     sim = RedfishSim(port, tmp, cert, proc)
     try:
         # the fake driver creates its state store on its first request
