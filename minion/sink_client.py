@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from vigil.v1 import poll_pb2, sink_pb2, sink_pb2_grpc
+from vigil.v1 import poll_pb2, sink_pb2
 
 from minion.spool import DiskSpool, Position
 from services.core.backoff import Backoff
@@ -54,10 +54,49 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 10_000),
 ]
 
-#: The session's stream (grpc.aio.StreamStreamCall[MinionMessage, SinkMessage]).
+#: The session's stream (grpc.aio.StreamStreamCall[MinionMessage | bytes, SinkMessage]).
 Call = Any
+#: A result: a message, or one already serialized (a worker's, see :mod:`minion.workers`).
+Result = poll_pb2.PollResult | bytes
 #: A queued result and its request's ``expires_at`` (wall clock; ``None``: never).
-Entry = tuple[poll_pb2.PollResult, float | None]
+Entry = tuple[Result, float | None]
+#: The ResultSink's one method (the generated stub, but writing pre-encoded messages too).
+CONNECT = "/vigil.v1.ResultSink/Connect"
+
+
+def _serialize(message: sink_pb2.MinionMessage | bytes) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+#: Wire tags (field number << 3 | length-delimited) of ``MinionMessage.results`` and
+#: ``ResultBatch.results``, and of the varint ``ResultBatch.seq``.
+_TAG_MESSAGE_RESULTS = b"\x1a"
+_TAG_BATCH_RESULTS = b"\x12"
+_TAG_BATCH_SEQ = b"\x08"
+
+
+def encode_results(seq: int, results: list[Result]) -> bytes:
+    """``MinionMessage(results=ResultBatch(seq=seq, results=results))``, serialized.
+
+    Built from each result's own bytes: results that arrive serialized (from a
+    worker) are never parsed and built again, and none is copied into a
+    batch message first.
+    """
+    parts = [_TAG_BATCH_SEQ, _varint(seq)]
+    for r in results:
+        data = r if isinstance(r, bytes) else r.SerializeToString()
+        parts += (_TAG_BATCH_RESULTS, _varint(len(data)), data)
+    body = b"".join(parts)
+    return _TAG_MESSAGE_RESULTS + _varint(len(body)) + body
 
 
 class SinkClient:
@@ -121,7 +160,7 @@ class SinkClient:
 
     # -- intake ----------------------------------------------------------------------
 
-    def submit(self, result: poll_pb2.PollResult, expires_at: float | None = None) -> None:
+    def submit(self, result: Result, expires_at: float | None = None) -> None:
         """Queue a result (never blocks; the oldest goes when the buffer is full)."""
         self._queue.append((result, expires_at))
         if len(self._queue) + self._unacked_count() > self.buffer_size:
@@ -198,8 +237,12 @@ class SinkClient:
 
     async def _session(self) -> None:
         async with self._channel() as channel:
-            stub = sink_pb2_grpc.ResultSinkStub(channel)
-            call = stub.Connect()
+            connect = channel.stream_stream(
+                CONNECT,
+                request_serializer=_serialize,
+                response_deserializer=sink_pb2.SinkMessage.FromString,
+            )
+            call = connect()
             await call.write(sink_pb2.MinionMessage(hello=self._hello()))
             async with asyncio.timeout(15.0):
                 first = await call.read()
@@ -330,19 +373,14 @@ class SinkClient:
                 continue
             self._seq += 1
             self._unacked[self._seq] = batch
-            await self._send(
-                call,
-                sink_pb2.MinionMessage(
-                    results=sink_pb2.ResultBatch(seq=self._seq, results=[r for r, _ in batch])
-                ),
-            )
+            await self._send(call, encode_results(self._seq, [r for r, _ in batch]))
             self.sent += len(batch)
         # The scheduler ended the session.
         exc = reader.exception()
         if exc is not None:
             raise exc
 
-    async def _send(self, call: Call, msg: sink_pb2.MinionMessage) -> None:
+    async def _send(self, call: Call, msg: sink_pb2.MinionMessage | bytes) -> None:
         """Write one message; a write stuck that long means the link is gone (the session ends)."""
         try:
             async with asyncio.timeout(self._silence_limit):

@@ -33,12 +33,13 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from google.protobuf.message import DecodeError
 from vigil.v1 import common_pb2, poll_pb2, sink_pb2
 
 from minion.lifecycle import MinionState
-from minion.runner import PollRunner
+from minion.runner import Emit
 from minion.spool import DiskSpool
 from services.core.timeutil import from_duration, set_timestamp
 
@@ -49,6 +50,14 @@ SCHEDULE_FILE = "schedule.pb"
 TICK = 0.2
 
 ServiceId = tuple[str, str, str]
+
+
+class Runs(Protocol):
+    """Where the site poller's requests run: the minion's runner, or its workers."""
+
+    def submit(self, req: poll_pb2.PollRequest, emit: Emit | None = None) -> bool:
+        """Start ``req``, its result to ``emit``; ``False`` when it was not taken."""
+        ...
 
 
 def _sid(ref: common_pb2.ServiceRef) -> ServiceId:
@@ -63,7 +72,7 @@ class SitePoller:
         system_id: str,
         location: str,
         directory: Path,
-        runner: PollRunner,
+        runner: Runs,
         spool: DiskSpool,
         *,
         state: MinionState,

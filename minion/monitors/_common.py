@@ -239,8 +239,16 @@ def plan(ctx: PollContext) -> Plan:
 
 
 async def close_writer(writer: asyncio.StreamWriter) -> None:
-    """Close a stream without waiting long for a peer that does not cooperate."""
+    """Close a stream without waiting long for a peer that does not cooperate.
+
+    A plain socket with nothing left to send closes on the loop's next turn:
+    no wait (and no timer) for it. TLS (its close_notify) or unsent data get
+    up to a second.
+    """
     writer.close()
+    transport = writer.transport
+    if transport.get_extra_info("sslcontext") is None and not transport.get_write_buffer_size():
+        return
     with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
         async with asyncio.timeout(1.0):
             await writer.wait_closed()

@@ -148,7 +148,7 @@ def minion(
     """Run a minion: takes poll requests for its location from NATS, returns results over gRPC."""
     from pydantic import ValidationError
 
-    from minion.app import Minion
+    from minion.main import loop_factory, make_minion
     from services.cli.runtime import serve
     from services.core.config import MinionSettings
     from services.core.validation import describe
@@ -181,7 +181,10 @@ def minion(
         raise typer.Exit(2) from None
     setup_logging(log_level, f"minion[{settings.location}]")
     url = _nats(nats, cfg)
-    raise typer.Exit(asyncio.run(serve(lambda: Minion(settings, nats_url=url, pki=cfg.pki))))
+    # minion.workers > 1: a parent process and its workers; minion.event_loop: uvloop or asyncio.
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        code = runner.run(serve(lambda: make_minion(settings, nats_url=url, pki=cfg.pki)))
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -212,6 +212,14 @@ class MinionSettings(Strict):
     credentials: dict[CredentialName, Credential] = Field(default_factory=dict)
     #: The only monitors this minion runs (others are UNKNOWN); ``null``: all installed.
     monitors_allow: list[str] | None = None
+    # --- issue 13 (a minion uses the cores its site gives it) ---------------------
+    #: Worker processes behind this one identity, each taking its share of the
+    #: location's queue group (``max_in_flight`` is divided among them); ``null``:
+    #: one per core this process may run on; 1: a single process.
+    workers: int | None = Field(default=None, ge=1, le=256)
+    #: The event loop of the minion's processes: ``uvloop`` (libuv, about twice
+    #: the connects per CPU second) or ``asyncio`` (the standard library's).
+    event_loop: str = Field(default="uvloop", pattern=r"^(asyncio|uvloop)$")
 
     @field_validator("plugin_dirs")
     @classmethod
