@@ -220,9 +220,18 @@ def scheduler_config(
 
 
 def spawn_minion(
-    nats: NatsServer, scheduler: str, location: str, system_id: str, log: Path
+    nats: NatsServer,
+    scheduler: str,
+    location: str,
+    system_id: str,
+    log: Path,
+    *,
+    config: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``vigil minion`` as a child process (quiet), with its certificate issued first."""
+    """``vigil minion`` as a child process (quiet), with its certificate issued first.
+
+    ``config``: a configuration file with a ``minion`` section (``workers``, ...).
+    """
     pki = bench_pki()
     identity = Identity.minion(location, system_id)
     if pki.load(identity) is None:
@@ -243,6 +252,7 @@ def spawn_minion(
             system_id,
             "--log-level",
             "WARNING",
+            *(["--config", str(config)] if config is not None else []),
         ],
         log,
     )
